@@ -1,0 +1,346 @@
+"""Typed recipe: dataclasses per stage, YAML load, and validation that reports every problem at once.
+
+Strings from YAML are checked here (field names, types, ranges, registered names) and resolved to objects
+at the stage boundary; nothing inside the library looks at raw recipe dicts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from edgekd.errors import ConfigError, EdgeKDError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    root: str | None = None
+    subset_train: int | None = None
+    subset_test: int | None = None
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class TrainConfig:
+    """Optimization settings shared by teacher training, distillation and QAT."""
+
+    epochs: float = 5
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    augment: bool = False
+    checkpoint_every: int = 200
+    grad_clip: float | None = None
+
+
+@dataclass
+class ModelSpec:
+    model: str = "mobilenet_student"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TeacherConfig:
+    """Where the teacher comes from: `weights` to load (torch), a file (torchscript/onnx), or train it."""
+
+    kind: Literal["torch", "torchscript", "onnx", "ensemble"] = "torch"
+    model: str = "teacher_cnn"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    path: str | None = None
+    members: list[dict[str, Any]] = field(default_factory=list)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, lr=3e-3, augment=True,
+                                                                    weight_decay=5e-4))
+
+
+@dataclass
+class DistillConfig:
+    enabled: bool = True
+    losses: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"name": "ce", "weight": 0.1}, {"name": "kd_soft", "weight": 0.9, "temperature": 4.0}])
+    cache_teacher: bool = True
+    cache_topk: int | None = None
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=1e-2))
+
+
+@dataclass
+class QuantizeConfig:
+    enabled: bool = True
+    method: Literal["qat", "ptq"] = "qat"
+    kd: bool = True
+    kd_teacher: Literal["teacher", "student"] = "teacher"
+    kd_losses: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"name": "ce", "weight": 0.1}, {"name": "kd_soft", "weight": 0.9, "temperature": 4.0}])
+    scheme: str = "auto"
+    freeze_observers_after: float | None = 0.6
+    freeze_bn_after: float | None = 0.8
+    ptq_method: str = "minmax"
+    calibration: str = "calibration/default.yaml"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=5e-4, schedule="cosine"))
+
+
+@dataclass
+class ExportConfig:
+    formats: list[Literal["onnx", "tflite"]] = field(default_factory=lambda: ["onnx", "tflite"])
+    precisions: list[Literal["fp32", "int8"]] = field(default_factory=lambda: ["fp32", "int8"])
+    opset: int = 18
+
+
+@dataclass
+class VerifyConfig:
+    parity_tolerance: float = 1e-4
+    parity_samples: int = 256
+    test_subset: int | None = None
+
+
+@dataclass
+class ProfileConfig:
+    targets: list[str] = field(default_factory=lambda: ["cpu-local"])
+    threads: int = 1
+    max_seconds: float = 2.0
+    min_runs: int = 50
+
+
+@dataclass
+class BundleConfig:
+    enabled: bool = True
+    targets: list[str] = field(default_factory=lambda: ["cpu-local"])
+    model_name: str = "edgekd-student"
+    version: str = "1.0.0"
+    author: str = "edgekd"
+    license: str = "Apache-2.0"
+    description: str = "Image classifier distilled and quantized with edgekd."
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    seed: int = 0
+    runs_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: ModelSpec = field(default_factory=ModelSpec)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    bundle: BundleConfig = field(default_factory=BundleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    """Check `value` against annotation `tp`; return the converted value (problems appended, never raised)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            return tp()
+        return _build(tp, value, where, problems)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            trial: list[str] = []
+            out = _coerce(value, a, where, trial)
+            if not trial:
+                return out
+        problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{where}: {value!r} is not allowed{hint} allowed: {', '.join(map(str, allowed))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected a list, got {value!r}")
+            return []
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping, got {value!r}")
+            return {}
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 1e-3 as a string
+        except ValueError:
+            pass
+    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    problems.append(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{path}: unknown field{hint} known: {', '.join(names)}")
+            continue
+        kwargs[key] = _coerce(value, hints[key], path, problems)
+    return cls(**kwargs)
+
+
+def _range_checks(r: Recipe) -> list[str]:
+    p: list[str] = []
+
+    def positive(value: float | None, where: str, allow_zero: bool = False) -> None:
+        if isinstance(value, (int, float)) and (value < 0 or (value == 0 and not allow_zero)):
+            p.append(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+    for where, t in (("teacher.train", r.teacher.train), ("distill.train", r.distill.train),
+                     ("quantize.train", r.quantize.train)):
+        positive(t.epochs, f"{where}.epochs", allow_zero=True)
+        positive(t.lr, f"{where}.lr")
+        positive(t.weight_decay, f"{where}.weight_decay", allow_zero=True)
+        positive(t.checkpoint_every, f"{where}.checkpoint_every")
+    positive(r.data.batch_size, "data.batch_size")
+    positive(r.data.eval_batch_size, "data.eval_batch_size")
+    positive(r.data.subset_train, "data.subset_train")
+    positive(r.data.subset_test, "data.subset_test")
+    positive(r.verify.parity_tolerance, "verify.parity_tolerance")
+    positive(r.profile.threads, "profile.threads")
+    positive(r.profile.max_seconds, "profile.max_seconds")
+    for key in ("freeze_observers_after", "freeze_bn_after"):
+        v = getattr(r.quantize, key)
+        if isinstance(v, (int, float)) and not 0 <= v <= 1:
+            p.append(f"quantize.{key}: a fraction of the QAT steps in [0, 1], got {v}")
+    if r.teacher.kind in ("torchscript", "onnx") and not r.teacher.path:
+        p.append(f"teacher.path: a {r.teacher.kind} teacher needs the file's path")
+    if r.teacher.kind == "ensemble" and not r.teacher.members:
+        p.append("teacher.members: an ensemble teacher needs a list of member teacher specs")
+    if r.distill.enabled and not r.distill.losses:
+        p.append("distill.losses: distillation is enabled but no loss is listed")
+    return p
+
+
+def _name_checks(r: Recipe) -> list[str]:
+    """Registered names (datasets, models, losses, targets, schemes): unknown ones with the closest match."""
+    from edgekd.data import DATASETS
+    from edgekd.models import MODELS
+
+    p: list[str] = []
+
+    def check(registry, name: str, where: str) -> None:
+        if name not in registry:
+            p.append(f"{where}: {registry.unknown_message(name)}")
+
+    check(DATASETS, r.data.dataset, "data.dataset")
+    if ":" not in r.student.model:
+        check(MODELS, r.student.model, "student.model")
+    if r.teacher.kind == "torch" and ":" not in r.teacher.model:
+        check(MODELS, r.teacher.model, "teacher.model")
+    try:
+        from edgekd.distill import LOSSES
+    except ImportError:
+        LOSSES = None
+    if LOSSES is not None:
+        for section, terms in (("distill.losses", r.distill.losses), ("quantize.kd_losses", r.quantize.kd_losses)):
+            for i, term in enumerate(terms):
+                if not isinstance(term, dict) or "name" not in term:
+                    p.append(f"{section}[{i}]: each loss is a mapping with a 'name', got {term!r}")
+                else:
+                    check(LOSSES, term["name"], f"{section}[{i}].name")
+    try:
+        from edgekd.profile import load_target
+    except ImportError:
+        load_target = None
+    if load_target is not None:
+        for section, names in (("profile.targets", r.profile.targets), ("bundle.targets", r.bundle.targets)):
+            for i, t in enumerate(names):
+                try:
+                    load_target(t)
+                except EdgeKDError as e:
+                    p.append(f"{section}[{i}]: {e}")
+    if r.quantize.scheme != "auto":
+        try:
+            from edgekd.quant import SCHEMES
+            check(SCHEMES, r.quantize.scheme, "quantize.scheme")
+        except ImportError:
+            pass
+    return p
+
+
+def parse_recipe(data: dict[str, Any] | None, source: str = "recipe") -> Recipe:
+    """Build a Recipe from a mapping; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"the top level must be a mapping of sections, got {type(data).__name__}"], source)
+    recipe = _build(Recipe, data, "", problems)
+    problems += _range_checks(recipe)
+    problems += _name_checks(recipe)
+    if problems:
+        raise ConfigError(problems, source)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read a YAML recipe (with optional dotted-key overrides like {'distill.train.epochs': 1})."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeKDError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise EdgeKDError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return parse_recipe(data, str(path))
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise EdgeKDError(f"override {key!r}: {part!r} is not a section")
+    node[last] = value
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

@@ -1,0 +1,246 @@
+"""Dataset sources by name: Fashion-MNIST (IDX files), sklearn digits, .npz arrays, an image folder.
+
+Each loads once into uint8 arrays and is normalized with per-channel mean/std computed on the training
+split (stored with the dataset, written into the model's metadata so the app normalizes the same way).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from edgekd.errors import EdgeKDError
+from edgekd.registry import Registry
+
+DATASETS: Registry[Callable[..., "ImageDataset"]] = Registry("dataset")
+
+FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot"]
+FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
+
+
+@dataclass
+class ImageDataset:
+    """Train/test tensors (N,C,H,W float32, normalized), int64 labels, class names and normalization."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    labels: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str = ""
+    _digest: str | None = field(default=None, repr=False)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def digest(self) -> str:
+        """A stable fingerprint of the data and its preprocessing (for caches and stage skipping)."""
+        if self._digest is None:
+            h = hashlib.sha256()
+            for t in (self.x_train, self.y_train, self.x_test, self.y_test):
+                h.update(t.numpy().tobytes())
+            h.update(repr((self.mean, self.std, self.labels)).encode())
+            self._digest = h.hexdigest()[:16]
+        return self._digest
+
+    def describe(self) -> str:
+        return (f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test, input {self.input_shape}, "
+                f"{self.num_classes} classes")
+
+
+def _normalize(train: np.ndarray, test: np.ndarray, name: str, labels: list[str], ytr, yte, source: str,
+               scale: float = 255.0) -> ImageDataset:
+    """uint8/float N,C,H,W arrays -> normalized float tensors with the training split's mean/std."""
+    tr = train.astype(np.float32) / scale
+    te = test.astype(np.float32) / scale
+    mean = tr.mean(axis=(0, 2, 3))
+    std = tr.std(axis=(0, 2, 3)) + 1e-8
+    tr = (tr - mean[None, :, None, None]) / std[None, :, None, None]
+    te = (te - mean[None, :, None, None]) / std[None, :, None, None]
+    return ImageDataset(name, torch.from_numpy(tr), torch.from_numpy(np.asarray(ytr, np.int64)),
+                        torch.from_numpy(te), torch.from_numpy(np.asarray(yte, np.int64)), labels,
+                        tuple(round(float(m) * scale, 4) for m in mean),
+                        tuple(round(float(s) * scale, 4) for s in std), source)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally .gz): magic gives dtype and rank, then big-endian dims, then data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise EdgeKDError(f"cannot read IDX file {path}: {e}; the file is corrupt or truncated: re-install it") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise EdgeKDError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    rank = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(rank)]
+    header = 4 + 4 * rank
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise EdgeKDError(f"{path} holds {len(raw) - header} bytes of data, its header says {expected}: "
+                          "the file is truncated or corrupt; re-install or re-download it")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def find_fashion_mnist(root: str | os.PathLike | None) -> Path:
+    candidates = [Path(root)] if root else []
+    if not root and os.environ.get("EDGEKD_DATA"):
+        candidates.append(Path(os.environ["EDGEKD_DATA"]))
+    if not root:
+        candidates += [Path(d) for d in FASHION_DIRS]
+    for c in candidates:
+        for sub in (c, c / "fashion-mnist", c / "FashionMNIST" / "raw"):
+            if (sub / "train-images-idx3-ubyte.gz").exists() or (sub / "train-images-idx3-ubyte").exists():
+                return sub
+    where = ", ".join(str(c) for c in candidates) or "(nowhere)"
+    raise EdgeKDError(f"Fashion-MNIST IDX files not found (looked in {where}); install Debian package "
+                      "'dataset-fashion-mnist' (apt-get install dataset-fashion-mnist) or point --data-dir / "
+                      "EDGEKD_DATA at a folder holding train-images-idx3-ubyte.gz and friends")
+
+
+def _idx(folder: Path, stem: str) -> np.ndarray:
+    gz = folder / f"{stem}.gz"
+    return read_idx(gz if gz.exists() else folder / stem)
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(root: str | None = None) -> ImageDataset:
+    """Fashion-MNIST from its original IDX files: 60k train / 10k test, 28x28 grey, 10 classes."""
+    folder = find_fashion_mnist(root)
+    xtr = _idx(folder, "train-images-idx3-ubyte")[:, None]
+    ytr = _idx(folder, "train-labels-idx1-ubyte")
+    xte = _idx(folder, "t10k-images-idx3-ubyte")[:, None]
+    yte = _idx(folder, "t10k-labels-idx1-ubyte")
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise EdgeKDError(f"Fashion-MNIST in {folder}: image and label counts differ; the files are mismatched")
+    return _normalize(xtr, xte, "fashion_mnist", FASHION_LABELS, ytr, yte, str(folder))
+
+
+@DATASETS.register("digits")
+def digits(root: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+    """sklearn's 8x8 digits (1,797 images, always available): a fixed stratified split for tiny runs."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images[:, None] * (255.0 / 16.0)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    test_idx = np.concatenate([rng.permutation(np.flatnonzero(d.target == c))[: int(round(test_fraction *
+                               np.sum(d.target == c)))] for c in range(10)])
+    mask = np.zeros(len(x), bool)
+    mask[test_idx] = True
+    return _normalize(x[~mask], x[mask], "digits", [str(i) for i in range(10)], d.target[~mask], d.target[mask],
+                      "sklearn.datasets.load_digits")
+
+
+@DATASETS.register("npz")
+def npz(root: str | None = None, labels: list[str] | None = None) -> ImageDataset:
+    """An .npz with x_train, y_train, x_test, y_test (uint8 images N,H,W / N,H,W,C / N,C,H,W)."""
+    if not root:
+        raise EdgeKDError("dataset 'npz' needs data.root: the path of an .npz file with x_train, y_train, x_test, y_test")
+    path = Path(root)
+    if not path.is_file():
+        raise EdgeKDError(f"npz dataset file not found: {path}")
+    try:
+        arrays = np.load(path)
+        x_tr, y_tr, x_te, y_te = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    except KeyError as e:
+        raise EdgeKDError(f"{path} lacks array {e}; it needs x_train, y_train, x_test, y_test") from e
+    except (OSError, ValueError) as e:
+        raise EdgeKDError(f"cannot read {path} as .npz: {e}") from e
+    x_tr, x_te = _to_nchw(x_tr, path), _to_nchw(x_te, path)
+    n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    names = labels or [str(i) for i in range(n_classes)]
+    return _normalize(x_tr, x_te, path.stem, names, y_tr, y_te, str(path),
+                      scale=255.0 if x_tr.dtype == np.uint8 else 1.0)
+
+
+def _to_nchw(x: np.ndarray, path: Path) -> np.ndarray:
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        return x.transpose(0, 3, 1, 2)
+    if x.ndim == 4:
+        return x
+    raise EdgeKDError(f"{path}: images must be N,H,W or N,H,W,C or N,C,H,W; got shape {x.shape}")
+
+
+@DATASETS.register("image_folder")
+def image_folder(root: str | None = None, size: int = 32, grayscale: bool = False,
+                 test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+    """root/<class>/*.png|jpg (or root/train and root/test each so), resized to size x size."""
+    from PIL import Image
+
+    if not root or not Path(root).is_dir():
+        raise EdgeKDError(f"image_folder needs data.root: a folder with one sub-folder per class; got {root!r}")
+    base = Path(root)
+
+    def read(folder: Path, classes: list[str]):
+        xs, ys = [], []
+        for ci, c in enumerate(classes):
+            for f in sorted((folder / c).iterdir()):
+                if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+                    img = Image.open(f).convert("L" if grayscale else "RGB").resize((size, size))
+                    a = np.asarray(img, np.uint8)
+                    xs.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+                    ys.append(ci)
+        if not xs:
+            raise EdgeKDError(f"no images found under {folder}")
+        return np.stack(xs), np.asarray(ys)
+
+    if (base / "train").is_dir() and (base / "test").is_dir():
+        classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+        xtr, ytr = read(base / "train", classes)
+        xte, yte = read(base / "test", classes)
+    else:
+        classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+        x, y = read(base, classes)
+        perm = np.random.default_rng(seed).permutation(len(x))
+        n_test = max(1, int(len(x) * test_fraction))
+        xte, yte, xtr, ytr = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
+    return _normalize(xtr, xte, base.name, classes, ytr, yte, str(base))
+
+
+def load_dataset(name: str, root: str | None = None, subset_train: int | None = None,
+                 subset_test: int | None = None, seed: int = 0, **kwargs) -> ImageDataset:
+    """Load dataset `name`; optional class-stratified subsets (same seed -> same subset) for quick runs."""
+    ds = DATASETS.get(name)(root=root, **kwargs)
+    if subset_train:
+        idx = stratified_subset(ds.y_train, subset_train, seed)
+        ds.x_train, ds.y_train = ds.x_train[idx], ds.y_train[idx]
+    if subset_test:
+        idx = stratified_subset(ds.y_test, subset_test, seed + 1)
+        ds.x_test, ds.y_test = ds.x_test[idx], ds.y_test[idx]
+    ds._digest = None
+    return ds
+
+
+def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """`n` indices with classes in proportion, drawn with `seed`, sorted."""
+    if n >= len(y):
+        return torch.arange(len(y))
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(y), generator=g)
+    classes = torch.unique(y)
+    per_class = max(1, n // len(classes))
+    picked = [perm[y[perm] == c][:per_class] for c in classes]
+    idx = torch.cat(picked)
+    if len(idx) < n:  # top up with the rest of the permutation
+        rest = perm[~torch.isin(perm, idx)][: n - len(idx)]
+        idx = torch.cat([idx, rest])
+    return torch.sort(idx[:n]).values

@@ -1,0 +1,4 @@
+"""Student/teacher zoo and loading of user models."""
+from edgekd.models.zoo import MODELS, build_model, count_params
+
+__all__ = ["MODELS", "build_model", "count_params"]
