@@ -329,7 +329,30 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise EdgeKDError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
-    return parse_recipe(data, str(path))
+    recipe = parse_recipe(data, str(path))
+    resolve_paths(recipe, path.parent)
+    return recipe
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_path(value: str | None, base: Path) -> str | None:
+    """A relative path from a recipe: beside the recipe, else the working directory, else the project root."""
+    if not value or Path(value).is_absolute():
+        return value
+    for root in (base, Path.cwd(), PROJECT_ROOT):
+        if (root / value).exists():
+            return str((root / value).resolve())
+    return value
+
+
+def resolve_paths(recipe: Recipe, base: Path) -> None:
+    recipe.teacher.weights = resolve_path(recipe.teacher.weights, base)
+    recipe.teacher.path = resolve_path(recipe.teacher.path, base)
+    recipe.quantize.calibration = resolve_path(recipe.quantize.calibration, base) or recipe.quantize.calibration
+    if recipe.data.root:
+        recipe.data.root = resolve_path(recipe.data.root, base)
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -111,6 +111,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
           desc: str = "train", step_hook: StepHook | None = None,
           set_train: Callable[[nn.Module], None] | None = None,
           set_eval: Callable[[nn.Module], None] | None = None,
+          model_state: tuple[Callable[[nn.Module], Any], Callable[[nn.Module, Any], Any]] | None = None,
           stop_after_steps: int | None = None) -> TrainResult:
     """Train `model` in place on (x_train, y_train) and return the per-epoch history.
 
@@ -120,6 +121,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
         checkpoint: file to resume from if it exists, and to write every `cfg.checkpoint_every` steps.
         step_hook: called as hook(model, step, total_steps) before each step (QAT observer/BN freezing).
         set_train/set_eval: mode switches (exported QAT graphs need torchao's helpers instead of .train()).
+        model_state: (get, load) for checkpointing the model (QAT graphs carry observer buffers and a phase).
         stop_after_steps: stop early after this global step (tests of kill-and-resume).
     Raises:
         NonFiniteLossError: a loss part is NaN/inf (names the step and the part).
@@ -130,6 +132,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
     teacher = teacher or TeacherSignal()
     set_train = set_train or (lambda m: m.train())
     set_eval = set_eval or (lambda m: m.eval())
+    get_state, load_state = model_state or (lambda m: m.state_dict(), lambda m, s: m.load_state_dict(s))
     if getattr(objective, "needs_teacher", False) and teacher.teacher is None and teacher.cached is None:
         raise EdgeKDError("the distillation losses need a teacher, but none was given")
     if cfg.augment and teacher.cached is not None:
@@ -162,7 +165,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
         if state.get("total_steps") != total_steps:
             raise EdgeKDError(f"checkpoint {ckpt_path} was written for {state.get('total_steps')} steps, this run "
                               f"has {total_steps}; delete it to start over")
-        model.load_state_dict(state["model"])
+        load_state(model, state["model"])
         objective.load_state_dict(state["objective"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -180,7 +183,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
     def save_checkpoint(epoch_sums: dict, order_state) -> None:
         if ckpt_path is None:
             return
-        torch_save({"model": model.state_dict(), "objective": objective.state_dict(), "optimizer": opt.state_dict(),
+        torch_save({"model": get_state(model), "objective": objective.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "rng": _rng_state(data_gen), "step": step,
                     "total_steps": total_steps, "history": result.history, "epoch_sums": epoch_sums,
                     "order_state": order_state}, ckpt_path)

@@ -1,0 +1,43 @@
+# Two commands set up a fresh machine and use it: `make demo` and `make test`.
+# Each creates .venv first when missing or out of date (tools/setup_env.sh); re-running reuses it.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: env demo test test-export test-slow test-device test-all bench-kd bench-quant bench-predictor bench-runner clean
+
+env:
+	@./tools/setup_env.sh
+
+demo: env
+	$(VENV)/bin/edgekd demo
+
+test: env
+	$(PYTEST) -q
+
+test-export: env
+	$(PYTEST) -q -m export
+
+test-slow: env
+	$(PYTEST) -q -m slow
+
+test-device: env
+	$(PYTEST) -q -m device
+
+test-all: env
+	$(PYTEST) -q -m "slow or export or not slow"
+
+bench-kd: env
+	$(PY) tools/bench_kd.py
+
+bench-quant: env
+	$(PY) tools/bench_quant.py
+
+bench-predictor: env
+	$(PY) tools/bench_predictor.py
+
+bench-runner: env
+	$(PY) tools/bench_runner_agreement.py
+
+clean:
+	rm -rf runs .pytest_cache

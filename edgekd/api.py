@@ -1,0 +1,127 @@
+"""The public Python API: the same operations and argument names as the CLI commands.
+
+    import edgekd
+    run_dir = edgekd.run("edgekd/recipes/fashion_mnist_demo.yaml")
+    edgekd.export("student.pt", format="tflite", precision="fp32", out="student.tflite")
+    edgekd.profile(["student.tflite"], target="cpu-local", threads=1)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgekd.config import Recipe, load_recipe
+from edgekd.errors import EdgeKDError
+from edgekd.pipeline import run
+
+DEMO_RECIPE = Path(__file__).parent / "recipes" / "fashion_mnist_demo.yaml"
+
+__all__ = ["run", "run_stage", "validate", "demo", "export", "verify", "profile", "quantize", "bundle",
+           "bundle_verify", "report", "DEMO_RECIPE"]
+
+
+def validate(recipe: str | Path) -> Recipe:
+    """Load and check a recipe; raises ConfigError listing every problem."""
+    return load_recipe(recipe)
+
+
+def run_stage(recipe: str | Path | Recipe, stage: str, *, run_dir: str | Path | None = None,
+              force: bool = False, progress: bool = True) -> Path:
+    """Run the recipe up to and including `stage` (earlier stages are reused when unchanged)."""
+    return run(recipe, run_dir=run_dir, until=stage, force=force, progress=progress)
+
+
+def demo(*, run_dir: str | Path | None = None, overrides: dict[str, Any] | None = None,
+         progress: bool = True) -> Path:
+    """Run the shipped Fashion-MNIST recipe end to end."""
+    return run(load_recipe(DEMO_RECIPE, overrides), run_dir=run_dir, progress=progress)
+
+
+def _load_any_model(path: Path, model: str | None = None):
+    from edgekd.models import load_model_file
+
+    if path.suffix == ".pt2":
+        from edgekd.quant import load_quantized
+
+        return load_quantized(path)
+    return load_model_file(path, model)[0]
+
+
+def export(model_path: str | Path, *, format: str, out: str | Path, model: str | None = None,
+           input_shape: Sequence[int] = (1, 1, 28, 28), opset: int = 18) -> Path:
+    """Export an edgekd model file (.pt fp32, or .pt2 quantized) to ONNX or TFLite."""
+    import torch
+
+    from edgekd.export import export_onnx, export_tflite
+
+    module = _load_any_model(Path(model_path), model)
+    example = (torch.zeros(*input_shape),)
+    if format == "onnx":
+        return export_onnx(module, example, Path(out), opset=opset)
+    if format == "tflite":
+        return export_tflite(module, example, Path(out))
+    raise EdgeKDError(f"unknown format {format!r}; known: onnx, tflite")
+
+
+def verify(files: Sequence[str | Path], *, reference: str | Path, dataset: str = "fashion_mnist",
+           data_dir: str | None = None, model: str | None = None, tolerance: float = 1e-4,
+           test_subset: int | None = None) -> dict[str, Any]:
+    """Parity of each file with `reference` (an edgekd model file) and each file's accuracy in its runtime."""
+    from edgekd.data import load_dataset
+    from edgekd.export.files import describe_file
+    from edgekd.verify import verify_files
+
+    ds = load_dataset(dataset, data_dir, subset_test=test_subset)
+    ref_path = Path(reference)
+    ref = _load_any_model(ref_path, model)
+    quantized = ref_path.suffix == ".pt2"
+    described = [describe_file(f) for f in files]
+    return verify_files(described, None if quantized else ref, ref if quantized else None, ds.x_test, ds.y_test,
+                        tolerance=tolerance)
+
+
+def profile(files: Sequence[str | Path], *, target: str = "cpu-local", threads: int | None = None,
+            max_seconds: float = 2.0, min_runs: int = 50, progress: bool = True) -> dict[str, Any]:
+    """Latency of each file on `target`: measured on this CPU, over adb/SSH when connected, else predicted."""
+    from edgekd.profile import profile_run_files
+
+    return profile_run_files([Path(f) for f in files], [target], threads=threads, max_seconds=max_seconds,
+                             min_runs=min_runs, progress=progress)
+
+
+def quantize(model_path: str | Path, *, out: str | Path, method: str = "minmax", runtime: Sequence[str] = ("litert",),
+             scheme: str | None = None, dataset: str = "fashion_mnist", data_dir: str | None = None,
+             calibration: str | Path = "calibration/default.yaml", model: str | None = None) -> Path:
+    """Post-training quantization of an fp32 edgekd model file with a calibration recipe; writes a .pt2."""
+    from edgekd.data import load_dataset
+    from edgekd.quant import (load_calibration_recipe, quantize_ptq, save_quantized, scheme_for_runtimes,
+                              select_calibration)
+
+    ds = load_dataset(dataset, data_dir)
+    student = _load_any_model(Path(model_path), model)
+    sch = scheme_for_runtimes(list(runtime), override=scheme)
+    calib = select_calibration(ds.x_train, ds.y_train, load_calibration_recipe(calibration))
+    q = quantize_ptq(student, ds.x_test[:2], sch, [calib[i:i + 64] for i in range(0, len(calib), 64)], method=method)
+    return save_quantized(q, ds.x_test[:2], Path(out))
+
+
+def bundle(run_dir: str | Path, *, target: str = "cpu-local", out: str | Path | None = None) -> Path:
+    """Make the mobile-app archive for `target` from a finished run directory."""
+    from edgekd.bundle import bundle_run
+
+    run_dir = Path(run_dir)
+    return bundle_run(run_dir, target, Path(out) if out else run_dir / "bundle")
+
+
+def bundle_verify(archive: str | Path, *, run_models: bool = True):
+    """Check an archive's checksums and metadata and run each model once."""
+    from edgekd.bundle import verify_bundle
+
+    return verify_bundle(Path(archive), run_models=run_models)
+
+
+def report(run_dir: str | Path):
+    """Rebuild report.md, report.html, results.json and plots from the run directory alone."""
+    from edgekd.report import build_report
+
+    return build_report(Path(run_dir))

@@ -1,0 +1,307 @@
+"""edgekd command line: thin click commands over edgekd.api (same names as its keyword arguments)."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgekd.errors import EdgeKDError
+
+STAGES = ("teacher", "distill", "quantize", "export", "verify", "profile", "bundle", "report")
+
+
+def user_errors(fn):
+    """Turn EdgeKDError into one clear line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgeKDError as e:
+            click.echo(f"edgekd: error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("edgekd: interrupted; finished stages and the last checkpoint are kept, re-run to resume",
+                       err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def parse_overrides(items: tuple[str, ...]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise EdgeKDError(f"--set takes KEY=VALUE (e.g. distill.train.epochs=2), got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def print_summary(run_dir: Path) -> None:
+    from edgekd.report import results_json
+
+    results = results_json(run_dir)
+    headline = results.get("headline") or {}
+    click.echo("")
+    click.echo(results.get("summary_text") or json.dumps(headline, indent=2))
+    click.echo(f"report: {run_dir / 'report' / 'report.html'}  (and report.md, results.json)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgekd")
+def main() -> None:
+    """Distill, quantize, export, verify, profile and bundle compact models for edge devices."""
+
+
+@main.command()
+@click.option("--run-dir", type=click.Path(path_type=Path), help="Where the run goes (default runs/fashion-mnist-demo).")
+@click.option("--set", "overrides", multiple=True, help="Override a recipe value, e.g. --set distill.train.epochs=2.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@user_errors
+def demo(run_dir: Path | None, overrides: tuple[str, ...], no_progress: bool) -> None:
+    """Run the shipped Fashion-MNIST recipe end to end and print the headline figures."""
+    import time
+
+    from edgekd import api
+
+    t0 = time.perf_counter()
+    out = api.demo(run_dir=run_dir, overrides=parse_overrides(overrides), progress=not no_progress)
+    print_summary(out)
+    click.echo(f"demo wall time: {time.perf_counter() - t0:.0f} s")
+
+
+@main.command("run")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--run-dir", type=click.Path(path_type=Path), help="Run directory (default runs/<recipe name>).")
+@click.option("--until", type=click.Choice(STAGES), help="Stop after this stage.")
+@click.option("--only", type=click.Choice(STAGES), multiple=True, help="Run only these stages (others must be done).")
+@click.option("--force", is_flag=True, help="Re-run stages even when their inputs are unchanged.")
+@click.option("--set", "overrides", multiple=True, help="Override a recipe value, e.g. --set seed=1.")
+@click.option("--no-progress", is_flag=True)
+@user_errors
+def run_cmd(recipe: Path, run_dir: Path | None, until: str | None, only: tuple[str, ...], force: bool,
+            overrides: tuple[str, ...], no_progress: bool) -> None:
+    """Run every stage of RECIPE (finished, unchanged stages are skipped; training resumes)."""
+    from edgekd.config import load_recipe
+    from edgekd.pipeline import run
+
+    out = run(load_recipe(recipe, parse_overrides(overrides)), run_dir=run_dir, until=until, only=list(only),
+              force=force, progress=not no_progress)
+    if (out / "report" / "stage.json").exists():
+        print_summary(out)
+    else:
+        click.echo(f"run directory: {out}")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@user_errors
+def validate(recipe: Path) -> None:
+    """Check RECIPE and report every problem at once."""
+    from edgekd import api
+
+    r = api.validate(recipe)
+    click.echo(f"{recipe}: ok ({r.name}: {r.data.dataset}, teacher {r.teacher.model}, student {r.student.model})")
+
+
+def _stage_command(stage: str, doc: str):
+    @click.argument("recipe", type=click.Path(path_type=Path))
+    @click.option("--run-dir", type=click.Path(path_type=Path))
+    @click.option("--force", is_flag=True, help="Re-run even when inputs are unchanged.")
+    @click.option("--set", "overrides", multiple=True)
+    @click.option("--no-progress", is_flag=True)
+    @user_errors
+    def command(recipe: Path, run_dir: Path | None, force: bool, overrides: tuple[str, ...], no_progress: bool):
+        from edgekd.config import load_recipe
+        from edgekd.pipeline import run
+
+        out = run(load_recipe(recipe, parse_overrides(overrides)), run_dir=run_dir, until=stage, force=force,
+                  progress=not no_progress)
+        click.echo(f"{stage}: done in {out}")
+
+    command.__doc__ = doc
+    return main.command(stage)(command)
+
+
+_stage_command("teacher", "Train or load the teacher of RECIPE (weights, TorchScript, ONNX or ensemble).")
+_stage_command("distill", "Distill the student of RECIPE from its teacher (runs the teacher stage first if needed).")
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="PTQ: where to write the quantized .pt2.")
+@click.option("--method", default="minmax", show_default=True, help="PTQ calibration: minmax, percentile, mse.")
+@click.option("--runtime", multiple=True, default=("litert",), show_default=True,
+              help="Runtime(s) that will run the file; they choose the int8 scheme.")
+@click.option("--scheme", default=None, help="Override the scheme by name.")
+@click.option("--dataset", default="fashion_mnist", show_default=True)
+@click.option("--data-dir", default=None)
+@click.option("--calibration", default="calibration/default.yaml", show_default=True)
+@click.option("--model", default=None, help="Architecture of a bare state_dict.")
+@click.option("--run-dir", type=click.Path(path_type=Path))
+@user_errors
+def quantize(source: Path, out: Path | None, method: str, runtime: tuple[str, ...], scheme: str | None,
+             dataset: str, data_dir: str | None, calibration: str, model: str | None, run_dir: Path | None) -> None:
+    """QAT(+KD) of a recipe's student (SOURCE = RECIPE.yaml), or PTQ of a model file (SOURCE = student.pt)."""
+    from edgekd import api
+
+    if source.suffix in (".yaml", ".yml"):
+        click.echo(f"quantize: done in {api.run_stage(source, 'quantize', run_dir=run_dir)}")
+        return
+    if out is None:
+        raise EdgeKDError("PTQ of a model file needs --out PATH.pt2")
+    path = api.quantize(source, out=out, method=method, runtime=runtime, scheme=scheme, dataset=dataset,
+                        data_dir=data_dir, calibration=calibration, model=model)
+    click.echo(f"quantized: {path}")
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("--format", "format_", type=click.Choice(["onnx", "tflite"]), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--model", default=None, help="Architecture of a bare state_dict.")
+@click.option("--input-shape", default="1,1,28,28", show_default=True)
+@user_errors
+def export(model_path: Path, format_: str, out: Path, model: str | None, input_shape: str) -> None:
+    """Export MODEL_PATH (.pt fp32 edgekd model file or .pt2 quantized) to ONNX or TFLite."""
+    from edgekd import api
+
+    shape = tuple(int(s) for s in input_shape.split(","))
+    path = api.export(model_path, format=format_, out=out, model=model, input_shape=shape)
+    click.echo(f"exported: {path} ({path.stat().st_size / 1024:.1f} KiB)")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--reference", required=True, type=click.Path(path_type=Path),
+              help="The trained model: student.pt (fp32) or student_int8.pt2 (fake-quant).")
+@click.option("--dataset", default="fashion_mnist", show_default=True)
+@click.option("--data-dir", default=None)
+@click.option("--tolerance", default=1e-4, show_default=True)
+@click.option("--test-subset", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def verify(files, reference, dataset, data_dir, tolerance, test_subset, as_json) -> None:
+    """Parity and accuracy of exported FILES, each run in its own runtime."""
+    from edgekd import api
+
+    res = api.verify(files, reference=reference, dataset=dataset, data_dir=data_dir, tolerance=tolerance,
+                     test_subset=test_subset)
+    if as_json:
+        click.echo(json.dumps(res, indent=2, default=str))
+        return
+    for f in res["files"]:
+        click.echo(f"{f['name']:<28} {f['runtime']:<12} acc {f['accuracy']:.4f}  max|diff| {f['max_abs_diff']:.2e}  "
+                   f"top-1 agree {f['top1_agreement']:.4f}  {'ok' if f['parity_ok'] else 'PARITY FAILED'}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--target", default="cpu-local", show_default=True, help="Target name or YAML path.")
+@click.option("--threads", type=int, default=None, help="Threads (default: the target's).")
+@click.option("--max-seconds", default=2.0, show_default=True, help="Time cap per file.")
+@click.option("--min-runs", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def profile(files, target, threads, max_seconds, min_runs, as_json) -> None:
+    """Latency of FILES on TARGET (measured when reachable, else predicted and labelled so)."""
+    from edgekd import api
+    from edgekd.profile import format_profile
+
+    res = api.profile(files, target=target, threads=threads, max_seconds=max_seconds, min_runs=min_runs,
+                      progress=not as_json)
+    click.echo(json.dumps(res, indent=2, default=str) if as_json else format_profile(res))
+
+
+@main.group(invoke_without_command=True)
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--target", default="cpu-local", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path))
+@click.pass_context
+@user_errors
+def bundle(ctx, run_dir, target, out) -> None:
+    """Make the app archive for TARGET from RUN_DIR; `edgekd bundle verify ARCHIVE` checks one."""
+    if ctx.invoked_subcommand:
+        return
+    if run_dir is None:
+        raise EdgeKDError("give a run directory (edgekd bundle RUN_DIR --target NAME) or use 'bundle verify ARCHIVE'")
+    from edgekd import api
+
+    click.echo(f"bundle: {api.bundle(run_dir, target=target, out=out)}")
+
+
+@bundle.command("verify")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--no-run", is_flag=True, help="Check checksums and metadata only; do not load the models.")
+@user_errors
+def bundle_verify(archive, no_run) -> None:
+    """Check ARCHIVE: checksums, metadata, and one inference per model."""
+    from edgekd import api
+
+    rep = api.bundle_verify(archive, run_models=not no_run)
+    click.echo(rep.summary() if hasattr(rep, "summary") else str(rep))
+    if not getattr(rep, "ok", True):
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print results.json for scripts.")
+@user_errors
+def report(run_dir: Path, as_json: bool) -> None:
+    """Rebuild the report of RUN_DIR from its files alone."""
+    from edgekd import api
+    from edgekd.report import results_json
+
+    if not run_dir.is_dir():
+        raise EdgeKDError(f"run directory not found: {run_dir}")
+    api.report(run_dir)
+    if as_json:
+        click.echo(json.dumps(results_json(run_dir), indent=2, default=str))
+    else:
+        click.echo(f"report: {run_dir / 'report' / 'report.md'}, {run_dir / 'report' / 'report.html'}")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+@user_errors
+def targets(ctx) -> None:
+    """List targets; `edgekd targets show NAME` prints one."""
+    if ctx.invoked_subcommand is None:
+        from edgekd.profile import format_targets_table
+
+        click.echo(format_targets_table())
+
+
+@targets.command("show")
+@click.argument("name")
+@user_errors
+def targets_show(name: str) -> None:
+    """Print target NAME (a name from targets/ or a YAML path)."""
+    from edgekd.profile import format_target, load_target
+
+    click.echo(format_target(load_target(name)))
+
+
+@main.command()
+@click.option("--target", default="cpu-local", show_default=True)
+@click.option("--runtime", default="onnxruntime", show_default=True)
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "int8"]))
+@click.option("--threads", type=int, default=None)
+@user_errors
+def calibrate(target: str, runtime: str, precision: str, threads: int | None) -> None:
+    """Fit the latency predictor for TARGET from micro-benchmarks on this machine."""
+    from edgekd.profile import calibrate_target
+
+    path = calibrate_target(target, runtime=runtime, precision=precision, threads=threads)
+    click.echo(f"calibration written: {path}")
+
+
+if __name__ == "__main__":
+    main()
