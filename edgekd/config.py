@@ -64,7 +64,14 @@ class TeacherConfig:
 
 @dataclass
 class DistillConfig:
+    """mode: 'teacher' (offline KD from the teacher), 'mutual' (DML of `peers` students, no teacher needed),
+    'born_again' (`generations` students in sequence, each taught by the previous one)."""
+
     enabled: bool = True
+    mode: Literal["teacher", "mutual", "born_again"] = "teacher"
+    peers: int = 2
+    generations: int = 2
+    mutual_kl_weight: float = 1.0
     losses: list[dict[str, Any]] = field(default_factory=lambda: [
         {"name": "ce", "weight": 0.1}, {"name": "kd_soft", "weight": 0.9, "temperature": 4.0}])
     cache_teacher: bool = True
@@ -251,6 +258,10 @@ def _range_checks(r: Recipe) -> list[str]:
         p.append(f"teacher.path: a {r.teacher.kind} teacher needs the file's path")
     if r.teacher.kind == "ensemble" and not r.teacher.members:
         p.append("teacher.members: an ensemble teacher needs a list of member teacher specs")
+    if r.distill.mode == "mutual" and isinstance(r.distill.peers, int) and r.distill.peers < 2:
+        p.append(f"distill.peers: mutual learning needs >= 2 peers, got {r.distill.peers}")
+    if r.distill.mode == "born_again" and isinstance(r.distill.generations, int) and r.distill.generations < 1:
+        p.append(f"distill.generations: must be >= 1, got {r.distill.generations}")
     if r.distill.enabled and not r.distill.losses:
         p.append("distill.losses: distillation is enabled but no loss is listed")
     return p

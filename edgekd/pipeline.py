@@ -146,32 +146,52 @@ def stage_distill(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     student = build_model(r.student.model, **kwargs)
     terms = r.distill.losses if r.distill.enabled else [{"name": "ce", "weight": 1.0}]
     objective = build_objective(terms)
-    signal = teacher_signal(ctx, objective, r.distill.train, r.distill.cache_teacher, r.distill.cache_topk)
+    mode = r.distill.mode if r.distill.enabled else "teacher"
+    offline = mode == "teacher"  # born-again generations change teachers, so only offline KD can use the cache
+    signal = TeacherSignal() if mode == "mutual" else teacher_signal(
+        ctx, objective, r.distill.train, r.distill.cache_teacher and offline, r.distill.cache_topk if offline else None)
     teacher_params = ctx.record("teacher").metrics.get("params")
     ctx.log(f"distill: {r.student.model} ({count_params(student):,} params; teacher {teacher_params or '?'}) "
             f"with {', '.join(t['name'] for t in terms)} for {r.distill.train.epochs} epochs")
-    result = train(student, ds.x_train, ds.y_train, r.distill.train, objective=objective, teacher=signal,
-                   seed=r.seed, x_test=ds.x_test, y_test=ds.y_test, batch_size=r.data.batch_size,
-                   eval_batch_size=r.data.eval_batch_size, checkpoint=ctx.checkpoint("distill"),
-                   progress=ctx.progress, desc="distill")
+    common = dict(seed=r.seed, x_test=ds.x_test, y_test=ds.y_test, batch_size=r.data.batch_size,
+                  eval_batch_size=r.data.eval_batch_size, progress=ctx.progress)
+    if mode == "mutual":
+        from edgekd.distill.mutual import train_mutual
+
+        peers = [student] + [build_model(r.student.model, **kwargs) for _ in range(r.distill.peers - 1)]
+        result = train_mutual(peers, ds.x_train, ds.y_train, r.distill.train, kl_weight=r.distill.mutual_kl_weight,
+                              checkpoint=ctx.checkpoint("distill"), desc="mutual", **common)
+    elif mode == "born_again":
+        from edgekd.distill.mutual import born_again
+
+        generations = born_again(lambda: build_model(r.student.model, **kwargs), signal.teacher,
+                                 r.distill.generations, ds.x_train, ds.y_train, r.distill.train, terms, **common)
+        student, result = generations[-1]
+        result.history = [dict(h, generation=g + 1) for g, (_, res) in enumerate(generations) for h in res.history]
+    else:
+        result = train(student, ds.x_train, ds.y_train, r.distill.train, objective=objective, teacher=signal,
+                       checkpoint=ctx.checkpoint("distill"), desc="distill", **common)
     acc = evaluate(student, ds.x_test, ds.y_test, r.data.eval_batch_size)
     path = save_model_file(student, r.student.model, kwargs, out / "student.pt")
     return {"model": path}, {"params": count_params(student), "teacher_params": teacher_params,
-                             "test_accuracy": acc, "history": result.history, "losses": terms,
+                             "test_accuracy": acc, "history": result.history, "losses": terms, "mode": mode,
                              "teacher_signal": "cache" if signal.cached is not None else
                              ("online" if signal.teacher is not None else "none")}
 
 
 def teacher_signal(ctx: RunContext, objective, cfg: TrainConfig, use_cache: bool, topk: int | None):
     """Cached teacher logits when valid (no augmentation, no teacher features), else the teacher online."""
-    from edgekd.distill import teacher_cache
+    from edgekd.distill import load_or_build
     from edgekd.distill.trainer import TeacherSignal
 
     if not getattr(objective, "needs_teacher", False):
         return TeacherSignal()
     teacher = load_run_teacher(ctx)
     if use_cache and not cfg.augment and not objective.teacher_taps:
-        cached = teacher_cache(teacher, ctx.dataset.x_train, ctx.run_dir / "cache",
+        if topk and not objective.accepts_topk:
+            raise EdgeKDError(f"distill.cache_topk={topk} stores top-k teacher logits, but a loss in the recipe "
+                              "needs full logits; set cache_topk: null or use losses that accept top-k")
+        cached = load_or_build(teacher, ctx.dataset.x_train, ctx.run_dir / "cache",
                                preprocessing=f"{ctx.dataset.name}:{ctx.dataset.digest()}", topk=topk,
                                progress=ctx.progress)
         return TeacherSignal(teacher=teacher, cached=cached)

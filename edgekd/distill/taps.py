@@ -9,11 +9,15 @@ from torch import nn
 from edgekd.errors import EdgeKDError
 
 
-def student_features_fn(model: nn.Module, names: tuple[str, ...]
+def student_features_fn(model: nn.Module, names: tuple[str, ...], call: nn.Module | None = None
                         ) -> Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor] | None]]:
-    """Return f(x) -> (logits, {name: feature}) capturing `names` with forward hooks (None when no names)."""
+    """Return f(x) -> (logits, {name: feature}) capturing `names` with forward hooks (None when no names).
+
+    `call` is what runs the forward (e.g. a DDP wrapper of `model`); hooks sit on `model`'s own submodules.
+    """
+    call = call or model
     if not names:
-        return lambda x: (model(x), None)
+        return lambda x: (call(x), None)
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:
@@ -28,7 +32,7 @@ def student_features_fn(model: nn.Module, names: tuple[str, ...]
 
     def forward(x: torch.Tensor):
         store.clear()
-        logits = model(x)
+        logits = call(x)
         return logits, dict(store)
 
     return forward

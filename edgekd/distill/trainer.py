@@ -80,7 +80,7 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
-    if cfg.schedule == "onecycle":
+    if cfg.schedule == "onecycle" and total_steps >= 8:  # OneCycle needs a few steps per phase
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, total_steps),
                                                    pct_start=0.25)
     if cfg.schedule == "cosine":
@@ -139,7 +139,13 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
         raise EdgeKDError("cached teacher logits are wrong for randomly augmented inputs: run the teacher online "
                           "(distill.cache_teacher: false) or train without augmentation")
     teacher.feature_names = tuple(getattr(objective, "teacher_taps", ()) or ())
-    forward_student = student_features_fn(model, tuple(getattr(objective, "student_taps", ()) or ()))
+    world, rank = _distributed()
+    # DDP: every rank draws the same global batch order and trains on its 1/world shard of each batch; gradients
+    # are averaged, so all ranks hold identical weights (initial weights are broadcast from rank 0).
+    trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    forward_student = student_features_fn(model, tuple(getattr(objective, "student_taps", ()) or ()), call=trained)
+    if rank != 0:
+        checkpoint, progress = None, False
 
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -207,6 +213,8 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
             for idx in batches:
                 if step >= total_steps:
                     break
+                if world > 1:
+                    idx = idx[rank::world]
                 if step_hook:
                     step_hook(model, step, total_steps)
                 x = x_train[idx]
@@ -234,6 +242,8 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
                 if stop_after_steps is not None and step >= stop_after_steps:
                     return result
             # End of an epoch (or of a fractional last epoch): log it.
+            if world > 1:
+                _average_buffers(model, world)
             record = _epoch_record(epoch + 1, step, epoch_sums, opt.param_groups[0]["lr"])
             if x_test is not None and y_test is not None:
                 record["test_accuracy"] = evaluate(model, x_test, y_test, eval_batch_size, set_eval)
@@ -246,6 +256,21 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
     result.steps = step
     result.wall_time_s = time.perf_counter() - t0
     return result
+
+
+def _distributed() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _average_buffers(model: nn.Module, world: int) -> None:
+    """All-reduce floating buffers (BN running statistics) to their mean over ranks, so every rank agrees."""
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
+            buf.div_(world)
 
 
 def _check_finite(parts: dict[str, torch.Tensor], step: int) -> None:
