@@ -126,7 +126,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
     Raises:
         NonFiniteLossError: a loss part is NaN/inf (names the step and the part).
     """
-    from edgekd.distill.taps import student_features_fn
+    from edgekd.distill.features import FeatureTap
 
     objective = objective or CrossEntropyObjective()
     teacher = teacher or TeacherSignal()
@@ -143,7 +143,12 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
     # DDP: every rank draws the same global batch order and trains on its 1/world shard of each batch; gradients
     # are averaged, so all ranks hold identical weights (initial weights are broadcast from rank 0).
     trained = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    forward_student = student_features_fn(model, tuple(getattr(objective, "student_taps", ()) or ()), call=trained)
+    student_taps = tuple(getattr(objective, "student_taps", ()) or ())
+    tap = FeatureTap(model, student_taps) if student_taps else None  # hooks on `model`; `trained` may wrap it
+
+    def forward_student(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        return tap.run(trained, x) if tap else (trained(x), None)
+
     if rank != 0:
         checkpoint, progress = None, False
 
@@ -252,6 +257,8 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
             save_checkpoint(epoch_sums, order_state)
     finally:
         bar.close()
+        if tap:
+            tap.remove()
     set_eval(model)
     result.steps = step
     result.wall_time_s = time.perf_counter() - t0

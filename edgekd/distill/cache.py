@@ -1,0 +1,193 @@
+"""Teacher-logit cache: run the teacher once over a fixed training tensor and reuse its logits every epoch.
+
+The cache file is keyed by sha256 over (teacher fingerprint, data fingerprint, preprocessing string, top-k,
+storage dtype, format version). The data fingerprint is the sha256 of the tensor's dtype, shape and raw bytes
+(exact, ~0.1-0.2 s per 100 MB here). Any change to teacher weights, data, preprocessing or top-k gives another key,
+so another file: the old one is kept (a train and a test cache may share a directory) and can be deleted by hand.
+Valid only when the student sees exactly the cached inputs: see `check_cache_allowed`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from edgekd.distill.losses import TopKLogits
+from edgekd.distill.teachers import Teacher, as_teacher
+from edgekd.errors import EdgeKDError
+from edgekd.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def tensor_sha256(x: Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and raw bytes (CPU, contiguous): an exact data fingerprint."""
+    t = x.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel():
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def cache_key(teacher_fingerprint: str, data_fingerprint: str, preprocessing: str, topk: int | None,
+              dtype: str = "float32") -> str:
+    payload = {"format": CACHE_FORMAT, "teacher": teacher_fingerprint, "data": data_fingerprint,
+               "preprocessing": preprocessing, "topk": topk, "dtype": dtype}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def check_cache_allowed(augment: bool, *, strict: bool = False) -> str | None:
+    """None when cached teacher logits are valid for training, else the reason (raised as EdgeKDError if strict).
+
+    With random augmentation every epoch shows the student a different version of each image, so logits cached
+    for the un-augmented tensor are the teacher's answer to another input: run the teacher online instead.
+    """
+    if not augment:
+        return None
+    reason = ("teacher-logit cache refused: random augmentation changes each input every epoch, so logits cached "
+              "for the un-augmented images are wrong for the augmented ones the student sees; the teacher must run "
+              "online on each augmented batch (or turn augmentation off to use the cache)")
+    if strict:
+        raise EdgeKDError(reason)
+    return reason
+
+
+@dataclass
+class CachedLogits:
+    """Cached teacher outputs for N samples: `cached[idx]` gives float32 logits (or TopKLogits) for those rows."""
+
+    path: Path
+    fingerprint: str
+    topk: int | None
+    logits: Tensor | None = None
+    values: Tensor | None = None
+    indices: Tensor | None = None
+    rebuilt: bool = False
+    build_seconds: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.logits if self.logits is not None else self.values)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    def __getitem__(self, index: Any) -> Tensor | TopKLogits:
+        if isinstance(index, Tensor):
+            index = index.detach().cpu().long()
+        if self.logits is not None:
+            return self.logits[index].float()
+        return TopKLogits(self.values[index].float(), self.indices[index].long())
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: Teacher, x: Tensor, batch_size: int = 512, topk: int | None = None,
+                    progress: bool = True) -> tuple[Tensor | TopKLogits, int]:
+    """Run `teacher` over `x` in batches; return float32 logits (N, V) or the top-k (values, indices), and V."""
+    from tqdm import tqdm
+
+    chunks, idx_chunks, num_classes = [], [], 0
+    starts = range(0, len(x), batch_size)
+    for start in tqdm(starts, desc="teacher logits", unit="batch", disable=not progress, leave=False):
+        z = teacher.logits(x[start:start + batch_size]).detach().float().cpu()
+        num_classes = z.shape[-1]
+        if topk is not None:
+            if topk > z.shape[-1]:
+                raise EdgeKDError(f"topk={topk} exceeds the teacher's {z.shape[-1]} classes; use topk <= "
+                                  f"{z.shape[-1]} or null (full logits)")
+            v, i = torch.topk(z, topk, dim=-1)
+            chunks.append(v)
+            idx_chunks.append(i)
+        else:
+            chunks.append(z)
+    if topk is None:
+        return torch.cat(chunks), num_classes
+    return TopKLogits(torch.cat(chunks), torch.cat(idx_chunks)), num_classes
+
+
+class TeacherCache:
+    """A directory of teacher-logit cache files, one per key (see the module docstring)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def path_for(self, key: str) -> Path:
+        return self.directory / f"teacher-logits-{key[:16]}.pt"
+
+    def _load(self, path: Path, key: str, n: int) -> CachedLogits | None:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a truncated or foreign file: rebuild rather than fail
+            log.warning("ignoring unreadable teacher cache %s (%s); rebuilding", path, str(e).splitlines()[0])
+            return None
+        meta = blob.get("meta", {}) if isinstance(blob, dict) else {}
+        if blob.get("fingerprint") != key or meta.get("n") != n:
+            log.warning("teacher cache %s does not match this teacher/data; rebuilding", path)
+            return None
+        return CachedLogits(path, key, meta.get("topk"), blob.get("logits"), blob.get("values"), blob.get("indices"),
+                            rebuilt=False, build_seconds=meta.get("build_seconds"), meta=meta)
+
+    def load_or_build(self, teacher: Teacher, x: Tensor, preprocessing: str, topk: int | None = None,
+                      batch_size: int = 512, progress: bool = True, dtype: str = "float32") -> CachedLogits:
+        """Reuse the cache file for this (teacher, x, preprocessing, topk) or build it (atomically) and return it."""
+        teacher = as_teacher(teacher)
+        if not isinstance(x, Tensor) or x.dim() < 2 or len(x) == 0:
+            raise EdgeKDError(f"the teacher cache needs the training inputs as one tensor (N, C, H, W), got "
+                              f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+        if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
+            raise EdgeKDError(f"topk must be a positive integer or null (full logits), got {topk!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise EdgeKDError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if dtype not in STORAGE_DTYPES:
+            raise EdgeKDError(f"cache dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+        if not isinstance(preprocessing, str):
+            raise EdgeKDError(f"preprocessing must be a string describing the input transform, got {preprocessing!r}")
+        data_fp = tensor_sha256(x)
+        teacher_fp = teacher.fingerprint()
+        key = cache_key(teacher_fp, data_fp, preprocessing, topk, dtype)
+        path = self.path_for(key)
+        if path.is_file():
+            cached = self._load(path, key, len(x))
+            if cached is not None:
+                return cached
+        t0 = time.perf_counter()
+        out, num_classes = teacher_outputs(teacher, x, batch_size, topk, progress)
+        seconds = time.perf_counter() - t0
+        store = STORAGE_DTYPES[dtype]
+        meta = {"n": len(x), "topk": topk, "num_classes": num_classes, "dtype": dtype, "teacher": teacher_fp,
+                "data": data_fp,
+                "preprocessing": preprocessing, "build_seconds": seconds, "format": CACHE_FORMAT}
+        if topk is None:
+            blob: dict[str, Any] = {"logits": out.to(store)}
+            cached = CachedLogits(path, key, None, logits=blob["logits"])
+        else:
+            index_dtype = torch.int32 if int(out.indices.max()) < 2 ** 31 else torch.int64
+            blob = {"values": out.values.to(store), "indices": out.indices.to(index_dtype)}
+            cached = CachedLogits(path, key, topk, values=blob["values"], indices=blob["indices"])
+        blob.update(fingerprint=key, meta=meta)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(blob, tmp)
+        cached.rebuilt, cached.build_seconds, cached.meta = True, seconds, meta
+        return cached
+
+
+def load_or_build(teacher: Teacher, x: Tensor, directory: str | Path, preprocessing: str, topk: int | None = None,
+                  batch_size: int = 512, progress: bool = True, dtype: str = "float32") -> CachedLogits:
+    """`TeacherCache(directory).load_or_build(...)`: cached teacher logits for every row of `x`."""
+    return TeacherCache(directory).load_or_build(teacher, x, preprocessing, topk, batch_size, progress, dtype)
+
+
+__all__ = ["CachedLogits", "TeacherCache", "cache_key", "check_cache_allowed", "load_or_build", "teacher_outputs",
+           "tensor_sha256"]
