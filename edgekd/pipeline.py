@@ -341,15 +341,15 @@ def stage_profile(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
 
 
 def stage_bundle(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
-    from edgekd.bundle import bundle_run
+    """One app archive per bundle target: models with metadata, labels, model card, manifest."""
+    from edgekd.bundle import archive_record, bundle_run
 
-    out = ctx.stage_dir("bundle")
+    out, ds = ctx.stage_dir("bundle"), ctx.dataset
     archives, outputs = [], {}
     for target in ctx.recipe.bundle.targets:
-        path = bundle_run(ctx.run_dir, target, out)
+        path = bundle_run(ctx.run_dir, target, out, labels=ds.labels, mean=ds.mean, std=ds.std)
         outputs[path.name] = path
-        archives.append({"target": target, "path": str(path.relative_to(ctx.run_dir)),
-                         "bytes": path.stat().st_size})
+        archives.append(archive_record(path, target, ctx.run_dir))
         ctx.log(f"bundle: {path.relative_to(ctx.run_dir)} ({path.stat().st_size / 1024:.0f} KiB)")
     return outputs, {"archives": archives}
 
@@ -358,8 +358,7 @@ def stage_report(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     from edgekd.report import build_report
 
     paths = build_report(ctx.run_dir)
-    outputs = {p.name: p for p in paths.all()} if hasattr(paths, "all") else {}
-    return outputs, {}
+    return {p.name: p for p in paths.all()}, {}
 
 
 STAGES: dict[str, Callable[[RunContext], tuple[dict[str, Path], dict[str, Any]]]] = {
