@@ -83,7 +83,7 @@ def verify(files: Sequence[str | Path], *, reference: str | Path, dataset: str =
 def profile(files: Sequence[str | Path], *, target: str = "cpu-local", threads: int | None = None,
             max_seconds: float = 2.0, min_runs: int = 50, progress: bool = True) -> dict[str, Any]:
     """Latency of each file on `target`: measured on this CPU, over adb/SSH when connected, else predicted."""
-    from edgekd.profile import profile_run_files
+    from edgekd.profile.stage import profile_run_files
 
     return profile_run_files([Path(f) for f in files], [target], threads=threads, max_seconds=max_seconds,
                              min_runs=min_runs, progress=progress)

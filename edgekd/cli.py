@@ -44,12 +44,25 @@ def parse_overrides(items: tuple[str, ...]) -> dict:
 
 
 def print_summary(run_dir: Path) -> None:
+    """The headline figures: accuracy of every model and file, latency per file and runtime, sizes."""
     from edgekd.report import results_json
 
     results = results_json(run_dir)
-    headline = results.get("headline") or {}
     click.echo("")
-    click.echo(results.get("summary_text") or json.dumps(headline, indent=2))
+    for row in results.get("accuracy", []):
+        extra = f"  max|diff| {row['max_abs_diff']:.1e}" if row.get("max_abs_diff") is not None else ""
+        click.echo(f"accuracy  {row['model']:<34} {row['runtime']:<12} {row['precision']:<17} "
+                   f"{row['accuracy'] * 100:6.2f}%{extra}")
+    for target, rows in (results.get("latency") or {}).items():
+        for r in rows:
+            basis = "measured" if r.get("measured") else f"predicted ±{(r.get('uncertainty') or 0) * 100:.0f}%"
+            click.echo(f"latency   {target:<12} {r['name']:<22} {r['runtime']:<12} p50 {r['p50_ms']:.3f} ms  "
+                       f"p99 {(r.get('p99_ms') or float('nan')):.3f} ms  {(r.get('bytes') or 0) / 1024:6.1f} KiB  "
+                       f"{basis}")
+    for line in results.get("summary", []):
+        click.echo(f"- {line}")
+    if results.get("headline"):
+        click.echo(results["headline"]["text"])
     click.echo(f"report: {run_dir / 'report' / 'report.html'}  (and report.md, results.json)")
 
 
@@ -212,7 +225,7 @@ def verify(files, reference, dataset, data_dir, tolerance, test_subset, as_json)
 def profile(files, target, threads, max_seconds, min_runs, as_json) -> None:
     """Latency of FILES on TARGET (measured when reachable, else predicted and labelled so)."""
     from edgekd import api
-    from edgekd.profile import format_profile
+    from edgekd.profile.stage import format_profile
 
     res = api.profile(files, target=target, threads=threads, max_seconds=max_seconds, min_runs=min_runs,
                       progress=not as_json)

@@ -325,7 +325,7 @@ def stage_verify(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
 
 def stage_profile(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     """Latency of every exported file on each recipe target (measured locally, predicted elsewhere)."""
-    from edgekd.profile import profile_run_files
+    from edgekd.profile.stage import profile_run_files
 
     r = ctx.recipe
     files = [ctx.run_dir / f["path"] for f in ctx.record("export").metrics["files"]]
@@ -334,6 +334,7 @@ def stage_profile(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
                                 max_seconds=r.profile.max_seconds, min_runs=r.profile.min_runs,
                                 model=student, input_shape=(1, *ctx.dataset.input_shape), progress=ctx.progress,
                                 log=ctx.log)
+    del student
     return {}, metrics
 
 

@@ -24,14 +24,15 @@ from edgekd.distill.trainer import TeacherSignal, evaluate, train
 from edgekd.fileio import write_json
 from edgekd.models import build_model, count_params, load_model_file
 
+# Settings chosen by a one-seed sweep (seed 0, tiny_cnn widths 8 and 12; see README "KD benchmark"):
+# T=2 beat T=1 and T=4 for these small students; DKD's beta=8 (the paper's CIFAR setting) cost 6 points.
 METHODS = {
     "scratch": [{"name": "ce", "weight": 1.0}],
-    "kd_soft": [{"name": "ce", "weight": 0.1}, {"name": "kd_soft", "weight": 0.9, "temperature": 4.0}],
-    "dkd": [{"name": "ce", "weight": 1.0}, {"name": "dkd", "weight": 1.0, "alpha": 1.0, "beta": 8.0,
-                                            "temperature": 4.0}],
-    "dist": [{"name": "ce", "weight": 1.0}, {"name": "dist", "weight": 1.0, "beta": 2.0, "gamma": 2.0,
-                                             "temperature": 4.0}],
-    "kd_hint": [{"name": "ce", "weight": 0.1}, {"name": "kd_soft", "weight": 0.9, "temperature": 4.0},
+    "kd_soft": [{"name": "ce", "weight": 0.1}, {"name": "kd_soft", "weight": 0.9, "temperature": 2.0}],
+    "dkd": [{"name": "ce", "weight": 1.0}, {"name": "dkd", "weight": 1.0, "alpha": 1.0, "beta": 2.0,
+                                            "temperature": 2.0}],
+    "dist": [{"name": "ce", "weight": 1.0}, {"name": "dist", "weight": 1.0, "beta": 1.0, "gamma": 1.0, "tau": 1.0}],
+    "kd_hint": [{"name": "ce", "weight": 0.1}, {"name": "kd_soft", "weight": 0.9, "temperature": 2.0},
                 {"name": "hint", "weight": 1.0, "student": "features.2", "teacher": "features.5"}],
 }
 
@@ -49,8 +50,8 @@ def load_teacher_module():
 @click.command()
 @click.option("--subset", default=10000, show_default=True, help="Training images (stratified); test set is full.")
 @click.option("--epochs", default=15.0, show_default=True)
-@click.option("--width", default=8, show_default=True, help="tiny_cnn width of the student.")
-@click.option("--seeds", multiple=True, type=int, default=(0, 1, 2), show_default=True)
+@click.option("--width", default=12, show_default=True, help="tiny_cnn width of the student.")
+@click.option("--seeds", multiple=True, type=int, default=(1, 2, 3), show_default=True)
 @click.option("--methods", multiple=True, default=tuple(METHODS), show_default=True)
 @click.option("--threads", default=1, show_default=True)
 @click.option("--out", default="runs/bench/kd.json", show_default=True)

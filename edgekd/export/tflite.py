@@ -1,0 +1,90 @@
+"""TFLite (LiteRT) export pass through litert-torch; a converted PT2E model becomes a full-int8 TFLite file.
+
+The int8 file keeps the Q/DQ scales of the simulation (QAT or PTQ): litert-torch lowers each quantize/dequantize
+pair to TFLite tensor quantization parameters instead of re-calibrating. Files have a fixed batch of 1 (the edge
+case; litert-torch exports static shapes): edgekd.runtimes feeds larger batches row by row.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+
+from torch import nn
+
+from edgekd.export.common import first_rows, precision_of, prepare_for_export
+from edgekd.fileio import atomic_path
+from edgekd.quant.capture import conversion_error
+from edgekd.quant.schemes import LITERT_INT8
+
+
+def _static_quant_config(quantizer=None):
+    """litert-torch only reads the quantizer's mode (static vs dynamic) once the Q/DQ graph exists."""
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    from edgekd.quant.quantizer import build_quantizer
+
+    return QuantConfig(pt2e_quantizer=quantizer or build_quantizer(LITERT_INT8, is_qat=False))
+
+
+def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike, *, quantizer=None,
+                  batch_size: int = 1, quiet: bool = True) -> Path:
+    """Write `model` (float, or a converted PT2E Q/DQ model) to `path` as .tflite, atomically, with a fixed batch.
+
+    int8 models get int8 input and output tensors (edgekd.runtimes quantizes/dequantizes them). `quantizer` is
+    the PT2E quantizer used to prepare the model, when at hand; it is not needed (any static one works).
+    Raises ConversionError naming the layer and op that litert-torch cannot lower. Returns `path`.
+    """
+    import litert_torch
+
+    model, inputs = prepare_for_export(model, example_inputs)
+    if inputs[0].shape[0] < batch_size:
+        inputs = tuple(t.repeat(batch_size, *([1] * (t.dim() - 1))) for t in inputs)
+    inputs = first_rows(inputs, batch_size)
+    precision = precision_of(model)
+    path = Path(path)
+    kwargs = {"quant_config": _static_quant_config(quantizer)} if precision == "int8" else {}
+    out = io.StringIO()
+    try:
+        with _quiet(quiet, out):
+            edge_model = litert_torch.convert(model, inputs, **kwargs)
+    except Exception as e:
+        raise conversion_error(e, model, "TFLite export (litert-torch)", inputs,
+                               way_out="keep that layer in float (fp32 file / keep_float), rewrite it with "
+                                       "TFLite builtin ops, or export to ONNX instead") from e
+    with atomic_path(path) as tmp:
+        with _quiet(quiet, out):
+            edge_model.export(str(tmp))
+    return path
+
+
+@contextlib.contextmanager
+def _quiet(quiet: bool, sink: io.StringIO):
+    """litert-torch prints a progress tree; keep it out of the CLI unless asked for."""
+    if not quiet:
+        yield
+        return
+    level = logging.root.level
+    logging.root.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        logging.root.setLevel(level)
+
+
+def tflite_tensor_quantization(path: str | os.PathLike) -> list[dict]:
+    """Name, dtype, scales and zero points of every quantized tensor in a .tflite (for scale checks)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    rows = []
+    for d in interp.get_tensor_details():
+        q = d["quantization_parameters"]
+        if len(q["scales"]):
+            rows.append({"name": d["name"], "dtype": d["dtype"].__name__, "shape": tuple(d["shape"]),
+                         "scales": q["scales"].copy(), "zero_points": q["zero_points"].copy(),
+                         "axis": int(q["quantized_dimension"])})
+    return rows

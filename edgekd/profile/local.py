@@ -1,0 +1,183 @@
+"""Measure model files on this machine's CPU with onnxruntime, LiteRT (XNNPACK) or torch, via open_session.
+
+Peak memory method: the process RSS is read with psutil just before the model is loaded (the runtime library is
+imported first, so its own code pages are not counted); on Linux the kernel's RSS high-water mark (VmHWM) is
+reset at that point (`echo 5 > /proc/self/clear_refs`) and read after the timed runs. peak_mem_mb is
+max(VmHWM, RSS after load, after the first run, after the timed runs) - baseline RSS, in MiB; `mem_method` says
+"vmhwm" or "rss_samples" (when the high-water mark cannot be reset, e.g. non-Linux). It is the model's share of
+one process's resident memory (weights, arenas, activations), not an isolated allocation count.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgekd.errors import EdgeKDError
+from edgekd.profile.result import LatencyResult, detect_precision, file_bytes
+from edgekd.profile.stats import StopRule, summarize, time_until_stable
+from edgekd.runtimes import RUNTIMES, open_session, runtime_for
+
+_RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "litert": "ai_edge_litert.interpreter", "torch": "torch"}
+
+
+def cpu_device_name() -> str:
+    """A readable name for this CPU: model name and logical core count."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} logical cores, {platform.system()} {platform.machine()})"
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _hwm_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def make_input(shape: Sequence[int], seed: int = 0) -> np.ndarray:
+    """A fixed random float32 batch; unknown (-1) dimensions become 1."""
+    shape = tuple(1 if int(d) <= 0 else int(d) for d in shape)
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def profile_file(path: str | Path, runtime: str | None = None, threads: int = 1, *, warmup: int = 10,
+                 min_runs: int = 30, max_runs: int = 5000, time_cap_s: float = 10.0, min_time_s: float = 0.5,
+                 rel_tol: float = 0.01, block: int = 20, input_shape: Sequence[int] | None = None,
+                 precision: str | None = None, name: str | None = None, progress: bool = False,
+                 target: str = "cpu-local") -> LatencyResult:
+    """Measure one file here: warm-up, then timed runs until the running median is stable (see StopRule).
+
+    Args:
+        runtime: onnxruntime | litert | torch; guessed from the suffix when None.
+        input_shape: needed for torch files (their input shape is not stored); else read from the file.
+        precision: fp32 | int8 | fp16; detected from the file when None.
+    """
+    path = Path(path)
+    runtime = runtime or runtime_for(path)
+    RUNTIMES.get(runtime)  # unknown runtime -> closest match and known names
+    if not isinstance(threads, int) or threads < 1:
+        raise EdgeKDError(f"threads must be an integer >= 1, got {threads!r}")
+    if warmup < 0:
+        raise EdgeKDError(f"warmup must be >= 0 runs, got {warmup}")
+    rule = StopRule(min_runs=min_runs, max_runs=max_runs, block=block, rel_tol=rel_tol, time_cap_s=time_cap_s,
+                    min_time_s=min_time_s)
+    __import__(_RUNTIME_MODULES[runtime])  # load the library before the memory baseline
+    baseline = _rss_mb()
+    hwm_ok = _reset_hwm()
+    session = open_session(path, runtime=runtime, threads=threads)
+    mem = [_rss_mb()]
+    shape = tuple(input_shape) if input_shape is not None else session.input_shape
+    if not shape:
+        raise EdgeKDError(f"{path.name}: the input shape is not stored in a {runtime} file; pass input_shape, "
+                          f"e.g. input_shape=(1, 1, 28, 28)")
+    x = make_input(shape)
+    import time
+
+    t0 = time.perf_counter()
+    session.run(x)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    mem.append(_rss_mb())
+    for _ in range(warmup):
+        session.run(x)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, unit="run", desc=f"{path.name} [{runtime}, {threads}t]", leave=False)
+    try:
+        samples, stopped_by = time_until_stable(lambda: session.run(x), rule,
+                                                 bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    mem.append(_rss_mb())
+    hwm = _hwm_mb() if hwm_ok else None
+    peak = max(mem + ([hwm] if hwm is not None else [])) - baseline
+    s = summarize(samples)
+    return LatencyResult(
+        name=name or path.stem, runtime=runtime, precision=precision or detect_precision(path), threads=threads,
+        measured=True, p50_ms=s.p50_ms, p90_ms=s.p90_ms, p99_ms=s.p99_ms, mean_ms=s.mean_ms, std_ms=s.std_ms,
+        cv=s.cv, cv_flag=s.cv_flag, init_ms=session.init_ms, first_ms=first_ms, peak_mem_mb=max(peak, 0.0),
+        bytes=file_bytes(path), runs=s.runs, runtime_version=session.version, device=cpu_device_name(),
+        target=target, min_ms=s.min_ms, max_ms=s.max_ms, stopped_by=stopped_by,
+        mem_method="vmhwm" if hwm is not None else "rss_samples")
+
+
+def default_runtime(path: str | Path, runtimes: Sequence[str]) -> str:
+    """The first of a target's runtimes that can run this file type (.onnx: tensorrt or onnxruntime, ...)."""
+    suffix = Path(path).suffix.lower()
+    can = {".onnx": {"onnxruntime", "tensorrt"}, ".tflite": {"litert"}, ".pt2": {"torch"}, ".pt": {"torch"}}
+    for rt in runtimes:
+        if rt in can.get(suffix, set()):
+            return rt
+    raise EdgeKDError(f"{Path(path).name}: none of this target's runtimes ({', '.join(runtimes)}) runs "
+                      f"{suffix or 'this'} files; export a format it runs")
+
+
+def profile_files(paths: Sequence[str | Path], target: "str | Path | object" = "cpu-local",
+                  runtime: str | None = None, threads: int | None = None, progress: bool = False,
+                  **kwargs) -> list[LatencyResult]:
+    """Profile each file on `target` (name, YAML path or Target): locally, over adb, or over SSH by its kind.
+
+    `threads` defaults to the target's; keyword arguments go to the runner (profile_file, profile_android,
+    profile_ssh).
+    """
+    from edgekd.profile.targets import load_target
+
+    tgt = load_target(target)  # type: ignore[arg-type]
+    threads = threads or tgt.threads
+    results = []
+    for p in paths:
+        rt = runtime or default_runtime(p, tgt.runtimes)
+        if rt not in tgt.runtimes:
+            raise EdgeKDError(f"runtime {rt!r} is not listed for target {tgt.name} (it runs: "
+                              f"{', '.join(tgt.runtimes)})")
+        if tgt.kind == "cpu":
+            results.append(profile_file(p, runtime=rt, threads=threads, progress=progress, target=tgt.name,
+                                        **kwargs))
+        elif tgt.kind == "android":
+            from edgekd.profile.adb import profile_android
+
+            results.append(profile_android(p, tgt, threads=threads, **kwargs))
+        else:
+            from edgekd.profile.ssh import profile_ssh
+
+            results.append(profile_ssh(p, tgt, runtime=rt, threads=threads, **kwargs))
+    return results
+
+
+def profile_metrics(target: str, results: Sequence[LatencyResult]) -> dict:
+    """The "profile" stage metrics: {"target", "results", "verdicts"} (COMMON.md contract)."""
+    from edgekd.profile.verdict import verdicts
+
+    return {"target": target, "results": [r.to_metrics() for r in results],
+            "verdicts": [v.to_dict() for v in verdicts(results)]}

@@ -1,0 +1,289 @@
+"""Latency predictor: a per-layer roofline cost model scaled by per-target calibration coefficients.
+
+Per layer:  compute = rate_kind * work + elem_kind * output elements      (work: MACs, or element ops)
+            memory  = bandwidth * bytes + dram * weight bytes * dram_fraction
+            time    = (compute^p + memory^p)^(1/p) + overhead_group        (p -> inf: the roofline max)
+Model:      t0 + sum of layer times.
+The per-output-element term is the part of compute that does not shrink with the reduction size (im2col,
+packing, writing outputs), so small-channel convs come out less efficient than wide ones, as measured. Bytes are
+weights + activations at the precision; `dram_fraction` is the share of the model's weights that does not fit in
+`cache_bytes` (a smooth step: batch-1 GEMMs stream their weights, so cached models run at cache bandwidth and
+larger ones at DRAM's).
+Rates start from the target's published peaks times assumed efficiencies; calibration (`calibrate_target`) fits
+non-negative multipliers of those priors (and p, cache_bytes by grid search) to micro-benchmarks measured on the
+target. Predictions are always labelled predicted, with a relative uncertainty from the fit residuals (1.0 =
++-100% when uncalibrated).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgekd.errors import EdgeKDError
+from edgekd.profile.layers import KINDS, Layer, model_layers
+from edgekd.profile.result import LatencyResult
+from edgekd.profile.targets import Target, load_target
+
+MAC_KINDS = ("conv", "convlarge", "pwconv", "dwconv", "gemm")
+# Assumed fractions of peak reached by each op kind before calibration (typical of XNNPACK / MLAS on small
+# batch-1 layers; deliberately rough, which is why uncalibrated predictions carry a +-100% uncertainty).
+PRIOR_EFFICIENCY = {"conv": 0.35, "convlarge": 0.3, "pwconv": 0.35, "dwconv": 0.08, "gemm": 0.3, "elementwise": 0.02, "pool": 0.02}
+PRIOR_MEM_EFFICIENCY = 0.6
+PRIOR_OVERHEAD_S = {"mac": 3e-6, "cheap": 1.5e-6}
+PRIOR_T0_S = 20e-6
+PRIOR_ELEM_MACS = 8  # per output element, the fixed cost equals this many MACs (K0 of an efficiency K / (K + K0))
+PRIOR_CACHE_BYTES = 4 * 2**20
+PRIOR_P = 4.0
+UNCALIBRATED_UNCERTAINTY = 1.0
+PARAM_NAMES = (*(f"rate_{k}" for k in KINDS), *(f"elem_{k}" for k in MAC_KINDS), "bandwidth", "dram",
+               "overhead_mac", "overhead_cheap", "t0")
+P_GRID = (1.0, 1.5, 2.0, 3.0, 4.0, 8.0)
+CACHE_GRID_MB = (0.5, 1, 2, 4, 8, 16, 32)
+
+
+def calibration_dir() -> Path:
+    """Where latency calibrations live: $EDGEKD_CALIBRATION_DIR, else the repository's calibration/latency/."""
+    env = os.environ.get("EDGEKD_CALIBRATION_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "calibration" / "latency"
+
+
+def calibration_path(target: str, runtime: str, precision: str, root: Path | None = None) -> Path:
+    return (root or calibration_dir()) / target / f"{runtime}-{precision}.json"
+
+
+def prior_costs(target: Target, precision: str) -> dict[str, float]:
+    """Seconds per unit of work for every parameter, from the target's peak figures and PRIOR_* assumptions,
+    plus the non-fitted shape settings `p` and `cache_bytes`."""
+    peak_ops = target.peak.ops_per_s(precision)
+    prior = {f"rate_{k}": 2.0 / (peak_ops * PRIOR_EFFICIENCY[k]) for k in MAC_KINDS}  # a MAC is 2 ops
+    prior.update({f"elem_{k}": prior[f"rate_{k}"] * PRIOR_ELEM_MACS for k in MAC_KINDS})
+    prior.update({f"rate_{k}": 1.0 / (peak_ops * PRIOR_EFFICIENCY[k]) for k in ("elementwise", "pool")})
+    dram = 1.0 / (target.peak.mem_gbps * 1e9 * PRIOR_MEM_EFFICIENCY)
+    prior["bandwidth"] = dram / 4  # on-chip caches: ~4x DRAM bandwidth (assumption)
+    prior["dram"] = dram
+    prior["overhead_mac"] = PRIOR_OVERHEAD_S["mac"]
+    prior["overhead_cheap"] = PRIOR_OVERHEAD_S["cheap"]
+    prior["t0"] = PRIOR_T0_S
+    prior["p"] = PRIOR_P
+    prior["cache_bytes"] = PRIOR_CACHE_BYTES
+    return prior
+
+
+@dataclass
+class LayerFeatures:
+    """A model's layers as arrays, so the cost of many parameter sets is cheap to evaluate while fitting."""
+
+    work: np.ndarray  # MACs or element ops
+    out_elems: np.ndarray
+    kind_index: np.ndarray
+    bytes: np.ndarray
+    weight_bytes: np.ndarray
+    is_mac: np.ndarray
+
+    @classmethod
+    def from_layers(cls, layers: Sequence[Layer], precision: str) -> "LayerFeatures":
+        from edgekd.profile.layers import BYTES_PER_ELEMENT
+
+        size = BYTES_PER_ELEMENT.get(precision, 4)
+        return cls(np.array([ly.macs if ly.kind in MAC_KINDS else ly.ops for ly in layers], dtype=np.float64),
+                   np.array([ly.out_elems for ly in layers], dtype=np.float64),
+                   np.array([KINDS.index(ly.kind) for ly in layers]),
+                   np.array([ly.bytes_moved(precision) for ly in layers], dtype=np.float64),
+                   np.array([ly.weight_elems * size for ly in layers], dtype=np.float64),
+                   np.array([ly.kind in MAC_KINDS for ly in layers]))
+
+
+def _dram_fraction(total_weight_bytes: np.ndarray | float, cache_bytes: float) -> np.ndarray | float:
+    """Share of a model's weights that streams from DRAM: ~0 well below the cache size, 1/2 at it, ~1 above."""
+    w = np.maximum(np.asarray(total_weight_bytes, dtype=np.float64), 1e-9)
+    return 1.0 / (1.0 + (cache_bytes / w) ** 2)
+
+
+def _layer_times(f: LayerFeatures, dram_fraction: np.ndarray | float, costs: dict[str, float],
+                 compute_scale: float = 1.0) -> np.ndarray:
+    rate = np.array([costs[f"rate_{k}"] for k in KINDS])[f.kind_index]
+    elem = np.array([costs.get(f"elem_{k}", 0.0) for k in KINDS])[f.kind_index]
+    compute = (f.work * rate + f.out_elems * elem) * compute_scale
+    memory = f.bytes * costs["bandwidth"] + f.weight_bytes * dram_fraction * costs["dram"]
+    p = costs["p"]
+    hi = np.maximum(compute, memory)
+    lo = np.minimum(compute, memory)
+    ratio = np.divide(lo, hi, out=np.zeros_like(hi), where=hi > 0)
+    # (c^p + m^p)^(1/p) written as max * (1 + (min/max)^p)^(1/p) so that it stays finite for any p
+    return hi * (1.0 + ratio**p) ** (1.0 / p) + np.where(f.is_mac, costs["overhead_mac"], costs["overhead_cheap"])
+
+
+def model_time_s(f: LayerFeatures, costs: dict[str, float], compute_scale: float = 1.0) -> tuple[float, np.ndarray]:
+    """(total seconds, per-layer seconds) of a model under `costs` (seconds per unit of each parameter)."""
+    per_layer = _layer_times(f, _dram_fraction(f.weight_bytes.sum(), costs["cache_bytes"]), costs, compute_scale)
+    return float(costs["t0"] + per_layer.sum()), per_layer
+
+
+def _stack(samples: Sequence[tuple[LayerFeatures, float]]) -> tuple[LayerFeatures, np.ndarray, np.ndarray]:
+    """All samples' layers in one LayerFeatures, with each layer's sample index and each sample's weight bytes."""
+    fs = [f for f, _ in samples]
+    cat = LayerFeatures(*(np.concatenate([getattr(f, k) for f in fs]) for k in
+                          ("work", "out_elems", "kind_index", "bytes", "weight_bytes", "is_mac")))
+    index = np.concatenate([np.full(len(f.work), i) for i, f in enumerate(fs)])
+    return cat, index, np.array([f.weight_bytes.sum() for f in fs])
+
+
+@dataclass
+class Calibration:
+    """Fitted cost coefficients for one (target, runtime, precision, threads), with the fit's residuals."""
+
+    target: str
+    runtime: str
+    precision: str
+    threads: int
+    multipliers: dict[str, float]
+    costs: dict[str, float]
+    uncertainty: float
+    residuals: list[dict[str, Any]] = field(default_factory=list)
+    device: str = ""
+    runtime_version: str = ""
+    created: str = ""
+
+    def save(self, path: Path) -> Path:
+        from edgekd.fileio import write_json
+
+        return write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> "Calibration":
+        data = json.loads(Path(path).read_text())
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise EdgeKDError(f"{path} is not a latency calibration file ({e}); re-run `edgekd calibrate`") from e
+
+
+def fit_costs(samples: Sequence[tuple[LayerFeatures, float]], prior: dict[str, float],
+              p_grid: Sequence[float] = P_GRID, cache_grid_mb: Sequence[float] = CACHE_GRID_MB,
+              ) -> tuple[dict[str, float], float, list[float]]:
+    """Non-negative least squares on relative error: multipliers m >= 0 of the prior costs so that model_time_s
+    matches the measured seconds, for each (p, cache size) on a grid; the best fit wins.
+
+    Returns (costs: prior * m with the chosen p and cache_bytes, relative 1-sigma uncertainty, residuals).
+    """
+    from scipy.optimize import least_squares
+
+    if len(samples) < 3:
+        raise EdgeKDError(f"need at least 3 measured models to fit a calibration, got {len(samples)}")
+    measured = np.array([t for _, t in samples])
+    if np.any(measured <= 0):
+        raise EdgeKDError("measured times must be > 0 to fit a calibration")
+    keys = list(PARAM_NAMES)
+    used = _used_params(samples)
+    stacked, index, weights = _stack(samples)
+    best = None
+    for p in p_grid:
+        for cache_mb in cache_grid_mb:
+            fixed = {"p": float(p), "cache_bytes": float(cache_mb) * 2**20}
+
+            dram_fraction = _dram_fraction(weights, fixed["cache_bytes"])[index]
+
+            def residuals(m: np.ndarray) -> np.ndarray:
+                costs = {**{k: prior[k] * m[i] for i, k in enumerate(keys)}, **fixed}
+                per_layer = _layer_times(stacked, dram_fraction, costs)
+                pred = costs["t0"] + np.bincount(index, per_layer, minlength=len(samples))
+                return pred / measured - 1.0
+
+            fit = least_squares(residuals, np.ones(len(keys)), bounds=(0.0, np.inf), x_scale="jac",
+                                diff_step=1e-3, max_nfev=2000)
+            m = np.where([k in used for k in keys], fit.x, 1.0)  # unexercised parameters keep their prior
+            res = residuals(m)
+            loss = float(np.sum(res**2))
+            if best is None or loss < best[0]:
+                best = (loss, {**{k: prior[k] * float(m[i]) for i, k in enumerate(keys)}, **fixed}, res)
+    loss, costs, res = best
+    dof = max(len(samples) - len(used) - 2, 1)
+    sigma = float(np.sqrt(loss / dof))
+    return costs, max(sigma, 0.03), [float(r) for r in res]
+
+
+def _used_params(samples: Sequence[tuple[LayerFeatures, float]]) -> set[str]:
+    used = {"t0", "bandwidth", "dram"}
+    for f, _ in samples:
+        for i in np.unique(f.kind_index):
+            used.add(f"rate_{KINDS[i]}")
+            if KINDS[i] in MAC_KINDS:
+                used.add(f"elem_{KINDS[i]}")
+        if f.is_mac.any():
+            used.add("overhead_mac")
+        if (~f.is_mac).any():
+            used.add("overhead_cheap")
+    return used
+
+
+@dataclass
+class Prediction:
+    """A predicted latency: always measured=False, with its basis and a relative 1-sigma uncertainty."""
+
+    ms: float
+    uncertainty: float
+    basis: str
+    target: str
+    runtime: str
+    precision: str
+    threads: int
+    measured: bool = False
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_result(self, name: str, bytes_: int | None = None) -> LatencyResult:
+        """As a LatencyResult row (p50 = the prediction; statistics a prediction cannot give stay None)."""
+        return LatencyResult(name=name, runtime=self.runtime, precision=self.precision, threads=self.threads,
+                             measured=False, p50_ms=self.ms, bytes=bytes_, device=f"{self.target} (predicted)",
+                             runtime_version="n/a (predicted)", uncertainty=self.uncertainty, target=self.target,
+                             basis=self.basis)
+
+
+def load_calibration(target: str, runtime: str, precision: str) -> Calibration | None:
+    path = calibration_path(target, runtime, precision)
+    return Calibration.load(path) if path.is_file() else None
+
+
+def predict(model_or_path: Any, target: "str | Target", runtime: str = "onnxruntime", precision: str = "fp32",
+            *, input_shape: Sequence[int] | None = None, threads: int | None = None,
+            calibration: Calibration | None = None, with_layers: bool = False) -> Prediction:
+    """Predict the latency of a torch module, .onnx or .tflite file on `target` with `runtime` and `precision`.
+
+    Uses calibration/latency/<target>/<runtime>-<precision>.json when present; else the fp32 calibration scaled
+    by the published int8/fp32 peaks (for int8); else the published peaks with a +-100% uncertainty.
+    """
+    tgt = load_target(target)
+    if precision not in ("fp32", "fp16", "int8"):
+        raise EdgeKDError(f"precision {precision!r} unknown; allowed: fp32, fp16, int8")
+    threads = threads or tgt.threads
+    layers = model_layers(model_or_path, input_shape)
+    feats = LayerFeatures.from_layers(layers, precision)
+    calib = calibration or load_calibration(tgt.name, runtime, precision)
+    scale = 1.0
+    if calib is not None:
+        costs, unc = dict(calib.costs), calib.uncertainty
+        basis = (f"calibrated on {calib.target} with {calib.runtime} {calib.precision}, {calib.threads} thread(s), "
+                 f"{len(calib.residuals)} micro-benchmarks (fit residual {calib.uncertainty:.0%})")
+        if calib.threads != threads:
+            scale = calib.threads / threads
+            unc = max(unc, 0.3)
+            basis += f"; compute scaled {calib.threads}->{threads} threads assuming linear scaling"
+    elif precision != "fp32" and (fp32 := load_calibration(tgt.name, runtime, "fp32")) is not None:
+        costs = dict(fp32.costs)
+        ratio = tgt.peak.ops_per_s(precision) / tgt.peak.ops_per_s("fp32")
+        scale = 1.0 / ratio * (fp32.threads / threads)
+        unc = max(fp32.uncertainty, 0.5)
+        basis = (f"fp32 calibration on {tgt.name} with {runtime}, compute scaled by published {precision}/fp32 "
+                 f"peaks ({ratio:.1f}x) - an optimistic bound where the runtime lacks fast {precision} kernels")
+    else:
+        costs, unc = prior_costs(tgt, precision), UNCALIBRATED_UNCERTAINTY
+        basis = (f"uncalibrated: published peaks of {tgt.name} x assumed efficiencies; run `edgekd calibrate "
+                 f"--target {tgt.name}` for a fitted model")
+    total, per_layer = model_time_s(feats, costs, scale)
+    detail = [{"name": ly.name, "kind": ly.kind, "macs": ly.macs, "bytes": ly.bytes_moved(precision),
+               "ms": float(t * 1e3)} for ly, t in zip(layers, per_layer)] if with_layers else []
+    return Prediction(total * 1e3, unc, basis, tgt.name, runtime, precision, threads, layers=detail)

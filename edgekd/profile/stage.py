@@ -1,0 +1,99 @@
+"""The profile stage: every file on every recipe target, measured where the device is reachable, else predicted.
+
+A cpu target is this machine: always measured. An Android or Jetson target is measured over adb/SSH when its
+connection answers; when it does not (no phone attached, host unreachable), the figure is predicted by the
+calibrated cost model and labelled so, with the reason, never silently passed off as a measurement.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from edgekd.errors import EdgeKDError
+
+
+def profile_run_files(files: Sequence[Path], targets: Sequence[str], *, threads: int | None = None,
+                      max_seconds: float = 2.0, min_runs: int = 50, model: Any = None,
+                      input_shape: Sequence[int] | None = None, progress: bool = True, remote: str = "auto",
+                      log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Profile `files` on each target; returns {"targets": [{"target", "results", "verdicts", "note"}, ...]}.
+
+    Args:
+        remote: "auto" (measure a remote target when reachable, else predict), "measure" (fail when it is not),
+            "predict" (never connect).
+        model: the fp32 torch model, used by the predictor when a file's own graph is not enough.
+    """
+    from edgekd.profile.local import default_runtime, profile_file, profile_files, profile_metrics
+    from edgekd.profile.result import detect_precision, file_bytes
+    from edgekd.profile.targets import load_target
+
+    if remote not in ("auto", "measure", "predict"):
+        raise EdgeKDError(f"remote must be auto, measure or predict, got {remote!r}")
+    out = []
+    for name in targets:
+        target = load_target(name)
+        note = ""
+        if target.kind == "cpu":
+            results = [profile_file(f, runtime=default_runtime(f, target.runtimes), threads=threads or target.threads,
+                                    time_cap_s=max_seconds, min_time_s=min(0.5, max_seconds), min_runs=min_runs,
+                                    progress=progress, target=target.name, name=Path(f).name) for f in files]
+        else:
+            results = None
+            if remote != "predict":
+                try:
+                    results = profile_files(files, target, threads=threads)
+                except EdgeKDError as e:
+                    if remote == "measure":
+                        raise
+                    note = f"not measured ({e}); predicted instead"
+            else:
+                note = "predicted (remote measurement off)"
+            if results is None:
+                from edgekd.profile.predictor import predict
+
+                results = []
+                for f in files:
+                    runtime = _predictable_runtime(f, target.runtimes)
+                    pred = predict(f, target, runtime=runtime, precision=detect_precision(f),
+                                   input_shape=input_shape, threads=threads)
+                    results.append(pred.to_result(Path(f).name, file_bytes(f)))
+        metrics = profile_metrics(target.name, results)
+        if note:
+            metrics["note"] = note
+            log(f"profile: {target.name}: {note}")
+        for r in metrics["results"]:
+            kind = "measured" if r["measured"] else f"predicted ±{(r['uncertainty'] or 0) * 100:.0f}%"
+            log(f"profile: {target.name:<16} {r['name']:<22} {r['runtime']:<12} p50 {r['p50_ms']:.3f} ms ({kind})"
+                f"{'  CV>5%' if r.get('cv_flag') else ''}")
+        for v in metrics["verdicts"]:
+            log(f"profile: {v.get('text', v)}")
+        out.append(metrics)
+    return {"targets": out}
+
+
+def _predictable_runtime(path: Path, runtimes: Sequence[str]) -> str:
+    suffix = Path(path).suffix.lower()
+    for rt in runtimes:
+        if (suffix == ".tflite" and rt == "litert") or (suffix == ".onnx" and rt in ("onnxruntime", "tensorrt")):
+            return rt
+    return "litert" if suffix == ".tflite" else "onnxruntime"
+
+
+def format_profile(metrics: dict[str, Any]) -> str:
+    """A plain table of a profile result for the terminal."""
+    lines = []
+    for t in metrics["targets"]:
+        lines.append(f"target {t['target']}" + (f"  ({t['note']})" if t.get("note") else ""))
+        lines.append(f"  {'file':<26} {'runtime':<12} {'prec':<5} {'p50 ms':>8} {'p90':>8} {'p99':>8} {'CV':>6} "
+                     f"{'init ms':>8} {'size KiB':>9}  basis")
+        for r in t["results"]:
+            def f(v, fmt=".3f"):
+                return format(v, fmt) if isinstance(v, (int, float)) else "-"
+            basis = "measured" if r["measured"] else f"predicted ±{(r.get('uncertainty') or 0) * 100:.0f}%"
+            lines.append(f"  {r['name']:<26} {r['runtime']:<12} {r['precision']:<5} {f(r['p50_ms']):>8} "
+                         f"{f(r['p90_ms']):>8} {f(r['p99_ms']):>8} {f(r['cv'], '.1%'):>6}"
+                         f"{'!' if r.get('cv_flag') else ' '}{f(r['init_ms'], '.1f'):>8} "
+                         f"{f((r['bytes'] or 0) / 1024, '.1f'):>9}  {basis}")
+        for v in t.get("verdicts", []):
+            lines.append(f"  {v.get('text', v)}")
+    return "\n".join(lines)

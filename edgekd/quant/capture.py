@@ -1,0 +1,125 @@
+"""Graph capture for PT2E: torch.export with a dynamic batch dimension, and converter errors named by layer."""
+from __future__ import annotations
+
+import copy
+import re
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from edgekd.errors import ConversionError, EdgeKDError
+
+_ATEN_OP = re.compile(r"\b(aten|prims)(?:::|\.)([A-Za-z0-9_]+)")
+
+
+def check_example_inputs(example_inputs) -> tuple[torch.Tensor, ...]:
+    """Normalize example inputs to a tuple of float tensors with a batch dimension."""
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
+        raise EdgeKDError(f"example_inputs must be a tensor or a non-empty tuple of tensors, got "
+                          f"{type(example_inputs).__name__}")
+    for i, t in enumerate(example_inputs):
+        if not isinstance(t, torch.Tensor) or t.dim() < 1:
+            raise EdgeKDError(f"example_inputs[{i}] must be a batched tensor (N, ...); got {t!r:.60}")
+    return tuple(example_inputs)
+
+
+def capture(model: nn.Module, example_inputs, *, train: bool, dynamic_batch: bool = True) -> torch.fx.GraphModule:
+    """torch.export `model` (train or eval mode) and return its GraphModule; batch dim dynamic when possible.
+
+    A batch of 1 would make torch.export specialize the batch to 1, so the example is repeated to 2 rows.
+    If the model pins its batch size (e.g. a reshape to a constant), a static-batch graph is returned instead;
+    `gm.meta["edgekd_dynamic_batch"]` says which.
+    """
+    inputs = check_example_inputs(example_inputs)
+    # The captured graph shares parameters and buffers with the module it came from: QAT steps and BN folding
+    # would change the caller's float model. Capture a copy.
+    model = copy.deepcopy(model)
+    if dynamic_batch and inputs[0].shape[0] == 1:
+        inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) for t in inputs)
+    model.train(train)
+    try:
+        ep = None
+        if dynamic_batch:
+            batch = torch.export.Dim("batch", min=1, max=65536)
+            try:
+                ep = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
+            except Exception:  # a model that pins its batch: fall back to the example's batch size
+                ep = None
+        if ep is None:
+            inputs = check_example_inputs(example_inputs)
+            try:
+                ep = torch.export.export(model, inputs)
+            except Exception as e:
+                raise conversion_error(e, model, "torch.export (graph capture for quantization)") from e
+    finally:
+        model.eval()
+    gm = ep.module()
+    gm.meta["edgekd_dynamic_batch"] = _has_dynamic_batch(ep)
+    gm.meta["edgekd_example_shape"] = tuple(inputs[0].shape[1:])
+    return gm
+
+
+def _has_dynamic_batch(ep) -> bool:
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and "val" in node.meta and hasattr(node.meta["val"], "shape"):
+            if node.name in ep.graph_signature.user_inputs:
+                return not isinstance(node.meta["val"].shape[0], int)
+    return False
+
+
+def find_layer(model: nn.Module | None, op: str | None, example_inputs=None) -> tuple[str, str] | None:
+    """(module path, type) of the first node in `model`'s graph whose aten op is `op`, when it can be found."""
+    if model is None or not op:
+        return None
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        try:
+            graph = torch.export.export(model.eval(), check_example_inputs(example_inputs)).graph
+        except Exception:
+            return None
+    want = op.split(".")[-1].replace("_", "")  # prims.erf_inv (decomposed) is aten.erfinv in the graph
+    for node in graph.nodes:
+        target = str(getattr(node, "target", ""))
+        parts = target.split(".")
+        name = parts[-2] if len(parts) >= 2 else target
+        if node.op == "call_function" and name.replace("_", "").endswith(want):  # special_erfinv too
+            stack = list(node.meta.get("nn_module_stack", {}).values())
+            if stack:
+                path, typ = stack[-1]
+                return (path or "<top-level forward>"), str(getattr(typ, "__name__", typ)).rsplit(".", 1)[-1]
+            return "<top-level forward>", "function"
+    return None
+
+
+def conversion_error(exc: BaseException, model: nn.Module | None, stage: str, example_inputs=None, *,
+                     way_out: str = "keep that layer in float (keep_float=[...] / mixed_precision_fallback), "
+                                    "rewrite it with supported ops, or target another runtime") -> ConversionError:
+    """Turn a converter traceback into a ConversionError naming the layer, the op and the way out."""
+    text, e = "", exc
+    for _ in range(5):  # the op name is often only in a chained cause
+        if e is None:
+            break
+        text += f"{type(e).__name__}: {e}\n"
+        e = e.__cause__ or e.__context__
+    ops = [f"{ns}.{o}" for ns, o in _ATEN_OP.findall(text) if o not in ("default", "Tensor", "ops")]
+    op = ops[0] if ops else None
+    layer = find_layer(model, op, example_inputs) if op else None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if op and op.split(".")[-1] in ln and "Error" not in ln[:40]),
+                 next((ln for ln in lines if op and op.split(".")[-1] in ln), lines[0] if lines else ""))
+    first = re.sub(r"\x1b\[[0-9;]*m", "", first)
+    where = f"layer {layer[0]!r} ({layer[1]})" if layer else "a layer"
+    what = f"op {op}" if op else "an op"
+    return ConversionError(f"{stage} cannot convert {where}, {what}: {first[:300]}. Way out: {way_out}")
+
+
+def example_batch(inputs: Sequence[torch.Tensor], n: int) -> tuple[torch.Tensor, ...]:
+    """The first `n` rows of each example input (repeated when there are fewer)."""
+    out = []
+    for t in inputs:
+        reps = -(-n // t.shape[0])
+        out.append(t.repeat(reps, *([1] * (t.dim() - 1)))[:n] if reps > 1 else t[:n])
+    return tuple(out)

@@ -1,0 +1,204 @@
+"""Quantization-aware training with torchao PT2E: prepare, phase control (freeze observers / BN), convert, save.
+
+The trainer (KD or plain) only needs: `prepare_qat` -> train the returned graph like any module (through
+`train_mode`/`eval_mode`, since exported graphs reject .train()/.eval()), call `set_qat_phase` every step,
+checkpoint with `qat_state_dict`/`load_qat_state`, and `convert_qat` for the int8 Q/DQ simulation.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekd.errors import EdgeKDError
+from edgekd.fileio import atomic_path
+from edgekd.quant.capture import capture, check_example_inputs, conversion_error
+from edgekd.quant.quantizer import build_quantizer, pt2e_patches
+from edgekd.quant.schemes import Scheme, get_scheme
+
+_BN_TRAINING_ARG = {"batch_norm": 5, "_native_batch_norm_legit": 5, "cudnn_batch_norm": 5}
+_PHASE = "edgekd_qat_phase"
+
+
+def prepare_qat(model: nn.Module, example_inputs, scheme: Scheme | str,
+                keep_float: tuple[str, ...] | list[str] = ()) -> torch.fx.GraphModule:
+    """Export `model` (dynamic batch) and insert fake-quant per `scheme`; conv+BN stay unfused-but-simulated.
+
+    PT2E QAT rewrites conv+BN so the conv weight is scaled by the BN statistics before its fake quant (the folded
+    weight is what gets quantized), which is what the exported int8 conv uses. The result is in train mode.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    scheme = get_scheme(scheme)
+    gm = capture(model, example_inputs, train=True)
+    quantizer = build_quantizer(scheme, is_qat=True, keep_float=keep_float)
+    try:
+        with pt2e_patches():
+            prepared = prepare_qat_pt2e(gm, quantizer)
+    except Exception as e:
+        raise conversion_error(e, gm, f"QAT prepare ({scheme.name})") from e
+    prepared.meta.update({k: v for k, v in gm.meta.items() if k.startswith("edgekd_")})
+    prepared.meta["edgekd_scheme"] = scheme.to_dict()
+    prepared.meta["edgekd_keep_float"] = list(keep_float)
+    prepared.meta[_PHASE] = {"observers_frozen": False, "bn_frozen": False}
+    train_mode(prepared)
+    return prepared
+
+
+def _fake_quant_modules(gm: nn.Module):
+    from torchao.quantization.pt2e import FakeQuantizeBase
+
+    return [m for m in gm.modules() if isinstance(m, FakeQuantizeBase)]
+
+
+def _set_bn_training(gm: torch.fx.GraphModule, training: bool) -> int:
+    changed = 0
+    for node in gm.graph.nodes:
+        name = getattr(node.target, "__name__", "").split(".")[0]
+        if node.op == "call_function" and name in _BN_TRAINING_ARG:
+            i = _BN_TRAINING_ARG[name]
+            if len(node.args) > i and node.args[i] != training:
+                args = list(node.args)
+                args[i] = training
+                node.args = tuple(args)
+                changed += 1
+    if changed:
+        gm.recompile()
+    return changed
+
+
+def set_qat_phase(gm: torch.fx.GraphModule, step: int, freeze_observers_at: int | None = None,
+                  freeze_bn_at: int | None = None) -> dict[str, bool]:
+    """Freeze observers (ranges stop moving, fake quant goes on) and BN statistics once `step` reaches the given step.
+
+    Call it every step (cheap); it is idempotent and re-applies after `train_mode` or a checkpoint load.
+    Returns the phase: {"observers_frozen": bool, "bn_frozen": bool}.
+    """
+    from torchao.quantization.pt2e import disable_observer, enable_observer
+
+    for name, at in (("freeze_observers_at", freeze_observers_at), ("freeze_bn_at", freeze_bn_at)):
+        if at is not None and (not isinstance(at, int) or at < 0):
+            raise ValueError(f"{name} must be None or an int >= 0, got {at!r}")
+    phase = gm.meta.setdefault(_PHASE, {"observers_frozen": False, "bn_frozen": False})
+    freeze_obs = freeze_observers_at is not None and step >= freeze_observers_at
+    freeze_bn = freeze_bn_at is not None and step >= freeze_bn_at
+    if freeze_obs != phase["observers_frozen"]:
+        gm.apply(disable_observer if freeze_obs else enable_observer)
+    if gm.meta.get("edgekd_training", True):
+        _set_bn_training(gm, not freeze_bn)
+    phase.update(observers_frozen=freeze_obs, bn_frozen=freeze_bn)
+    return dict(phase)
+
+
+def train_mode(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Put a prepared graph in train mode (BN batch statistics unless frozen); exported graphs reject .train()."""
+    from torchao.quantization.pt2e import move_exported_model_to_train
+
+    with pt2e_patches():
+        move_exported_model_to_train(gm)
+    gm.meta["edgekd_training"] = True
+    if gm.meta.get(_PHASE, {}).get("bn_frozen"):
+        _set_bn_training(gm, False)
+    return gm
+
+
+def eval_mode(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Put a prepared graph in eval mode (BN running statistics, fake quant still on)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    with pt2e_patches():
+        move_exported_model_to_eval(gm)
+    gm.meta["edgekd_training"] = False
+    return gm
+
+
+def convert_qat(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The int8 Q/DQ simulation of a prepared graph (a copy; `gm` keeps training). Its accuracy is fake_quant_accuracy."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    model = copy.deepcopy(gm)
+    eval_mode(model)
+    try:
+        with pt2e_patches():
+            converted = convert_pt2e(model, fold_quantize=False)
+    except Exception as e:
+        raise conversion_error(e, gm, "QAT convert") from e
+    for m in converted.modules():  # exporters warn about (and may trace) modules flagged as training
+        m.training = False
+    converted.meta.update({k: v for k, v in gm.meta.items() if k.startswith("edgekd_")})
+    return converted
+
+
+def qat_state_dict(gm: torch.fx.GraphModule) -> dict[str, Any]:
+    """Weights, BN statistics and fake-quant/observer buffers, plus the phase: what a checkpoint needs."""
+    return {"state_dict": {k: v.detach().clone() for k, v in gm.state_dict().items()},
+            "phase": dict(gm.meta.get(_PHASE, {})), "scheme": gm.meta.get("edgekd_scheme")}
+
+
+def load_qat_state(gm: torch.fx.GraphModule, state: dict[str, Any]) -> torch.fx.GraphModule:
+    """Load `qat_state_dict` output into a freshly prepared graph (same model, example shape and scheme)."""
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise EdgeKDError("QAT state must be the dict returned by qat_state_dict (keys: state_dict, phase, scheme)")
+    if state.get("scheme") and gm.meta.get("edgekd_scheme") and state["scheme"] != gm.meta["edgekd_scheme"]:
+        raise EdgeKDError(f"QAT state was saved with scheme {state['scheme'].get('name')!r} but the graph is "
+                          f"prepared with {gm.meta['edgekd_scheme'].get('name')!r}; prepare with the saved scheme")
+    sd = state["state_dict"]
+    # Per-channel observers start with empty min/max buffers; size them to the saved ones before loading.
+    own = gm.state_dict()
+    for key, value in sd.items():
+        if key in own and own[key].shape != value.shape:
+            owner_path, _, attr = key.rpartition(".")
+            owner = gm.get_submodule(owner_path) if owner_path else gm
+            if isinstance(getattr(owner, attr, None), torch.Tensor) and attr in owner._buffers:
+                owner._buffers[attr] = torch.empty_like(value)
+    missing, unexpected = gm.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise EdgeKDError(f"QAT state does not match the prepared graph: missing {sorted(missing)[:5]}, unexpected "
+                          f"{sorted(unexpected)[:5]}; prepare the same model with the same scheme before loading")
+    phase = state.get("phase") or {}
+    gm.meta[_PHASE] = {"observers_frozen": bool(phase.get("observers_frozen")),
+                       "bn_frozen": bool(phase.get("bn_frozen"))}
+    if gm.meta.get("edgekd_training", True):
+        _set_bn_training(gm, not gm.meta[_PHASE]["bn_frozen"])
+    return gm
+
+
+def save_quantized(model: nn.Module, example_inputs, path: str | os.PathLike) -> Path:
+    """Write a converted (Q/DQ) model as a torch.export .pt2 with a dynamic batch, atomically."""
+    inputs = check_example_inputs(example_inputs)
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise EdgeKDError(f"save_quantized writes a torch.export archive; use a .pt2 path, got {path.name!r}")
+    if inputs[0].shape[0] == 1:
+        inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) for t in inputs)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        ep = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
+    except Exception:
+        ep = torch.export.export(model, check_example_inputs(example_inputs))
+    with atomic_path(path) as tmp:
+        torch.export.save(ep, str(tmp))
+    return path
+
+
+def load_quantized(path: str | os.PathLike) -> torch.fx.GraphModule:
+    """Load a `save_quantized` .pt2 as a callable module (eval semantics; batch as saved)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeKDError(f"quantized model file not found: {path}")
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as e:
+        raise EdgeKDError(f"cannot load {path.name} as a torch.export archive: {str(e).splitlines()[0]}") from e
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True when `model`'s graph carries quantize/dequantize ops (a converted PT2E model)."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return False
+    return any("quantize_per" in str(getattr(n, "target", "")) for n in graph.nodes)

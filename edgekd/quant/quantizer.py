@@ -1,0 +1,180 @@
+"""A PT2E quantizer configured by a Scheme: litert-torch's TFLite annotator patterns with the Scheme's int ranges.
+
+The same annotated graph serves both exporters: litert-torch lowers its Q/DQ pairs to a TFLite int8 model and the
+dynamo ONNX exporter writes them as QuantizeLinear/DequantizeLinear. Layers named in `keep_float` stay in float.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from edgekd.quant.schemes import Scheme
+
+# Activation observers for PTQ calibration, by method name (see ptq.py for "percentile").
+_EPS = 2 ** -12
+
+
+def _qdtype(name: str) -> torch.dtype:
+    return {"int8": torch.int8, "uint8": torch.uint8}[name]
+
+
+def activation_spec(scheme: Scheme, observer_ctr) -> "QuantizationSpec":
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+
+    return QuantizationSpec(
+        dtype=_qdtype(scheme.activation_dtype), quant_min=scheme.activation_qmin, quant_max=scheme.activation_qmax,
+        qscheme=torch.per_tensor_symmetric if scheme.symmetric_activations else torch.per_tensor_affine,
+        is_dynamic=False, observer_or_fake_quant_ctr=observer_ctr.with_args(eps=_EPS))
+
+
+def weight_spec(scheme: Scheme, is_qat: bool) -> "QuantizationSpec":
+    from torchao.quantization.pt2e import (FusedMovingAvgObsFakeQuantize, MinMaxObserver,
+                                           MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
+                                           PerChannelMinMaxObserver)
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+
+    qscheme = torch.per_channel_symmetric if scheme.per_channel else torch.per_tensor_symmetric
+    if is_qat:
+        observer = MovingAveragePerChannelMinMaxObserver if scheme.per_channel else MovingAverageMinMaxObserver
+        ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=observer, eps=_EPS)
+    else:
+        ctr = (PerChannelMinMaxObserver if scheme.per_channel else MinMaxObserver).with_args(eps=_EPS)
+    return QuantizationSpec(dtype=_qdtype(scheme.weight_dtype), quant_min=scheme.weight_qmin,
+                            quant_max=scheme.weight_qmax, qscheme=qscheme, ch_axis=0, is_dynamic=False,
+                            observer_or_fake_quant_ctr=ctr)
+
+
+def quantization_config(scheme: Scheme, is_qat: bool, activation_observer=None):
+    """litert-torch QuantizationConfig carrying the Scheme's ranges (QAT: fused moving-average fake quant)."""
+    from litert_torch.quantize.pt2e_quantizer_utils import QuantizationConfig
+    from torchao.quantization.pt2e import FusedMovingAvgObsFakeQuantize, HistogramObserver
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec
+
+    if is_qat:
+        act_ctr = FusedMovingAvgObsFakeQuantize
+    else:
+        act_ctr = activation_observer or HistogramObserver
+    act = activation_spec(scheme, act_ctr)
+    fixed = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=1 / 256, zero_point=-128, quant_min=-128,
+                                         quant_max=127, qscheme=torch.per_tensor_affine)
+    return QuantizationConfig(act, act, weight_spec(scheme, is_qat), None, fixed, is_qat, False)
+
+
+def _layer_filter(keep_float: frozenset[str]) -> Callable | None:
+    if not keep_float:
+        return None
+
+    def quantize_node(n) -> bool:
+        paths = [v[0] for v in n.meta.get("nn_module_stack", {}).values()]
+        return not any(p == k or p.startswith(k + ".") for p in paths for k in keep_float)
+
+    return quantize_node
+
+
+def build_quantizer(scheme: Scheme, is_qat: bool, activation_observer=None,
+                    keep_float: Iterable[str] = ()):
+    """A litert-torch PT2EQuantizer for `scheme`; layers (module paths) in `keep_float` are left unannotated."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, propagate_annotation
+
+    keep = frozenset(keep_float)
+    config = quantization_config(scheme, is_qat, activation_observer)
+
+    class SchemeQuantizer(PT2EQuantizer):
+        def annotate(self, model):
+            self._annotate_all_static_patterns(model, self.global_config, _layer_filter(keep))
+            propagate_annotation(model)
+            return model
+
+    q = SchemeQuantizer().set_global(config)
+    q.scheme = scheme
+    q.keep_float = keep
+    return q
+
+
+_PATTERN_CACHE: dict = {}
+
+
+def _pattern_key(pattern, example_inputs, is_cuda, kwargs):
+    fn = getattr(pattern, "fn", pattern)  # torchao's WrapperModule keeps the function as .fn
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    cells = []
+    for cell in getattr(fn, "__closure__", None) or ():
+        value = cell.cell_contents
+        if isinstance(value, torch.Tensor):
+            return None
+        cells.append(value)
+    def sig(t):  # example tensors only fix shapes and dtypes of the traced pattern
+        return ("tensor", tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else t
+
+    key = (code, tuple(cells), tuple(sig(t) for t in example_inputs), bool(is_cuda),
+           tuple(sorted((k, sig(v)) for k, v in kwargs.items())))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+@contextlib.contextmanager
+def pt2e_patches() -> Iterator[None]:
+    """Make PT2E pattern building work with litert-torch 0.10 and cost seconds instead of a minute.
+
+    1. litert-torch's conv+bn QAT annotator passes a plain function to torchao's pattern builder, which
+       torch.export rejects ("Expected mod to be an instance of torch.nn.Module"): wrap it in WrapperModule.
+    2. torchao builds every conv/bn pattern with a strict torch.export (~0.3 s each; QAT convert needs ~100):
+       memoize them per process by (code, closure values, example shapes); callers get a copy.
+    """
+    import litert_torch.quantize.pt2e_quantizer_utils as litert_utils
+    import torchao.quantization.pt2e.qat_utils as qat_utils
+    import torchao.quantization.pt2e.utils as ao_utils
+    from torchao.quantization.pt2e.export_utils import WrapperModule
+
+    original = ao_utils._get_aten_graph_module_for_pattern
+    if getattr(original, "_edgekd_patched", False):  # re-entrant use
+        yield
+        return
+
+    def cached(pattern, example_inputs, is_cuda=False, **kwargs):
+        key = _pattern_key(pattern, example_inputs, is_cuda, kwargs)
+        if key is not None and key in _PATTERN_CACHE:
+            return copy.deepcopy(_PATTERN_CACHE[key])
+        gm = original(pattern, example_inputs, is_cuda, **kwargs)
+        if key is not None:
+            _PATTERN_CACHE[key] = copy.deepcopy(gm)
+        return gm
+
+    def litert_wrapped(pattern, example_inputs, is_cuda=False, **kwargs):
+        if not isinstance(pattern, torch.nn.Module):
+            pattern = WrapperModule(pattern)
+        return cached(pattern, example_inputs, is_cuda, **kwargs)
+
+    def only_present(helper):
+        # 3. conv+bn fuse/fold helpers run once per conv kind (1d, 2d, transposed): skip kinds absent from the graph.
+        def run(m, conv_fn, example_inputs, is_cuda):
+            kinds = {str(n.target).split(".")[-2] for n in m.graph.nodes if n.op == "call_function"
+                     and "conv" in str(n.target)}
+            if "convolution" in kinds or getattr(conv_fn, "__name__", "") in kinds:
+                return helper(m, conv_fn, example_inputs, is_cuda)
+            return m
+
+        return run
+
+    cached._edgekd_patched = True
+    names = ("_get_aten_graph_module_for_pattern", "_fold_conv_bn_qat_helper", "_fuse_conv_bn_qat_helper")
+    saved = {(mod, n): getattr(mod, n) for mod in (ao_utils, qat_utils, litert_utils) for n in names
+             if hasattr(mod, n)}
+    ao_utils._get_aten_graph_module_for_pattern = cached
+    qat_utils._get_aten_graph_module_for_pattern = cached
+    litert_utils._get_aten_graph_module_for_pattern = litert_wrapped
+    qat_utils._fold_conv_bn_qat_helper = only_present(saved[(qat_utils, "_fold_conv_bn_qat_helper")])
+    qat_utils._fuse_conv_bn_qat_helper = only_present(saved[(qat_utils, "_fuse_conv_bn_qat_helper")])
+    try:
+        yield
+    finally:
+        for (mod, n), value in saved.items():
+            setattr(mod, n, value)

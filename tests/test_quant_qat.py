@@ -1,0 +1,128 @@
+"""QAT with PT2E: scheme ranges in the graph, phases (frozen observers / BN), checkpoint round-trip, convert."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgekd.errors import EdgeKDError
+from edgekd.quant import (convert_qat, eval_mode, is_quantized, load_qat_state, load_quantized, prepare_qat,
+                          qat_state_dict, save_quantized, set_qat_phase, train_mode)
+from edgekd.quant.testing import TinyNet, separable_task
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def task():
+    x, y = separable_task(256, size=8)
+    return x, y
+
+
+def _fake_quants(gm):
+    from torchao.quantization.pt2e import FakeQuantizeBase
+
+    return {n: m for n, m in gm.named_modules() if isinstance(m, FakeQuantizeBase)}
+
+
+def _steps(gm, x, y, start, n, freeze_obs=None, freeze_bn=None, lr=0.05):
+    opt = torch.optim.SGD(gm.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(start)
+    for step in range(start, start + n):
+        train_mode(gm)
+        set_qat_phase(gm, step, freeze_obs, freeze_bn)
+        i = torch.randint(0, len(x), (32,), generator=g)
+        loss = F.cross_entropy(gm(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_prepare_follows_scheme_and_keeps_the_float_model(task):
+    x, y = task
+    torch.manual_seed(0)
+    model = TinyNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gm = prepare_qat(model, x[:1], "ort_x86_novnni")
+    fqs = _fake_quants(gm)
+    weight_ranges = {(m.quant_min, m.quant_max) for m in fqs.values() if m.qscheme == torch.per_channel_symmetric}
+    act_ranges = {(m.quant_min, m.quant_max) for m in fqs.values() if m.qscheme == torch.per_tensor_affine}
+    assert weight_ranges == {(-64, 63)} and act_ranges == {(-128, 127)}
+    assert sum(m.qscheme == torch.per_channel_symmetric for m in fqs.values()) == 4  # 3 convs + linear
+    _steps(gm, x, y, 0, 3)
+    assert gm(x[:5]).shape == (5, 4) and gm(x[:1]).shape == (1, 4)  # dynamic batch
+    for k, v in model.state_dict().items():  # QAT trains a copy; the caller's float model is untouched
+        assert torch.equal(v, before[k]), k
+
+
+def test_phases_freeze_observers_and_bn_statistics(task):
+    x, y = task
+    torch.manual_seed(0)
+    gm = prepare_qat(TinyNet(), x[:2], "litert_int8")
+    _steps(gm, x, y, 0, 2, freeze_obs=2, freeze_bn=3)
+    assert set_qat_phase(gm, 1, 2, 3) == {"observers_frozen": False, "bn_frozen": False}
+    bn_means = {k: v.clone() for k, v in gm.state_dict().items() if k.endswith("running_mean")}
+    scales = {n: m.scale.clone() for n, m in _fake_quants(gm).items()}
+    _steps(gm, x, y, 2, 1, freeze_obs=2, freeze_bn=3)  # step 2: observers frozen, BN still updating
+    assert all(torch.equal(m.scale, scales[n]) for n, m in _fake_quants(gm).items())
+    changed = {k: v.clone() for k, v in gm.state_dict().items() if k.endswith("running_mean")}
+    assert any(not torch.equal(changed[k], bn_means[k]) for k in bn_means)
+    _steps(gm, x, y, 3, 2, freeze_obs=2, freeze_bn=3)  # BN frozen from step 3, also across train_mode()
+    assert set_qat_phase(gm, 4, 2, 3) == {"observers_frozen": True, "bn_frozen": True}
+    after = {k: v for k, v in gm.state_dict().items() if k.endswith("running_mean")}
+    assert all(torch.equal(after[k], changed[k]) for k in changed)
+    with pytest.raises(ValueError, match="freeze_bn_at must be None or an int >= 0, got -1"):
+        set_qat_phase(gm, 0, None, -1)
+
+
+def test_state_round_trip_into_a_fresh_graph(task):
+    x, y = task
+    torch.manual_seed(0)
+    model = TinyNet()
+    gm = prepare_qat(model, x[:2], "ort_x86_novnni")
+    _steps(gm, x, y, 0, 4, freeze_obs=3, freeze_bn=3)
+    state = qat_state_dict(gm)
+    fresh = prepare_qat(model, x[:2], "ort_x86_novnni")
+    load_qat_state(fresh, state)
+    assert fresh.meta["edgekd_qat_phase"] == {"observers_frozen": True, "bn_frozen": True}
+    eval_mode(gm)
+    eval_mode(fresh)
+    with torch.no_grad():
+        assert torch.equal(gm(x[:16]), fresh(x[:16]))
+    # Training resumes identically: same next step on both.
+    _steps(gm, x, y, 4, 1, 3, 3)
+    _steps(fresh, x, y, 4, 1, 3, 3)
+    eval_mode(gm)
+    eval_mode(fresh)
+    with torch.no_grad():
+        assert torch.allclose(gm(x[:16]), fresh(x[:16]), atol=1e-6)
+    other = prepare_qat(model, x[:2], "litert_int8")
+    with pytest.raises(EdgeKDError, match="saved with scheme 'ort_x86_novnni'.*prepared with 'litert_int8'"):
+        load_qat_state(other, state)
+    with pytest.raises(EdgeKDError, match="must be the dict returned by qat_state_dict"):
+        load_qat_state(fresh, {"weights": 1})
+
+
+@pytest.mark.export
+def test_convert_folds_bn_and_save_load_round_trip(task, tmp_path):
+    x, y = task
+    torch.manual_seed(0)
+    gm = prepare_qat(TinyNet(), x[:2], "ort_x86_novnni")
+    _steps(gm, x, y, 0, 20)
+    eval_mode(gm)
+    converted = convert_qat(gm)
+    assert is_quantized(converted) and not is_quantized(TinyNet())
+    targets = {str(n.target) for n in converted.graph.nodes}
+    assert not any("batch_norm" in t for t in targets)
+    w_q = [n for n in converted.graph.nodes if "quantize_per_channel" in str(n.target)]
+    assert w_q and all(n.args[4:6] == (-64, 63) for n in w_q)
+    with torch.no_grad():
+        sim, fq = converted(x[:64]), gm(x[:64])
+    assert (sim.argmax(1) == fq.argmax(1)).float().mean() >= 0.95  # BN folded: same decisions as QAT graph
+    path = save_quantized(converted, x[:1], tmp_path / "student_int8.pt2")
+    loaded = load_quantized(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x[:7]), converted(x[:7]))
+    with pytest.raises(EdgeKDError, match="use a .pt2 path"):
+        save_quantized(converted, x[:1], tmp_path / "m.pt")
+    with pytest.raises(EdgeKDError, match="quantized model file not found"):
+        load_quantized(tmp_path / "missing.pt2")

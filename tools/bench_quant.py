@@ -1,0 +1,182 @@
+"""Issue 4 benchmark: fp32 student vs PTQ (per calibration method) vs QAT vs QAT+KD, as exported files.
+
+For each seed: train the fp32 student, quantize it every way, export each model to TFLite and ONNX, and measure
+each file's test accuracy in its own runtime, its size and its CPU latency (batch 1, 1 thread, median). Writes JSON
+with per-seed rows and a mean/std summary per (variant, format). Ratios within one run are comparable; absolute
+times across runs are not (DESIGN §5).
+
+    .venv/bin/python tools/bench_quant.py --out runs/bench_quant.json              # full (hours on 2 cores)
+    .venv/bin/python tools/bench_quant.py --quick --out /tmp/bench_quant.json      # smoke: minutes
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgekd.fileio import write_json  # noqa: E402
+
+
+def latency_ms(path: Path, shape: tuple[int, ...], runs: int) -> dict:
+    from edgekd.runtimes import open_session
+
+    session = open_session(path, threads=1)
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    for _ in range(10):
+        session.run(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"p50_ms": statistics.median(times), "mean_ms": statistics.fmean(times), "runs": runs,
+            "runtime_version": session.version}
+
+
+def evaluate_files(name: str, model, example, x_test, y_test, workdir: Path, latency_runs: int,
+                   reference_accuracy: float) -> list[dict]:
+    from edgekd.export import describe_file, export_onnx, export_tflite
+    from edgekd.verify import file_accuracy
+
+    rows = []
+    for fmt, export in (("tflite", export_tflite), ("onnx", export_onnx)):
+        t0 = time.perf_counter()
+        path = export(model, example, workdir / f"{name}.{fmt}")
+        export_s = time.perf_counter() - t0
+        d = describe_file(path)
+        acc = file_accuracy(path, x_test, y_test)
+        rows.append({"variant": name, "format": fmt, "precision": d["precision"], "bytes": d["bytes"],
+                     "accuracy": acc["accuracy"], "torch_accuracy": reference_accuracy,
+                     "accuracy_gap": reference_accuracy - acc["accuracy"], "export_s": round(export_s, 2),
+                     "eval_s": acc["seconds"], **latency_ms(path, tuple(example[0].shape[1:]), latency_runs)})
+        print(f"  {name:<16} {fmt:<6} acc {acc['accuracy']:.4f} (torch {reference_accuracy:.4f}) "
+              f"{d['bytes'] / 1024:.1f} KiB p50 {rows[-1]['p50_ms']:.3f} ms", flush=True)
+    return rows
+
+
+def run_seed(seed: int, args, ds, workdir: Path) -> list[dict]:
+    from edgekd.config import TrainConfig
+    from edgekd.distill import TorchTeacher, build_objective
+    from edgekd.distill.trainer import TeacherSignal, evaluate, train
+    from edgekd.models import build_model
+    from edgekd.quant import (calibration_batches, convert_qat, eval_mode, load_calibration_recipe, load_qat_state,
+                              prepare_qat, qat_state_dict, quantize_ptq, scheme_for_runtimes, select_calibration,
+                              set_qat_phase, train_mode)
+
+    torch.manual_seed(seed)
+    scheme = scheme_for_runtimes(["litert", "onnxruntime"], override=args.scheme)
+    example = (ds.x_test[:1],)
+    student = build_model(args.model, num_classes=len(ds.labels), in_channels=ds.input_shape[0])
+    train(student, ds.x_train, ds.y_train, TrainConfig(epochs=args.epochs, lr=args.lr), seed=seed,
+          batch_size=args.batch_size, progress=False, desc="fp32")
+    student.eval()
+    fp32_acc = evaluate(student, ds.x_test, ds.y_test)
+    rows = evaluate_files("fp32", student, example, ds.x_test, ds.y_test, workdir, args.latency_runs, fp32_acc)
+
+    calib = select_calibration(ds.x_train, ds.y_train, load_calibration_recipe(args.calibration))
+    for method in args.ptq_methods:
+        t0 = time.perf_counter()
+        q = quantize_ptq(student, example, scheme, calibration_batches(calib, 64), method)
+        quant_s = time.perf_counter() - t0
+        acc = evaluate(q, ds.x_test, ds.y_test, set_eval=lambda m: None)
+        for r in evaluate_files(f"ptq_{method}", q, example, ds.x_test, ds.y_test, workdir, args.latency_runs, acc):
+            rows.append({**r, "quantize_s": round(quant_s, 2)})
+
+    steps = math.ceil(args.qat_epochs * math.ceil(len(ds.x_train) / args.batch_size))
+    freeze_obs, freeze_bn = int(0.7 * steps), int(0.8 * steps)
+    for variant in ("qat", "qat_kd"):
+        gm = prepare_qat(copy.deepcopy(student), (ds.x_test[:2],), scheme)
+        if variant == "qat_kd":  # the fp32 student teaches its quantized copy (no separate teacher needed)
+            objective = build_objective([{"name": "ce", "weight": 0.5},
+                                         {"name": "kd_soft", "weight": 0.5, "temperature": 4.0}])
+            signal = TeacherSignal(teacher=TorchTeacher(student))
+        else:
+            objective, signal = None, None
+        t0 = time.perf_counter()
+        train(gm, ds.x_train, ds.y_train, TrainConfig(epochs=args.qat_epochs, lr=args.qat_lr), objective=objective,
+              teacher=signal, seed=seed, batch_size=args.batch_size, progress=False, desc=variant,
+              step_hook=lambda m, step, total: set_qat_phase(m, step, freeze_obs, freeze_bn),
+              set_train=train_mode, set_eval=eval_mode, model_state=(qat_state_dict, load_qat_state))
+        eval_mode(gm)
+        q = convert_qat(gm)
+        quant_s = time.perf_counter() - t0
+        acc = evaluate(q, ds.x_test, ds.y_test, set_eval=lambda m: None)
+        for r in evaluate_files(variant, q, example, ds.x_test, ds.y_test, workdir, args.latency_runs, acc):
+            rows.append({**r, "quantize_s": round(quant_s, 2)})
+    return [{**r, "seed": seed, "scheme": scheme.name} for r in rows]
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    out = []
+    keys = sorted({(r["variant"], r["format"]) for r in rows}, key=lambda k: (k[0] != "fp32", k))
+    for variant, fmt in keys:
+        sel = [r for r in rows if r["variant"] == variant and r["format"] == fmt]
+        entry = {"variant": variant, "format": fmt, "n_seeds": len(sel), "bytes": sel[0]["bytes"]}
+        for k in ("accuracy", "accuracy_gap", "p50_ms"):
+            vals = [r[k] for r in sel]
+            entry[f"{k}_mean"] = statistics.fmean(vals)
+            entry[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/bench_quant.json")
+    p.add_argument("--dataset", default="fashion_mnist")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--model", default="mobilenet_student")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=float, default=5)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--qat-epochs", type=float, default=1)
+    p.add_argument("--qat-lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--ptq-methods", nargs="+", default=["minmax", "percentile", "mse", "histogram"])
+    p.add_argument("--scheme", default=None, help="scheme override (default: litert + onnxruntime on this CPU)")
+    p.add_argument("--calibration", default="calibration/default.yaml")
+    p.add_argument("--subset-train", type=int, default=None)
+    p.add_argument("--subset-test", type=int, default=None)
+    p.add_argument("--latency-runs", type=int, default=200)
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 5k/1k images, 2 + 0.5 epochs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs, args.qat_epochs = args.seeds[:1], 2, 0.5
+        args.subset_train, args.subset_test, args.latency_runs = 5000, 1000, 50
+        args.ptq_methods = args.ptq_methods[:2]
+    torch.set_num_threads(1)
+    from edgekd.data import load_dataset
+    from edgekd.quant import detect_cpu_vnni
+
+    ds = load_dataset(args.dataset, args.data_dir, subset_train=args.subset_train, subset_test=args.subset_test)
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as d:
+        for seed in args.seeds:
+            print(f"seed {seed}", flush=True)
+            rows += run_seed(seed, args, ds, Path(d))
+    result = {"benchmark": "bench_quant", "config": vars(args), "dataset": ds.name,
+              "n_train": len(ds.x_train), "n_test": len(ds.x_test),
+              "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "cpu_has_vnni": detect_cpu_vnni(), "torch_threads": 1},
+              "versions": {"torch": torch.__version__}, "wall_time_s": round(time.perf_counter() - t0, 1),
+              "rows": rows, "summary": summarize(rows)}
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
