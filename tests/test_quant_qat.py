@@ -122,6 +122,13 @@ def test_convert_folds_bn_and_save_load_round_trip(task, tmp_path):
     loaded = load_quantized(path)
     with torch.no_grad():
         assert torch.equal(loaded(x[:7]), converted(x[:7]))
+    # Stages pass files: the loaded .pt2 exports as int8 like the in-memory model.
+    from edgekd.export import describe_file, export_onnx, export_tflite
+    from edgekd.verify import parity
+
+    for exported in (export_onnx(loaded, x[:1], tmp_path / "s.onnx"), export_tflite(loaded, x[:1], tmp_path / "s.tflite")):
+        assert describe_file(exported)["precision"] == "int8"
+        assert parity(converted, exported, x[:64])["top1_agreement"] >= 0.98
     with pytest.raises(EdgeKDError, match="use a .pt2 path"):
         save_quantized(converted, x[:1], tmp_path / "m.pt")
     with pytest.raises(EdgeKDError, match="quantized model file not found"):

@@ -48,8 +48,9 @@ def _prod(shape: Sequence[int]) -> int:
     return int(np.prod([max(int(d), 1) for d in shape])) if len(shape) else 1
 
 
-def layers_from_onnx(model_or_path: Any, input_shape: Sequence[int] | None = None) -> list[Layer]:
-    """Walk an ONNX graph (path or ModelProto) with inferred shapes; unknown dims (batch) become 1."""
+def _static_model(model_or_path: Any, input_shape: Sequence[int] | None) -> Any:
+    """A copy of the ONNX model (path or ModelProto, external data loaded) whose graph inputs have fixed dims:
+    the first input takes `input_shape`, other unknown dims (batch) become 1."""
     import onnx
 
     if isinstance(model_or_path, (str, Path)):
@@ -57,7 +58,7 @@ def layers_from_onnx(model_or_path: Any, input_shape: Sequence[int] | None = Non
     else:
         model = model_or_path
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    inits = {t.name for t in model.graph.initializer}
     real_inputs = [i for i in model.graph.input if i.name not in inits]
     for k, inp in enumerate(real_inputs):
         dims = inp.type.tensor_type.shape.dim
@@ -68,6 +69,15 @@ def layers_from_onnx(model_or_path: Any, input_shape: Sequence[int] | None = Non
             elif not d.HasField("dim_value") or d.dim_value <= 0:
                 d.ClearField("dim_param")
                 d.dim_value = 1
+    return model
+
+
+def layers_from_onnx(model_or_path: Any, input_shape: Sequence[int] | None = None) -> list[Layer]:
+    """Walk an ONNX graph (path or ModelProto) with inferred shapes; unknown dims (batch) become 1."""
+    import onnx
+
+    model = _static_model(model_or_path, input_shape)
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as e:  # onnx raises InferenceError and friends
@@ -212,3 +222,163 @@ def model_layers(model_or_path: Any, input_shape: Sequence[int] | None = None) -
     if input_shape is None:
         raise EdgeKDError("a torch model needs input_shape=(N, C, H, W) (or (N, features)) for the predictor")
     return layers_from_onnx(onnx_from_torch(model_or_path, input_shape), input_shape)
+
+
+# ---- ONNX Runtime's optimized graph: the nodes ORT really runs (fusions, NCHWc layout, reorders) ----
+
+ORT_FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Constant", "Dropout"}
+ORT_POOL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"}
+ORT_GEMM = {"Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+
+
+@dataclass(frozen=True)
+class OrtNode:
+    """One node of ONNX Runtime's optimized graph with the work it does.
+
+    kind: conv (NCHWc, blocked input), convin (NCHWc conv reading plain NCHW input: first layers), pw (NCHWc
+    1x1), dw (NCHWc depthwise), im2col (plain Conv/FusedConv: im2col + GEMM), gemm, reorder (NCHW <-> NCHWc),
+    pool, elementwise, free (reshapes: no data movement). Channel counts are ORT's padded ones.
+    """
+
+    name: str
+    op: str
+    kind: str
+    macs: int
+    in_elems: int  # activation inputs (the first input; fused residual sums count in sum_elems)
+    out_elems: int
+    weight_elems: int
+    taps: int = 1  # kernel positions (kh * kw) of convolutions
+    sum_elems: int = 0  # elements of a residual added inside a fused conv
+
+
+def _ort_optimized(model: Any, tmp: Path) -> Any:
+    """ORT's optimized graph (ORT_ENABLE_ALL, 1 thread, CPU) of an in-memory model, as a ModelProto."""
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp / "optimized.onnx")
+    try:
+        ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise EdgeKDError(f"onnxruntime cannot load the model to read its optimized graph: "
+                          f"{str(e).splitlines()[0]}") from e
+    return onnx.load(str(tmp / "optimized.onnx"))
+
+
+def _run_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """Every tensor's runtime shape: the optimized graph (NCHWc ops have no ONNX shape inference) is run once on
+    zeros with all node outputs exposed and optimizations off, so it runs as saved."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    exposed = {o.name for o in model.graph.output}
+    for n in model.graph.node:
+        for o in n.output:
+            if o and o not in exposed:
+                model.graph.output.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
+                exposed.add(o)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    feeds = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in sess.get_inputs():
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in i.shape)
+        feeds[i.name] = np.zeros(shape, np.float32)
+        shapes[i.name] = shape
+    for o, v in zip(sess.get_outputs(), sess.run(None, feeds)):
+        shapes[o.name] = tuple(np.shape(v))
+    return shapes
+
+
+def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> list[OrtNode]:
+    """The nodes ONNX Runtime runs for an ONNX model (path or ModelProto) on this CPU, with their work.
+
+    The graph is optimized as a default session would (level ALL: Conv+BN+activation, Conv+Add and Gemm+Relu
+    fusions, the NCHWc layout with its reorders) and run once to read every tensor's shape.
+    """
+    import tempfile
+
+    model = _static_model(model_or_path, input_shape)
+    for vi in model.graph.input:
+        if vi.type.tensor_type.elem_type != 1:
+            raise EdgeKDError("the ONNX node model needs a float32 graph input; use the per-layer model")
+    with tempfile.TemporaryDirectory(prefix="edgekd-ortgraph-") as tmp:
+        opt = _ort_optimized(model, Path(tmp))
+    inits = {t.name: tuple(t.dims) for t in opt.graph.initializer}
+    shapes = {**inits, **_run_shapes(opt)}
+    producer = {o: n for n in opt.graph.node for o in n.output}
+
+    def blocked(name: str) -> bool:  # an NCHWc tensor: made by an NCHWc op other than ReorderOutput
+        p = producer.get(name)
+        return p is not None and p.domain == NCHWC_DOMAIN and p.op_type != "ReorderOutput"
+
+    nodes = []
+    for idx, n in enumerate(opt.graph.node):
+        op = n.op_type
+        ins = [i for i in n.input]
+        attrs = {a.name: a for a in n.attribute}
+        out = shapes.get(n.output[0], ()) if n.output else ()
+        out_elems = _prod(out)
+        src = ins[0] if ins else ""
+        in_elems = _prod(shapes.get(src, ())) if src and src not in inits else 0
+        weight_elems = sum(_prod(inits[i]) for i in ins[1:] if i in inits)
+        macs, taps, sum_elems, kind = 0, 1, 0, "elementwise"
+        if op in ("Conv", "FusedConv"):
+            w = shapes.get(ins[1], ())
+            group = attrs["group"].i if "group" in attrs else 1
+            taps = _prod(w[2:]) if len(w) > 2 else 1
+            cin = shapes.get(src, (1, 1))[1] if len(shapes.get(src, ())) > 1 else 1
+            dw = group > 1 and group == cin
+            macs = out_elems * taps * (1 if dw else max(cin // group, 1))
+            if len(ins) > 3 and ins[3]:
+                sum_elems = _prod(shapes.get(ins[3], ()))
+            if n.domain != NCHWC_DOMAIN:
+                kind = "im2col"
+            elif dw:
+                kind = "dw"
+            elif not blocked(src):
+                kind = "convin"  # NCHWc conv reading a plain NCHW tensor (few input channels)
+            else:
+                kind = "pw" if taps == 1 else "conv"
+        elif op in ORT_GEMM:
+            a = shapes.get(src, ())
+            kdim = a[-1] if a else 1
+            if "transA" in attrs and attrs["transA"].i and len(a) == 2:
+                kdim = a[0]
+            macs, kind = out_elems * kdim, "gemm"
+        elif op in ("ReorderInput", "ReorderOutput"):
+            kind = "reorder"
+        elif op in ORT_POOL:
+            kind = "pool"
+        elif op in ORT_FREE:
+            kind = "free"
+        else:
+            in_elems = max(in_elems, sum(_prod(shapes.get(i, ())) for i in ins if i and i not in inits))
+        nodes.append(OrtNode(n.name or f"{op}_{idx}", f"{n.domain + '.' if n.domain else ''}{op}", kind, int(macs),
+                             int(in_elems), int(out_elems), int(weight_elems), int(taps), int(sum_elems)))
+    if not nodes:
+        raise EdgeKDError("onnxruntime's optimized graph has no nodes to cost")
+    return nodes
+
+
+def model_ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> list[OrtNode]:
+    """ort_nodes of a torch module (needs input_shape), an ONNX file or an ONNX ModelProto."""
+    if isinstance(model_or_path, (str, Path)):
+        if not Path(model_or_path).is_file():
+            raise EdgeKDError(f"model file not found: {model_or_path}")
+        if Path(model_or_path).suffix.lower() != ".onnx":
+            raise EdgeKDError(f"the ONNX Runtime node model reads .onnx files; got {Path(model_or_path).suffix!r}")
+        return ort_nodes(model_or_path, input_shape)
+    if hasattr(model_or_path, "graph") and hasattr(model_or_path.graph, "node"):
+        return ort_nodes(model_or_path, input_shape)
+    if input_shape is None:
+        raise EdgeKDError("a torch model needs input_shape=(N, C, H, W) (or (N, features)) for the predictor")
+    return ort_nodes(onnx_from_torch(model_or_path, input_shape), input_shape)
