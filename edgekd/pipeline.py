@@ -20,6 +20,7 @@ from edgekd.data import ImageDataset, load_dataset
 from edgekd.errors import EdgeKDError
 from edgekd.fileio import write_text
 from edgekd.models import build_model, count_params, load_model_file, save_model_file
+from edgekd.registry import Registry
 from edgekd.stages import STAGE_ORDER, StageRecord, fingerprint, is_done, require_record, write_record
 
 FORMAT_RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
@@ -33,6 +34,7 @@ class RunContext:
     log: Callable[[str], None] = print
     _dataset: ImageDataset | None = field(default=None, repr=False)
     records: dict[str, StageRecord] = field(default_factory=dict)
+    current: str | None = None  # the running stage: its files go to a staging folder until it succeeds
 
     @property
     def dataset(self) -> ImageDataset:
@@ -42,7 +44,7 @@ class RunContext:
         return self._dataset
 
     def stage_dir(self, stage: str) -> Path:
-        path = self.run_dir / stage
+        path = staging_dir(self.run_dir, stage) if stage == self.current else self.run_dir / stage
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -358,10 +360,11 @@ def stage_bundle(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
 def stage_report(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     from edgekd.report import build_report
 
-    paths = build_report(ctx.run_dir)
+    paths = build_report(ctx.run_dir, out_dir=ctx.stage_dir("report"))
     return {p.name: p for p in paths.all()}, {}
 
 
+STAGE_NAMES = Registry("stage")
 STAGES: dict[str, Callable[[RunContext], tuple[dict[str, Path], dict[str, Any]]]] = {
     "teacher": stage_teacher, "distill": stage_distill, "quantize": stage_quantize, "export": stage_export,
     "verify": stage_verify, "profile": stage_profile, "bundle": stage_bundle, "report": stage_report}
@@ -377,6 +380,10 @@ DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bundle": (("bundle",), ("export", "verify", "profile")),
     "report": ((), ("teacher", "distill", "quantize", "export", "verify", "profile", "bundle")),
 }
+
+
+for _name in STAGES:
+    STAGE_NAMES.register(_name)(_name)
 
 
 def enabled_stages(recipe: Recipe) -> list[str]:
@@ -414,13 +421,7 @@ def run(recipe: Recipe | str | Path, *, run_dir: str | Path | None = None, until
     write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
     stages = enabled_stages(recipe)
     for name in list(only or []) + ([until] if until else []):
-        if name not in STAGES:
-            from edgekd.registry import Registry
-
-            reg: Registry = Registry("stage")
-            for s in STAGES:
-                reg.register(s)(s)
-            reg.get(name)
+        STAGE_NAMES.get(name)
     if until:
         stages = stages[: stages.index(until) + 1] if until in stages else stages
     ctx = RunContext(recipe, run_dir, progress=progress, log=log)
@@ -436,11 +437,31 @@ def run(recipe: Recipe | str | Path, *, run_dir: str | Path | None = None, until
             ctx.records[stage] = done
             continue
         started = time.perf_counter()
-        outputs, metrics = STAGES[stage](ctx)
+        shutil.rmtree(staging_dir(run_dir, stage), ignore_errors=True)  # leftovers of a killed run
+        ctx.current = stage
+        try:
+            outputs, metrics = STAGES[stage](ctx)
+        finally:
+            ctx.current = None
+        outputs = publish_stage(run_dir, stage, outputs)
         ctx.records[stage] = write_record(run_dir, stage, fp, outputs, metrics, started)
     return run_dir
 
 
-def clean_stage(run_dir: Path, stage: str) -> None:
-    """Forget a stage's outputs (used by `--force`-like flows and tests)."""
-    shutil.rmtree(run_dir / stage, ignore_errors=True)
+def staging_dir(run_dir: Path, stage: str) -> Path:
+    return run_dir / f".{stage}.staging"
+
+
+def publish_stage(run_dir: Path, stage: str, outputs: dict[str, Path]) -> dict[str, Path]:
+    """Swap the stage's staging folder in for its previous folder; return the outputs' final paths.
+
+    A stage that fails never reaches this point, so the previous run's files stay as they were.
+    """
+    staging, final, old = staging_dir(run_dir, stage), run_dir / stage, run_dir / f".{stage}.old"
+    staging.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return {k: final / Path(p).resolve().relative_to(staging.resolve()) for k, p in outputs.items()}

@@ -2,12 +2,11 @@
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from edgekd.errors import ConversionError, EdgeKDError
 from edgekd.export import describe_file, INT8_ORT_OPS, export_onnx, onnx_op_types
 from edgekd.quant.ptq import calibration_batches, quantize_ptq
-from edgekd.quant.testing import TinyNet, separable_task, train_briefly
+from edgekd.quant.testing import TinyNet, UnconvertibleNet, separable_task, train_briefly
 from edgekd.runtimes import open_session
 from edgekd.verify import compare_logits, reference_logits
 
@@ -54,27 +53,12 @@ def test_int8_onnx_is_qdq_with_int8_weights_and_runs_int8_kernels(trained, tmp_p
     assert cmp["top1_agreement"] >= 0.98 and cmp["max_abs_diff"] < 0.5
 
 
-class _Erfinv(nn.Module):
-    def forward(self, x):
-        return torch.special.erfinv(torch.clamp(x, -0.5, 0.5))
-
-
-class _Unsupported(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
-        self.gaussianize = _Erfinv()
-
-    def forward(self, x):
-        return self.gaussianize(self.conv(x)).mean((2, 3))
-
-
 def test_unconvertible_op_names_layer_and_leaves_no_file(tmp_path):
     target = tmp_path / "bad.onnx"
-    with pytest.raises(ConversionError, match=r"layer 'gaussianize' \(_Erfinv\), op (aten|prims)\.erf_?inv.*Way out"):
-        export_onnx(_Unsupported(), torch.randn(1, 1, 8, 8), target)
+    with pytest.raises(ConversionError, match=r"layer 'gaussianize' \(Erfinv\), op (aten|prims)\.erf_?inv.*Way out"):
+        export_onnx(UnconvertibleNet(), torch.randn(1, 1, 8, 8), target)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(EdgeKDError, match="activation_dtype must be 'auto', 'int8' or 'uint8', got 'int4'"):
-        export_onnx(_Unsupported(), torch.randn(1, 1, 8, 8), target, activation_dtype="int4")
+        export_onnx(UnconvertibleNet(), torch.randn(1, 1, 8, 8), target, activation_dtype="int4")
     with pytest.raises(EdgeKDError, match="opset 13 is not supported"):
-        export_onnx(_Unsupported(), torch.randn(1, 1, 8, 8), target, opset=13)
+        export_onnx(UnconvertibleNet(), torch.randn(1, 1, 8, 8), target, opset=13)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 
@@ -82,3 +83,32 @@ def test_killed_training_resumes_with_the_same_result(tmp_path):
     b = load_model_file(run_dir / "distill" / "student.pt")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert metrics["test_accuracy"] == read_json(reference / "distill" / "stage.json")["metrics"]["test_accuracy"]
+
+
+def test_a_failing_stage_leaves_the_previous_outputs_untouched(tmp_path, monkeypatch):
+    import edgekd.pipeline as pipeline
+    from edgekd.errors import EdgeKDError
+
+    recipe = write_recipe(tmp_path)
+    run_dir = run(recipe, run_dir=tmp_path / "run", until="distill", progress=False, log=lambda m: None)
+    before = (run_dir / "distill" / "student.pt").read_bytes()
+    record = (run_dir / "distill" / "stage.json").read_text()
+
+    def failing(ctx):
+        (ctx.stage_dir("distill") / "student.pt").write_bytes(b"half-written")
+        raise EdgeKDError("boom")
+
+    monkeypatch.setitem(pipeline.STAGES, "distill", failing)
+    with pytest.raises(EdgeKDError, match="boom"):
+        run(recipe, run_dir=run_dir, until="distill", force=True, progress=False, log=lambda m: None)
+    assert (run_dir / "distill" / "student.pt").read_bytes() == before
+    assert (run_dir / "distill" / "stage.json").read_text() == record
+
+
+def test_unknown_stage_name_suggests_the_closest():
+    from edgekd.errors import EdgeKDError
+
+    from edgekd.pipeline import STAGE_NAMES
+
+    with pytest.raises(EdgeKDError, match="unknown stage 'distil'; did you mean 'distill'"):
+        STAGE_NAMES.get("distil")

@@ -5,8 +5,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.layers import Layer, layers_from_onnx, model_layers
-from edgekd.profile.predictor import (Calibration, LayerFeatures, fit_costs, model_time_s, predict, prior_costs)
+from edgekd.profile.layers import Layer, OrtNode, layers_from_onnx, model_layers, ort_nodes
+from edgekd.profile.predictor import (NODE_FEATURES, Calibration, LayerFeatures, fit_costs, fit_node_costs,
+                                      model_time_s, node_features, node_model_time_s, predict, prior_costs)
 from edgekd.profile.targets import load_target
 
 
@@ -111,3 +112,86 @@ def test_predictor_input_errors(tmp_path):
     bad.write_text('{"target": "x"}')
     with pytest.raises(EdgeKDError, match="not a latency calibration file"):
         Calibration.load(bad)
+
+
+def test_ort_nodes_read_the_optimized_graph(tmp_path):
+    """ORT fuses BN+Relu into the conv and the Add into the depthwise conv, runs both in the NCHWc layout (the
+    first reading the plain NCHW input) and reorders back once before Flatten/Gemm."""
+    nodes = ort_nodes(graph(tmp_path))
+    assert [(n.op.split(".")[-1], n.kind) for n in nodes] == [
+        ("Conv", "convin"), ("Conv", "dw"), ("GlobalAveragePool", "pool"), ("ReorderOutput", "reorder"),
+        ("Flatten", "free"), ("Gemm", "gemm")]
+    conv, dw, gap, reorder, _, gemm = nodes
+    assert conv.macs == 16 * 256 * 8 * 9 and conv.taps == 9 and conv.out_channels == 16
+    assert conv.in_elems == 8 * 256 and conv.weight_elems == 16 * 8 * 9 + 16  # BN folded into weights + bias
+    assert dw.macs == 16 * 256 * 9 and dw.sum_elems == 16 * 256  # the residual Add, fused
+    assert gap.in_elems == 16 * 256 and reorder.in_elems == reorder.out_elems == 16
+    assert gemm.macs == 160 and gemm.weight_elems == 170
+    assert ort_nodes(graph(tmp_path), input_shape=(2, 8, 16, 16))[0].macs == 2 * conv.macs
+
+
+def node_sets():
+    def conv(kind, cin, cout, hw, taps=9):
+        return OrtNode("c", "Conv", kind, cout * hw * hw * cin * taps, cin * hw * hw, cout * hw * hw,
+                       cout * cin * taps, taps, 0, cout)
+
+    def gemm(fin, fout):
+        return OrtNode("g", "Gemm", "gemm", fin * fout, fin, fout, fin * fout + fout)
+
+    def light(kind, elems):
+        return OrtNode("x", "Op", kind, 0, elems, elems, 0)
+
+    return [[conv("conv", 16, 16, 32)], [conv("conv", 64, 64, 16)], [conv("conv", 16, 128, 16)],
+            [conv("convin", 3, 32, 32), light("reorder", 32 * 1024)], [conv("pw", 32, 64, 16, 1)],
+            [conv("pw", 128, 16, 16, 1), light("pool", 4096)], [gemm(1024, 1024)], [gemm(4096, 4096)],
+            [gemm(64, 64), gemm(64, 64), light("free", 64)], [light("elementwise", 50_000)],
+            [conv("conv", 32, 32, 8), conv("pw", 32, 32, 8, 1), light("reorder", 2048)], [gemm(256, 10)]]
+
+
+def test_node_features_hand_counts():
+    n = OrtNode("c", "Conv", "conv", 16 * 100 * 32 * 9, 32 * 100, 16 * 100, 16 * 32 * 9, 9, 7, 16)
+    row = dict(zip(NODE_FEATURES, node_features([n], 2**20, 2**24)[0]))
+    assert row["conv_macs"] == n.macs and row["conv_out"] == 1600 and row["sum_elems"] == 7
+    assert row["conv_loads"] == n.macs / 16 and row["n_compute"] == 1 and row["n_light"] == 0
+    wide = OrtNode("c", "Conv", "pw", 256 * 100 * 32, 32 * 100, 256 * 100, 256 * 32, 1, 0, 256)
+    assert dict(zip(NODE_FEATURES, node_features([wide], 1, 1)[0]))["pw_loads"] == wide.macs / 64
+    # Gemm weights past the caches: 64 MiB of weights counts ~all its bytes as L3- and DRAM-bound
+    big = OrtNode("g", "Gemm", "gemm", 4096 * 4096, 4096, 4096, 4096 * 4096)
+    row = dict(zip(NODE_FEATURES, node_features([big], 2**20, 16 * 2**20)[0]))
+    assert row["gemm_dram_bytes"] == pytest.approx(4 * big.weight_elems * 16 / 17)  # 1 / (1 + (16/64)^2)
+
+
+def test_fit_node_costs_recovers_synthetic_costs():
+    true = {k: 0.0 for k in NODE_FEATURES}
+    true.update(t0=5e-6, n_compute=2e-6, n_light=1e-6, conv_macs=1e-11, conv_loads=4e-11, convin_macs=3e-11,
+                pw_macs=1.5e-11, reorder_elems=2e-10, pool_elems=3e-10, elt_elems=5e-10, gemm_macs=1e-11,
+                gemm_dram_bytes=4e-11, l2_bytes=2**20, l3_bytes=16 * 2**20)
+    samples = [(ns, node_model_time_s(ns, true)[0]) for ns in node_sets()]
+    costs, sigma, res = fit_node_costs(samples, l2_grid_mb=(1.0, 2.0), l3_grid_mb=(16.0, 32.0))
+    assert max(abs(r) for r in res) < 1e-6 and costs["l3_bytes"] == 16 * 2**20
+    assert all(costs[k] >= 0 for k in NODE_FEATURES)
+    held_out = [OrtNode("c", "Conv", "conv", 48 * 400 * 48 * 9, 48 * 400, 48 * 400, 48 * 48 * 9, 9, 0, 48)]
+    assert node_model_time_s(held_out, costs)[0] == pytest.approx(node_model_time_s(held_out, true)[0], rel=0.02)
+    with pytest.raises(EdgeKDError, match="at least 3 measured models"):
+        fit_node_costs(samples[:2])
+    with pytest.raises(EdgeKDError, match="must be > 0"):
+        fit_node_costs([(ns, 0.0) for ns in node_sets()])
+
+
+def test_calibrated_onnxruntime_prediction_uses_the_node_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_CALIBRATION_DIR", str(tmp_path / "calib"))
+    prior = prior_costs(load_target("cpu-local"), "fp32")
+    nc = {k: 1e-9 for k in NODE_FEATURES}
+    nc.update(t0=1e-5, l2_bytes=2**20, l3_bytes=2**24)
+    calib = Calibration("cpu-local", "onnxruntime", "fp32", 1, {k: 1.0 for k in prior}, prior, 0.06,
+                        residuals=[{"name": "a"}] * 4, node_costs=nc)
+    path = calib.save(tmp_path / "calib" / "cpu-local" / "onnxruntime-fp32.json")
+    assert Calibration.load(path) == calib
+    p = predict(graph(tmp_path), "cpu-local", with_layers=True)
+    assert "node model" in p.basis and p.uncertainty == 0.06 and len(p.layers) == 6
+    assert p.ms == pytest.approx(sum(ly["ms"] for ly in p.layers) + 1e-2)
+    assert [ly["kind"] for ly in p.layers][:2] == ["convin", "dw"]
+    two = predict(graph(tmp_path), "cpu-local", threads=2)
+    assert two.ms < p.ms and two.uncertainty == 0.3
+    # int8 and LiteRT fall back to the per-layer model
+    assert "node model" not in predict(graph(tmp_path), "cpu-local", precision="int8").basis

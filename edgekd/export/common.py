@@ -1,6 +1,5 @@
-"""What every export pass shares: the exported-file record and the model checks before a converter runs."""
+"""What every export pass shares: the model and input checks before a converter runs."""
 from __future__ import annotations
-
 
 import torch
 from torch import nn

@@ -12,14 +12,21 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.predictor import (Calibration, LayerFeatures, calibration_path, fit_costs, model_time_s,
-                                      prior_costs)
-from edgekd.profile.layers import layers_from_onnx, layers_from_tflite
+from edgekd.profile.predictor import (Calibration, LayerFeatures, calibration_path, fit_costs, fit_node_costs,
+                                      model_time_s, node_model_time_s, prior_costs)
+from edgekd.profile.layers import layers_from_onnx, layers_from_tflite, ort_nodes
 from edgekd.profile.targets import load_target
 
 
 def micro_models() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
-    """(name, builder of a torch module, input shape) for the calibration family."""
+    """(name, builder of a torch module, input shape) for the calibration family.
+
+    Single layers of every kernel family ORT picks (NCHWc 3x3/5x5/7x7, first-layer convs on 1-3 channels, 1x1,
+    depthwise, im2col for channel counts NCHWc does not take), channel counts that NCHWc pads, Linear layers whose
+    weights sit in L2, L3 or DRAM, pools and element-wise ops, and short stacks and blocks (inverted residual,
+    basic residual, conv-pool chains, MLPs) so that reorders, fusions and per-node costs appear as they do in
+    whole networks. None of them is one of tools/bench_predictor.py's held-out architectures.
+    """
     import torch
     from torch import nn
 
@@ -29,55 +36,126 @@ def micro_models() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
         def forward(self, x):
             return x * torch.sigmoid(x) + x
 
+    class Residual(nn.Module):
+        """relu(body(x) + skip(x)): ORT fuses the add (and relu) into the last conv."""
+
+        def __init__(self, body, skip=None):
+            super().__init__()
+            self.body, self.skip = body, skip or nn.Identity()
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.skip(x))
+
+    class Linear(nn.Module):
+        """body(x) + x without a final activation (inverted-residual style)."""
+
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return x + self.body(x)
+
     def conv(cin, cout, k, stride=1, groups=1):
         return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups)
 
+    def cbr(cin, cout, k, stride=1, groups=1, act=nn.ReLU):
+        return [conv(cin, cout, k, stride, groups), nn.BatchNorm2d(cout), act()]
+
+    def inverted(cin, cout, stride, expand):
+        mid = cin * expand
+        body = nn.Sequential(*cbr(cin, mid, 1, act=nn.ReLU6), *cbr(mid, mid, 3, stride, mid, act=nn.ReLU6),
+                             conv(mid, cout, 1), nn.BatchNorm2d(cout))
+        return Linear(body) if stride == 1 and cin == cout else body
+
+    def basic(cin, cout, stride):
+        body = nn.Sequential(*cbr(cin, cout, 3, stride), conv(cout, cout, 3), nn.BatchNorm2d(cout))
+        skip = None if stride == 1 and cin == cout else nn.Sequential(conv(cin, cout, 1, stride),
+                                                                       nn.BatchNorm2d(cout))
+        return Residual(body, skip)
+
     out: list[tuple[str, Callable[[], Any], tuple[int, ...]]] = []
-    for cin, cout, hw in [(3, 16, 64), (16, 16, 64), (16, 32, 32), (32, 32, 32), (32, 64, 16), (64, 64, 16),
-                          (64, 128, 8), (8, 24, 48), (24, 48, 24), (3, 32, 112), (32, 32, 56)]:
-        out.append((f"conv3x3_{cin}_{cout}_{hw}", lambda c=cin, o=cout: nn.Sequential(conv(c, o, 3), nn.ReLU()),
-                    (1, cin, hw, hw)))
-    for cin, cout, hw, k in [(8, 16, 32, 5), (16, 32, 16, 5), (24, 24, 28, 5), (3, 32, 32, 7), (16, 16, 16, 7)]:
-        out.append((f"conv{k}x{k}_{cin}_{cout}_{hw}", lambda c=cin, o=cout, kk=k: nn.Sequential(conv(c, o, kk),
-                                                                                                nn.ReLU()),
-                    (1, cin, hw, hw)))
-    for cin, cout, hw in [(16, 96, 32), (96, 24, 32), (16, 64, 32), (64, 16, 32), (32, 128, 16), (128, 32, 16), (24, 96, 56), (64, 256, 14),
-                          (256, 64, 14)]:
-        out.append((f"pw_{cin}_{cout}_{hw}", lambda c=cin, o=cout: nn.Sequential(conv(c, o, 1)), (1, cin, hw, hw)))
-    for ch, hw, stride in [(96, 32, 1), (144, 16, 2), (32, 64, 1), (64, 32, 1), (128, 16, 1), (96, 56, 2), (16, 112, 1), (256, 14, 1)]:
-        out.append((f"dw_{ch}_{hw}_s{stride}", lambda c=ch, s=stride: nn.Sequential(conv(c, c, 3, s, c), nn.ReLU6()),
-                    (1, ch, hw, hw)))
+
+    def add(name, build, shape):
+        out.append((name, build, tuple(shape)))
+
+    for cin, cout, hw, k, s in [(3, 16, 64, 3, 1), (16, 16, 64, 3, 1), (16, 32, 32, 3, 1), (32, 32, 32, 3, 1),
+                                (32, 64, 16, 3, 1), (64, 64, 16, 3, 1), (64, 128, 8, 3, 1), (8, 24, 48, 3, 1),
+                                (24, 48, 24, 3, 1), (3, 32, 112, 3, 1), (32, 32, 56, 3, 1), (40, 40, 20, 3, 1),
+                                (96, 96, 10, 3, 1), (128, 128, 6, 3, 1), (48, 96, 28, 3, 2), (16, 32, 40, 3, 2),
+                                (12, 20, 36, 3, 1), (1, 32, 40, 3, 1), (1, 16, 56, 3, 2), (3, 24, 80, 3, 2),
+                                (8, 16, 32, 5, 1), (16, 32, 16, 5, 1), (24, 24, 28, 5, 1), (40, 40, 12, 5, 1),
+                                (1, 16, 40, 5, 1), (3, 32, 32, 7, 1), (16, 16, 16, 7, 1), (32, 64, 24, 7, 1),
+                                (3, 48, 48, 7, 2), (96, 96, 8, 7, 1)]:
+        add(f"conv{k}x{k}_{cin}_{cout}_{hw}_s{s}", lambda c=cin, o=cout, kk=k, ss=s: nn.Sequential(
+            conv(c, o, kk, ss), nn.ReLU()), (1, cin, hw, hw))
+    for cin, cout, hw, s in [(16, 96, 32, 1), (96, 24, 32, 1), (16, 64, 32, 1), (64, 16, 32, 1), (32, 128, 16, 1),
+                             (128, 32, 16, 1), (24, 96, 56, 1), (64, 256, 14, 1), (256, 64, 14, 1),
+                             (36, 216, 12, 1), (216, 36, 12, 1), (64, 128, 16, 2), (160, 160, 6, 1)]:
+        add(f"pw_{cin}_{cout}_{hw}_s{s}", lambda c=cin, o=cout, ss=s: nn.Sequential(conv(c, o, 1, ss)),
+            (1, cin, hw, hw))
+    for ch, hw, stride in [(96, 32, 1), (144, 16, 2), (32, 64, 1), (64, 32, 1), (128, 16, 1), (96, 56, 2),
+                           (16, 112, 1), (256, 14, 1), (48, 24, 1), (240, 8, 1), (384, 6, 2), (72, 20, 1)]:
+        add(f"dw_{ch}_{hw}_s{stride}", lambda c=ch, s=stride: nn.Sequential(conv(c, c, 3, s, c), nn.ReLU6()),
+            (1, ch, hw, hw))
     for fin, fout in [(64, 64), (256, 256), (784, 256), (512, 1024), (1024, 1024), (2048, 2048), (128, 10),
-                      (4096, 1024)]:
-        out.append((f"linear_{fin}_{fout}", lambda i=fin, o=fout: nn.Sequential(nn.Linear(i, o), nn.ReLU()),
-                    (1, fin)))
+                      (4096, 1024), (1536, 1536), (3072, 3072), (4096, 4096), (8192, 1536), (384, 96)]:
+        add(f"linear_{fin}_{fout}", lambda i=fin, o=fout: nn.Sequential(nn.Linear(i, o), nn.ReLU()), (1, fin))
     for ch, hw in [(16, 32), (64, 32), (32, 112)]:
-        out.append((f"eltwise_{ch}_{hw}", Elementwise, (1, ch, hw, hw)))
-    for ch, hw in [(32, 64), (64, 32)]:
-        out.append((f"maxpool_{ch}_{hw}", lambda: nn.MaxPool2d(2), (1, ch, hw, hw)))
-    for ch, hw in [(32, 32), (128, 16)]:
-        out.append((f"gap_{ch}_{hw}", lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), (1, ch, hw, hw)))
-    out.append(("stack_conv_pool_fc", lambda: nn.Sequential(conv(1, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
-                                                            nn.Flatten(), nn.Linear(16 * 14 * 14, 10)),
-                (1, 1, 28, 28)))
-    out.append(("stack_dw_pw", lambda: nn.Sequential(conv(32, 32, 3, 1, 32), nn.ReLU(), conv(32, 64, 1), nn.ReLU()),
-                (1, 32, 32, 32)))
-    for depth in (1, 2, 4, 8):  # equal small layers: separate the per-layer overhead from the per-call one
-        out.append((f"stack_pw8x{depth}", lambda d=depth: nn.Sequential(*[conv(8, 8, 1) for _ in range(d)]),
-                    (1, 8, 8, 8)))
-        out.append((f"stack_fc64x{depth}", lambda d=depth: nn.Sequential(*[nn.Linear(64, 64) for _ in range(d)]),
-                    (1, 64)))
-    for depth in (1, 2, 4):  # realistic-width chains: NCHWc-style layouts pay their reorders once per chain
-        out.append((f"stack_dwpw32x{depth}", lambda d=depth: nn.Sequential(
+        add(f"eltwise_{ch}_{hw}", Elementwise, (1, ch, hw, hw))
+    for ch, hw in [(32, 64), (64, 32), (24, 40)]:
+        add(f"maxpool_{ch}_{hw}", lambda: nn.MaxPool2d(2), (1, ch, hw, hw))
+    for ch, hw in [(32, 32), (128, 16), (256, 4)]:
+        add(f"gap_{ch}_{hw}", lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), (1, ch, hw, hw))
+    # Short stacks: per-node costs, reorders between layouts, fusions.
+    add("stack_conv_pool_fc", lambda: nn.Sequential(conv(1, 16, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                                    nn.Linear(16 * 14 * 14, 10)), (1, 1, 28, 28))
+    add("stack_dw_pw", lambda: nn.Sequential(conv(32, 32, 3, 1, 32), nn.ReLU(), conv(32, 64, 1), nn.ReLU()),
+        (1, 32, 32, 32))
+    for depth in (1, 2, 4, 8):  # equal small layers: separate the per-node cost from the per-call one
+        add(f"stack_pw8x{depth}", lambda d=depth: nn.Sequential(*[conv(8, 8, 1) for _ in range(d)]), (1, 8, 8, 8))
+        add(f"stack_fc64x{depth}", lambda d=depth: nn.Sequential(*[nn.Linear(64, 64) for _ in range(d)]), (1, 64))
+    for depth in (1, 2, 4):  # NCHWc chains pay their reorders once per chain
+        add(f"stack_dwpw32x{depth}", lambda d=depth: nn.Sequential(
             *[m for _ in range(d) for m in (conv(32, 32, 3, 1, 32), nn.ReLU(), conv(32, 32, 1), nn.ReLU())]),
-            (1, 32, 32, 32)))
-        out.append((f"stack_conv32x{depth}", lambda d=depth: nn.Sequential(
-            *[m for _ in range(d) for m in (conv(32, 32, 3), nn.ReLU())]), (1, 32, 16, 16)))
-    out.append(("stack_conv_relu_x4", lambda: nn.Sequential(*[m for _ in range(4) for m in (conv(16, 16, 3),
-                                                                                              nn.ReLU())]),
-                (1, 16, 16, 16)))
-    out.append(("stack_mlp3", lambda: nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                                                    nn.Linear(512, 10)), (1, 256)))
+            (1, 32, 32, 32))
+        add(f"stack_conv32x{depth}", lambda d=depth: nn.Sequential(
+            *[m for _ in range(d) for m in (conv(32, 32, 3), nn.ReLU())]), (1, 32, 16, 16))
+    add("stack_conv_relu_x4", lambda: nn.Sequential(*[m for _ in range(4) for m in (conv(16, 16, 3), nn.ReLU())]),
+        (1, 16, 16, 16))
+    for cin, widths, k, hw in [(1, (24, 24), 3, 32), (3, (32, 64), 3, 40), (1, (16, 40), 5, 36),
+                               (3, (40, 80), 3, 24), (3, (32, 48), 7, 24)]:
+        def vgg(c=cin, ws=widths, kk=k, h=hw):
+            layers, ch = [], c
+            for w in ws:
+                layers += [conv(ch, w, kk), nn.ReLU(), nn.MaxPool2d(2)]
+                ch, h = w, h // 2
+            return nn.Sequential(*layers, nn.Flatten(), nn.Linear(ch * h * h, 10))
+        add(f"stack_vgg_{cin}_{'x'.join(map(str, widths))}_k{k}_{hw}", vgg, (1, cin, hw, hw))
+    for cin, cout, stride, expand, hw in [(16, 16, 1, 6, 24), (24, 32, 2, 4, 28), (32, 32, 1, 3, 16),
+                                          (40, 40, 1, 6, 14), (12, 20, 2, 6, 40), (64, 96, 1, 4, 8),
+                                          (8, 16, 1, 4, 48)]:
+        add(f"block_ir_{cin}_{cout}_s{stride}_e{expand}_{hw}", lambda c=cin, o=cout, s=stride, e=expand:
+            inverted(c, o, s, e), (1, cin, hw, hw))
+    for cin, cout, stride, hw in [(16, 16, 1, 24), (32, 32, 1, 16), (20, 40, 2, 40), (48, 48, 1, 12),
+                                  (64, 128, 2, 12), (40, 40, 1, 28)]:
+        add(f"block_res_{cin}_{cout}_s{stride}_{hw}", lambda c=cin, o=cout, s=stride: basic(c, o, s),
+            (1, cin, hw, hw))
+    add("stack_stem_ir_gap", lambda: nn.Sequential(*cbr(3, 24, 3, 2, act=nn.ReLU6), inverted(24, 24, 1, 4),
+                                                   inverted(24, 40, 2, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                                   nn.Linear(40, 10)), (1, 3, 48, 48))
+    add("stack_stem_res_gap", lambda: nn.Sequential(*cbr(3, 20, 3), basic(20, 20, 1), basic(20, 40, 2),
+                                                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(40, 10)),
+        (1, 3, 40, 40))
+    for fin, widths in [(256, (512, 512, 10)), (1024, (768, 768, 10)), (4096, (1536, 1536, 10)),
+                        (2048, (3072, 10)), (512, (256, 256, 256, 256, 10))]:
+        def mlp(i=fin, ws=widths):
+            layers, c = [], i
+            for j, w in enumerate(ws):
+                layers += [nn.Linear(c, w)] + ([nn.ReLU()] if j < len(ws) - 1 else [])
+                c = w
+            return nn.Sequential(*layers)
+        add(f"stack_mlp_{fin}_{'x'.join(map(str, widths))}", mlp, (1, fin))
     return out
 
 
@@ -155,25 +233,35 @@ def calibrate_target(target: Any, runtime: str = "onnxruntime", precision: str =
         if tgt.kind == "cpu":
             kw.update(time_cap_s=time_cap_s, min_time_s=min(0.5, time_cap_s))
         best = measure_rounds(paths, tgt, runtime, threads, precision, rounds, log=log, progress=progress, **kw)
-        samples, rows = [], []
+        samples, node_samples, rows = [], [], []
         for (name, _, _), path, result in zip(family, paths, best):
             feats = LayerFeatures.from_layers(file_layers(path), precision)
             samples.append((feats, result.p50_ms / 1e3))
+            if runtime == "onnxruntime" and tgt.kind == "cpu":  # ORT's optimized graph is this host's
+                node_samples.append((ort_nodes(path), result.p50_ms / 1e3))
             rows.append({"name": name, "measured_ms": result.p50_ms, "cv": result.cv})
         versions = {r.runtime_version for r in best}
         device = best[0].device
     prior = prior_costs(tgt, precision)
-    costs, sigma, residuals = fit_costs(samples, prior)
+    costs, sigma, residuals = fit_costs(samples, prior)  # the per-layer model: other precisions, runtimes
     multipliers = {k: costs[k] / prior[k] for k in costs}
     for row, (feats, _), res in zip(rows, samples, residuals):
-        row["predicted_ms"] = model_time_s(feats, costs)[0] * 1e3
-        row["rel_error"] = res
+        row["layer_predicted_ms"] = model_time_s(feats, costs)[0] * 1e3
+        row["layer_rel_error"] = res
+        row["predicted_ms"], row["rel_error"] = row["layer_predicted_ms"], res
+    node_costs: dict[str, float] = {}
+    if node_samples:
+        node_costs, sigma, residuals = fit_node_costs(node_samples)
+        for row, (nodes, _), res in zip(rows, node_samples, residuals):
+            row["predicted_ms"] = node_model_time_s(nodes, node_costs)[0] * 1e3
+            row["rel_error"] = res
     calib = Calibration(target=tgt.name, runtime=runtime, precision=precision, threads=threads,
                         multipliers=multipliers, costs=costs, uncertainty=sigma, residuals=rows, device=device,
                         runtime_version=", ".join(sorted(versions)),
-                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), node_costs=node_costs)
     path = out_path or calibration_path(tgt.name, runtime, precision)
     calib.save(path)
     if log:
-        log(f"fit on {len(samples)} micro-models: relative residual {sigma:.1%}; wrote {path}")
+        model = "ORT node model, leave-one-out" if node_costs else "per-layer model, residual"
+        log(f"fit on {len(samples)} micro-models: {model} relative error {sigma:.1%}; wrote {path}")
     return path

@@ -250,6 +250,7 @@ class OrtNode:
     weight_elems: int
     taps: int = 1  # kernel positions (kh * kw) of convolutions
     sum_elems: int = 0  # elements of a residual added inside a fused conv
+    out_channels: int = 0  # output channels of a convolution (NCHWc-padded)
 
 
 def _ort_optimized(model: Any, tmp: Path) -> Any:
@@ -330,13 +331,14 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
         src = ins[0] if ins else ""
         in_elems = _prod(shapes.get(src, ())) if src and src not in inits else 0
         weight_elems = sum(_prod(inits[i]) for i in ins[1:] if i in inits)
-        macs, taps, sum_elems, kind = 0, 1, 0, "elementwise"
+        macs, taps, sum_elems, kind, out_ch = 0, 1, 0, "elementwise", 0
         if op in ("Conv", "FusedConv"):
             w = shapes.get(ins[1], ())
             group = attrs["group"].i if "group" in attrs else 1
             taps = _prod(w[2:]) if len(w) > 2 else 1
             cin = shapes.get(src, (1, 1))[1] if len(shapes.get(src, ())) > 1 else 1
             dw = group > 1 and group == cin
+            out_ch = out[1] if len(out) > 1 else 0
             macs = out_elems * taps * (1 if dw else max(cin // group, 1))
             if len(ins) > 3 and ins[3]:
                 sum_elems = _prod(shapes.get(ins[3], ()))
@@ -363,7 +365,7 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
         else:
             in_elems = max(in_elems, sum(_prod(shapes.get(i, ())) for i in ins if i and i not in inits))
         nodes.append(OrtNode(n.name or f"{op}_{idx}", f"{n.domain + '.' if n.domain else ''}{op}", kind, int(macs),
-                             int(in_elems), int(out_elems), int(weight_elems), int(taps), int(sum_elems)))
+                             int(in_elems), int(out_elems), int(weight_elems), int(taps), int(sum_elems), int(out_ch)))
     if not nodes:
         raise EdgeKDError("onnxruntime's optimized graph has no nodes to cost")
     return nodes

@@ -13,6 +13,15 @@ Rates start from the target's published peaks times assumed efficiencies; calibr
 non-negative multipliers of those priors (and p, cache_bytes by grid search) to micro-benchmarks measured on the
 target. Predictions are always labelled predicted, with a relative uncertainty from the fit residuals (1.0 =
 +-100% when uncalibrated).
+
+ONNX Runtime on a calibrated CPU uses a finer node model instead (`node_costs` in the calibration): the graph ORT
+really runs (its optimized graph: fused Conv+BN+activation and Conv+Add, the NCHWc blocked layout with its
+reorders, FusedGemm) is read with layers.ort_nodes, and each node costs a linear sum of its work features: per
+kernel family (NCHWc conv, conv reading NCHW input, 1x1, depthwise, im2col conv) MACs, input broadcasts (output
+positions x taps x input channels x 64-wide output-channel passes: the part that does not amortize over output
+channels) and output elements; for Gemm MACs plus weight bytes by where the model's weights live (L2, L3, DRAM);
+bytes for reorders, pools and element-wise ops; a per-node dispatch cost and a per-call cost. The coefficients
+are fitted by non-negative least squares on relative error; the uncertainty is the leave-one-out residual.
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.layers import KINDS, Layer, model_layers
+from edgekd.profile.layers import KINDS, Layer, OrtNode, model_layers, model_ort_nodes
 from edgekd.profile.result import LatencyResult
 from edgekd.profile.targets import Target, load_target
 
@@ -133,6 +142,121 @@ def _stack(samples: Sequence[tuple[LayerFeatures, float]]) -> tuple[LayerFeature
     return cat, index, np.array([f.weight_bytes.sum() for f in fs])
 
 
+NODE_FEATURES = ("t0", "n_compute", "n_light", "n_free",
+                 "conv_macs", "conv_loads", "conv_out", "convin_macs", "convin_loads", "convin_out",
+                 "pw_macs", "pw_loads", "pw_out", "dw_macs", "dw_in", "dw_out",
+                 "im2col_macs", "im2col_cols", "im2col_out", "sum_elems",
+                 "gemm_macs", "gemm_l3_bytes", "gemm_dram_bytes", "reorder_elems", "pool_elems", "elt_elems")
+NODE_DISPATCH = ("t0", "n_compute", "n_light", "n_free")  # per-call and per-node costs: not scaled with threads
+L2_GRID_MB = (0.5, 1.0, 2.0)
+L3_GRID_MB = (8.0, 12.0, 16.0, 24.0, 32.0)
+_CONV_KINDS = ("conv", "convin", "pw")
+
+
+def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float) -> np.ndarray:
+    """Per-node feature rows (len(nodes) x len(NODE_FEATURES)); a model's time is rows.sum(0) @ coefficients.
+
+    Gemm weight bytes are split by the share of the model's weights that spills out of L2 and out of L3 (smooth
+    steps at `l2_bytes`, `l3_bytes`): at batch 1 a Gemm streams its weights once per run.
+    """
+    col = {k: i for i, k in enumerate(NODE_FEATURES)}
+    rows = np.zeros((len(nodes), len(NODE_FEATURES)))
+    total_w = 4.0 * sum(n.weight_elems for n in nodes)
+    past_l2 = float(_dram_fraction(total_w, l2_bytes))
+    past_l3 = float(_dram_fraction(total_w, l3_bytes))
+    for i, n in enumerate(nodes):
+        r = rows[i]
+        k = n.kind
+        r[col["n_free" if k == "free" else "n_compute" if k in (*_CONV_KINDS, "dw", "im2col", "gemm")
+              else "n_light"]] = 1.0
+        if k in _CONV_KINDS:
+            r[col[f"{k}_macs"]] = n.macs
+            r[col[f"{k}_out"]] = n.out_elems
+            r[col[f"{k}_loads"]] = _conv_loads(n)
+            r[col["sum_elems"]] += n.sum_elems
+        elif k == "dw":
+            r[col["dw_macs"]], r[col["dw_in"]], r[col["dw_out"]] = n.macs, n.in_elems, n.out_elems
+            r[col["sum_elems"]] += n.sum_elems
+        elif k == "im2col":
+            r[col["im2col_macs"]], r[col["im2col_out"]] = n.macs, n.out_elems
+            r[col["im2col_cols"]] = n.in_elems * n.taps if n.taps > 1 else 0.0
+            r[col["sum_elems"]] += n.sum_elems
+        elif k == "gemm":
+            wb = 4.0 * n.weight_elems
+            r[col["gemm_macs"]] = n.macs
+            r[col["gemm_l3_bytes"]] = wb * past_l2
+            r[col["gemm_dram_bytes"]] = wb * past_l3
+        elif k == "reorder":
+            r[col["reorder_elems"]] = n.in_elems + n.out_elems
+        elif k == "pool":
+            r[col["pool_elems"]] = n.in_elems + n.out_elems
+        elif k == "elementwise":
+            r[col["elt_elems"]] = n.in_elems + n.out_elems
+    return rows
+
+
+def _conv_loads(n: OrtNode) -> float:
+    """Input broadcasts of a blocked conv: MACs / min(output channels, 64) (MLAS computes up to four 16-wide
+    output-channel blocks per pass over the input), the cost that narrow layers do not amortize."""
+    return 0.0 if not n.out_channels else n.macs / min(n.out_channels, 64)
+
+
+def node_model_time_s(nodes: Sequence[OrtNode], node_costs: dict[str, float], compute_scale: float = 1.0,
+                      ) -> tuple[float, np.ndarray]:
+    """(total seconds, per-node seconds) of ORT's optimized graph under fitted node costs."""
+    rows = node_features(nodes, node_costs["l2_bytes"], node_costs["l3_bytes"])
+    coef = np.array([node_costs.get(k, 0.0) * (1.0 if k in NODE_DISPATCH else compute_scale)
+                     for k in NODE_FEATURES])
+    t0 = coef[0]
+    coef[0] = 0.0
+    per_node = rows @ coef
+    return float(t0 + per_node.sum()), per_node
+
+
+def fit_node_costs(samples: Sequence[tuple[Sequence[OrtNode], float]], l2_grid_mb: Sequence[float] = L2_GRID_MB,
+                   l3_grid_mb: Sequence[float] = L3_GRID_MB) -> tuple[dict[str, float], float, list[float]]:
+    """Non-negative least squares on relative error of the node model, for each (L2, L3) size on a grid.
+
+    Returns (node costs incl. l2_bytes/l3_bytes, uncertainty, in-sample relative residuals); the uncertainty is
+    the RMS leave-one-out relative error (each model predicted by a fit without it), floored at 3%.
+    """
+    from scipy.optimize import nnls
+
+    if len(samples) < 3:
+        raise EdgeKDError(f"need at least 3 measured models to fit a calibration, got {len(samples)}")
+    measured = np.array([t for _, t in samples], dtype=np.float64)
+    if np.any(measured <= 0):
+        raise EdgeKDError("measured times must be > 0 to fit a calibration")
+
+    def solve(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        scaled = a[keep] / measured[keep, None]
+        norm = np.linalg.norm(scaled, axis=0)
+        norm[norm == 0] = 1.0
+        coef, _ = nnls(scaled / norm, np.ones(int(keep.sum())), maxiter=50 * a.shape[1])
+        return coef / norm
+
+    best = None
+    for l2 in l2_grid_mb:
+        for l3 in l3_grid_mb:
+            a = np.stack([node_features(nodes, l2 * 2**20, l3 * 2**20).sum(0) for nodes, _ in samples])
+            a[:, 0] = 1.0
+            coef = solve(a, np.ones(len(samples), bool))
+            res = a @ coef / measured - 1.0
+            loss = float(np.sum(res**2))
+            if best is None or loss < best[0]:
+                best = (loss, l2, l3, a, coef, res)
+    _, l2, l3, a, coef, res = best
+    loo = []
+    for i in range(len(samples)):
+        keep = np.ones(len(samples), bool)
+        keep[i] = False
+        loo.append(float(a[i] @ solve(a, keep) / measured[i] - 1.0))
+    sigma = float(np.sqrt(np.mean(np.square(loo))))
+    costs = {k: float(c) for k, c in zip(NODE_FEATURES, coef)}
+    costs.update(l2_bytes=l2 * 2**20, l3_bytes=l3 * 2**20)
+    return costs, max(sigma, 0.03), [float(r) for r in res]
+
+
 @dataclass
 class Calibration:
     """Fitted cost coefficients for one (target, runtime, precision, threads), with the fit's residuals."""
@@ -148,6 +272,7 @@ class Calibration:
     device: str = ""
     runtime_version: str = ""
     created: str = ""
+    node_costs: dict[str, float] = field(default_factory=dict)  # ONNX Runtime node model (empty: not fitted)
 
     def save(self, path: Path) -> Path:
         from edgekd.fileio import write_json
@@ -260,9 +385,12 @@ def predict(model_or_path: Any, target: "str | Target", runtime: str = "onnxrunt
     if precision not in ("fp32", "fp16", "int8"):
         raise EdgeKDError(f"precision {precision!r} unknown; allowed: fp32, fp16, int8")
     threads = threads or tgt.threads
+    calib = calibration or load_calibration(tgt.name, runtime, precision)
+    if calib is not None and calib.node_costs and runtime == "onnxruntime" and calib.precision == precision \
+            and not (isinstance(model_or_path, (str, Path)) and Path(model_or_path).suffix.lower() == ".tflite"):
+        return _predict_nodes(model_or_path, input_shape, calib, threads, with_layers)
     layers = model_layers(model_or_path, input_shape)
     feats = LayerFeatures.from_layers(layers, precision)
-    calib = calibration or load_calibration(tgt.name, runtime, precision)
     scale = 1.0
     if calib is not None:
         costs, unc = dict(calib.costs), calib.uncertainty
@@ -287,3 +415,23 @@ def predict(model_or_path: Any, target: "str | Target", runtime: str = "onnxrunt
     detail = [{"name": ly.name, "kind": ly.kind, "macs": ly.macs, "bytes": ly.bytes_moved(precision),
                "ms": float(t * 1e3)} for ly, t in zip(layers, per_layer)] if with_layers else []
     return Prediction(total * 1e3, unc, basis, tgt.name, runtime, precision, threads, layers=detail)
+
+
+def _predict_nodes(model_or_path: Any, input_shape: Sequence[int] | None, calib: Calibration, threads: int,
+                   with_layers: bool) -> Prediction:
+    """The node model's prediction: ORT's optimized graph costed with the calibration's node coefficients."""
+    nodes = model_ort_nodes(model_or_path, input_shape)
+    unc = calib.uncertainty
+    basis = (f"calibrated on {calib.target} with {calib.runtime} {calib.precision}, {calib.threads} thread(s): "
+             f"ORT optimized-graph node model fitted to {len(calib.residuals)} micro-benchmarks "
+             f"(leave-one-out error {calib.uncertainty:.0%})")
+    scale = 1.0
+    if calib.threads != threads:
+        scale = calib.threads / threads
+        unc = max(unc, 0.3)
+        basis += f"; compute scaled {calib.threads}->{threads} threads assuming linear scaling"
+    total, per_node = node_model_time_s(nodes, calib.node_costs, scale)
+    detail = [{"name": n.name, "kind": n.kind, "op": n.op, "macs": n.macs, "bytes": 4 * (n.in_elems + n.out_elems
+               + n.weight_elems), "ms": float(t * 1e3)} for n, t in zip(nodes, per_node)] if with_layers else []
+    return Prediction(total * 1e3, unc, basis, calib.target, calib.runtime, calib.precision, threads,
+                      layers=detail)

@@ -24,6 +24,25 @@ class TinyNet(nn.Module):
         return self.head(torch.flatten(self.pool(h), 1))
 
 
+class Erfinv(nn.Module):
+    """An op neither ONNX (opset 18) nor TFLite builtins can express: the converters' error-path test layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.erfinv(torch.clamp(x, -0.5, 0.5))
+
+
+class UnconvertibleNet(nn.Module):
+    """conv -> erfinv ('gaussianize') -> mean: a model whose export must fail naming layer 'gaussianize'."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.gaussianize = Erfinv()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gaussianize(self.conv(x)).mean((2, 3))
+
+
 def separable_task(n: int = 512, num_classes: int = 4, size: int = 12, seed: int = 0,
                    noise: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (n, 1, size, size) whose class is the quadrant holding a bright blob, plus Gaussian noise."""
