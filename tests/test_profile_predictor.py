@@ -120,8 +120,9 @@ def test_ort_nodes_read_the_optimized_graph(tmp_path):
     nodes = ort_nodes(graph(tmp_path))
     assert [(n.op.split(".")[-1], n.kind) for n in nodes] == [
         ("Conv", "convin"), ("Conv", "dw"), ("GlobalAveragePool", "pool"), ("ReorderOutput", "reorder"),
-        ("Flatten", "free"), ("Gemm", "gemm")]
-    conv, dw, gap, reorder, _, gemm = nodes
+        ("Flatten", "free"), ("Gemm", "gemm"), ("run", "io")]
+    conv, dw, gap, reorder, _, gemm, call = nodes
+    assert call.in_elems == 8 * 256 and call.out_elems == 10
     assert conv.macs == 16 * 256 * 8 * 9 and conv.taps == 9 and conv.out_channels == 16
     assert conv.in_elems == 8 * 256 and conv.weight_elems == 16 * 8 * 9 + 16  # BN folded into weights + bias
     assert dw.macs == 16 * 256 * 9 and dw.sum_elems == 16 * 256  # the residual Add, fused
@@ -141,11 +142,12 @@ def node_sets():
     def light(kind, elems):
         return OrtNode("x", "Op", kind, 0, elems, elems, 0)
 
-    return [[conv("conv", 16, 16, 32)], [conv("conv", 64, 64, 16)], [conv("conv", 16, 128, 16)],
+    call = OrtNode("(session run)", "run", "io", 0, 1000, 10, 0)
+    return [[*ns, call] for ns in [[conv("conv", 16, 16, 32)], [conv("conv", 64, 64, 16)], [conv("conv", 16, 128, 16)],
             [conv("convin", 3, 32, 32), light("reorder", 32 * 1024)], [conv("pw", 32, 64, 16, 1)],
             [conv("pw", 128, 16, 16, 1), light("pool", 4096)], [gemm(1024, 1024)], [gemm(4096, 4096)],
             [gemm(64, 64), gemm(64, 64), light("free", 64)], [light("elementwise", 50_000)],
-            [conv("conv", 32, 32, 8), conv("pw", 32, 32, 8, 1), light("reorder", 2048)], [gemm(256, 10)]]
+            [conv("conv", 32, 32, 8), conv("pw", 32, 32, 8, 1), light("reorder", 2048)], [gemm(256, 10)]]]
 
 
 def test_node_features_hand_counts():
@@ -188,8 +190,9 @@ def test_calibrated_onnxruntime_prediction_uses_the_node_model(tmp_path, monkeyp
     path = calib.save(tmp_path / "calib" / "cpu-local" / "onnxruntime-fp32.json")
     assert Calibration.load(path) == calib
     p = predict(graph(tmp_path), "cpu-local", with_layers=True)
-    assert "node model" in p.basis and p.uncertainty == 0.06 and len(p.layers) == 6
-    assert p.ms == pytest.approx(sum(ly["ms"] for ly in p.layers) + 1e-2)
+    assert "node model" in p.basis and p.uncertainty == 0.06 and len(p.layers) == 7
+    assert p.ms == pytest.approx(sum(ly["ms"] for ly in p.layers)) and p.layers[-1]["kind"] == "io"
+    assert p.layers[-1]["ms"] == pytest.approx(1e-2 + 1e-6 * (8 * 256 + 10))  # t0 + input and output elements
     assert [ly["kind"] for ly in p.layers][:2] == ["convin", "dw"]
     two = predict(graph(tmp_path), "cpu-local", threads=2)
     assert two.ms < p.ms and two.uncertainty == 0.3

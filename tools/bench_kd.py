@@ -19,12 +19,12 @@ from pathlib import Path
 import click
 import torch
 
-from edgekd.config import PROJECT_ROOT, TrainConfig
+from edgekd.config import TrainConfig
 from edgekd.data import load_dataset
 from edgekd.distill import TorchTeacher, build_objective, load_or_build
 from edgekd.distill.trainer import TeacherSignal, evaluate, train
 from edgekd.fileio import write_json
-from edgekd.models import build_model, count_params, load_model_file
+from edgekd.models import build_model, count_params, load_shipped_teacher
 
 # Settings chosen by a one-seed sweep (seed 0, tiny_cnn widths 8 and 12; see README "KD benchmark"):
 # T=2 beat T=1 and T=4 for these small students; DKD's beta=8 (the paper's CIFAR setting) cost 6 points.
@@ -39,16 +39,6 @@ METHODS = {
 }
 
 
-def load_teacher_module():
-    from edgekd.models.io import load_state
-
-    info = json.loads((PROJECT_ROOT / "edgekd/weights/teacher_cnn_fmnist.json").read_text())
-    module = build_model(info["model"], **info["kwargs"])
-    load_state(module, torch.load(PROJECT_ROOT / "edgekd/weights/teacher_cnn_fmnist.pt", weights_only=True),
-               "teacher weights")
-    return module.eval()
-
-
 @click.command()
 @click.option("--subset", default=10000, show_default=True, help="Training images (stratified); test set is full.")
 @click.option("--epochs", default=15.0, show_default=True)
@@ -61,7 +51,7 @@ def load_teacher_module():
 def main(subset, epochs, width, seeds, methods, threads, rounds, out) -> None:
     torch.set_num_threads(threads)
     ds = load_dataset("fashion_mnist", subset_train=subset, seed=0)
-    teacher_module = load_teacher_module()
+    teacher_module, _ = load_shipped_teacher()
     teacher = TorchTeacher(teacher_module)
     teacher_acc = evaluate(teacher_module, ds.x_test, ds.y_test)
     t_params = count_params(teacher_module)

@@ -142,13 +142,14 @@ def main(argv=None):
             err = pred.ms / meas.p50_ms - 1
             rows.append({"name": name, "input_shape": list(shape), "measured_ms": meas.p50_ms,
                          "measured_cv": meas.cv, "predicted_ms": pred.ms, "rel_error": err,
-                         "within_tolerance": abs(err) <= args.tolerance})
+                         "predicted_uncertainty": pred.uncertainty, "within_tolerance": abs(err) <= args.tolerance})
             print(f"{name:32s} measured {meas.p50_ms:8.4f} ms  predicted {pred.ms:8.4f} ms  error {err:+6.1%}",
                   flush=True)
     within = sum(r["within_tolerance"] for r in rows)
     summary = {
         "target": args.target, "runtime": args.runtime, "precision": "fp32", "threads": args.threads,
         "calibrated": calib is not None, "calibration_uncertainty": calib.uncertainty if calib else None,
+        "predictor_basis": preds[0].basis if rows else None,
         "rounds": args.rounds, "estimator": "lowest median of interleaved rounds (as the calibration)",
         "n": len(rows), "within_tolerance": within, "fraction_within": within / len(rows),
         "tolerance": args.tolerance, "goal": ">= 90% of architectures within +-10%",

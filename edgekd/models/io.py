@@ -60,3 +60,21 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path | 
         raise EdgeKDError(f"weights in {source} do not fit the model ({detail.strip()}); check the model name "
                           "and kwargs it was trained with")
     model.load_state_dict(state)
+
+
+SHIPPED_TEACHER = Path(__file__).resolve().parents[1] / "weights" / "teacher_cnn_fmnist.pt"
+
+
+def load_shipped_teacher() -> tuple[nn.Module, dict[str, Any]]:
+    """The Fashion-MNIST teacher shipped in edgekd/weights (see tools/train_teacher.py), checked by its sha256."""
+    import json
+
+    from edgekd.fileio import sha256_file
+
+    info = json.loads(SHIPPED_TEACHER.with_suffix(".json").read_text())
+    if sha256_file(SHIPPED_TEACHER) != info["sha256"]:
+        raise EdgeKDError(f"{SHIPPED_TEACHER} does not match the sha256 in its .json: the file is corrupt or was "
+                          "replaced; restore it from git or re-run tools/train_teacher.py")
+    model = build_model(info["model"], **info["kwargs"])
+    load_state(model, torch.load(SHIPPED_TEACHER, map_location="cpu", weights_only=True), SHIPPED_TEACHER)
+    return model.eval(), info

@@ -238,7 +238,8 @@ class OrtNode:
 
     kind: conv (NCHWc, blocked input), convin (NCHWc conv reading plain NCHW input: first layers), pw (NCHWc
     1x1), dw (NCHWc depthwise), im2col (plain Conv/FusedConv: im2col + GEMM), gemm, reorder (NCHW <-> NCHWc),
-    pool, elementwise, free (reshapes: no data movement). Channel counts are ORT's padded ones.
+    pool, elementwise, free (reshapes: no data movement), io (one per graph: the session call, with the graph's
+    input and output elements). Channel counts are ORT's padded ones.
     """
 
     name: str
@@ -368,6 +369,10 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
                              int(in_elems), int(out_elems), int(weight_elems), int(taps), int(sum_elems), int(out_ch)))
     if not nodes:
         raise EdgeKDError("onnxruntime's optimized graph has no nodes to cost")
+    graph_in = sum(_prod(shapes.get(i.name, ())) for i in opt.graph.input if i.name not in inits)
+    graph_out = sum(_prod(shapes.get(o.name, ())) for o in model.graph.output)
+    # The call itself: fixed cost plus binding the input and copying the outputs back to numpy.
+    nodes.append(OrtNode("(session run)", "run", "io", 0, int(graph_in), int(graph_out), 0))
     return nodes
 
 
