@@ -92,6 +92,8 @@ class QuantizeConfig:
     freeze_bn_after: float | None = 0.8
     ptq_method: str = "minmax"
     calibration: str = "calibration/default.yaml"
+    keep_float: list[str] = field(default_factory=list)   # module paths kept in float (mixed precision)
+    sensitivity: bool = True                               # per-layer int8 cost table + k=1 float fallback
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=5e-4, schedule="cosine"))
 
 

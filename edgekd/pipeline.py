@@ -230,10 +230,10 @@ def stage_quantize(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
 
         calib = select_calibration(ds.x_train, ds.y_train, load_calibration_recipe(q.calibration))
         batches = [calib[i:i + 64] for i in range(0, len(calib), 64)]
-        model = quantize_ptq(student, example, scheme, batches, method=q.ptq_method)
+        model = quantize_ptq(student, example, scheme, batches, method=q.ptq_method, keep_float=q.keep_float)
         method, history = f"ptq_{q.ptq_method}", []
     else:
-        gm = prepare_qat(student, example, scheme)
+        gm = prepare_qat(student, example, scheme, keep_float=q.keep_float)
         terms = q.kd_losses if q.kd else [{"name": "ce", "weight": 1.0}]
         objective = build_objective(terms)
         if q.kd and q.kd_teacher == "student":
@@ -260,8 +260,36 @@ def stage_quantize(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     fq_acc = evaluate(model, ds.x_test, ds.y_test, r.data.eval_batch_size, set_eval=lambda m: None)
     path = save_quantized(model, example, out / "student_int8.pt2")
     ctx.log(f"quantize: fake-quant accuracy {fq_acc:.4f} (fp32 {fp32_acc:.4f})")
-    return {"model": path}, {"scheme": scheme.to_dict(), "method": method, "fake_quant_accuracy": fq_acc,
-                             "fp32_accuracy": fp32_acc, "history": history}
+    metrics = {"scheme": scheme.to_dict(), "method": method, "fake_quant_accuracy": fq_acc,
+               "fp32_accuracy": fp32_acc, "keep_float": list(q.keep_float), "history": history}
+    if q.sensitivity:
+        metrics.update(sensitivity_analysis(ctx, scheme))
+    return {"model": path}, metrics
+
+
+def sensitivity_analysis(ctx: RunContext, scheme) -> dict[str, Any]:
+    """Per-layer int8 cost (PTQ min-max, one layer kept in float at a time) and the k=1 float fallback.
+
+    Measured on a held-out slice of the training set (never the test set, since it guides a choice).
+    """
+    from edgekd.quant import load_calibration_recipe, mixed_precision_fallback, select_calibration
+    from edgekd.quant import layer_sensitivity
+
+    ds, q = ctx.dataset, ctx.recipe.quantize
+    student, _ = load_model_file(ctx.record("distill").path(ctx.run_dir, "model"))
+    n = min(2048, len(ds.x_train) // 4)
+    x, y = ds.x_train[-n:], ds.y_train[-n:]
+    calib = select_calibration(ds.x_train[:-n], ds.y_train[:-n], load_calibration_recipe(q.calibration))
+    batches = [calib[i:i + 64] for i in range(0, len(calib), 64)]
+    example = ctx.example_input(2)
+    sens = layer_sensitivity(student, example, scheme, batches, x, y)
+    fallback = mixed_precision_fallback(student, example, scheme, batches, x, y, k=1, sensitivity=sens)
+    worst = sens["table"][0] if sens["table"] else None
+    if worst:
+        ctx.log(f"quantize: most int8-sensitive layer {worst['layer']} (keeping it float: "
+                f"{fallback['int8_accuracy']:.4f} -> {fallback['accuracy']:.4f} on {n} held-out training images)")
+    return {"sensitivity": {k: v for k, v in sens.items()},
+            "fallback": {k: v for k, v in fallback.items() if k != "model"}, "sensitivity_samples": n}
 
 
 # --------------------------------------------------------------------------------------------- export

@@ -252,6 +252,15 @@ class OrtNode:
     taps: int = 1  # kernel positions (kh * kw) of convolutions
     sum_elems: int = 0  # elements of a residual added inside a fused conv
     out_channels: int = 0  # output channels of a convolution (NCHWc-padded)
+    edge_frac: float = 0.0  # share of a conv's output columns whose window reaches into the left/right padding
+    valid_frac: float = 1.0  # share of a conv's (output, tap) pairs that read real input, not padding
+
+
+def _window_stats(in_size: int, out_size: int, k: int, stride: int, pad: int, dilation: int) -> tuple[float, float]:
+    """Along one axis: (share of outputs whose window touches padding, share of window taps inside the input)."""
+    o = np.arange(out_size)[:, None] * stride - pad + np.arange(k)[None, :] * dilation
+    inside = (o >= 0) & (o < in_size)
+    return float(np.mean(~inside.all(1))) if out_size else 0.0, float(inside.mean()) if out_size else 1.0
 
 
 def _ort_optimized(model: Any, tmp: Path) -> Any:
@@ -332,7 +341,7 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
         src = ins[0] if ins else ""
         in_elems = _prod(shapes.get(src, ())) if src and src not in inits else 0
         weight_elems = sum(_prod(inits[i]) for i in ins[1:] if i in inits)
-        macs, taps, sum_elems, kind, out_ch = 0, 1, 0, "elementwise", 0
+        macs, taps, sum_elems, kind, out_ch, edge, valid = 0, 1, 0, "elementwise", 0, 0.0, 1.0
         if op in ("Conv", "FusedConv"):
             w = shapes.get(ins[1], ())
             group = attrs["group"].i if "group" in attrs else 1
@@ -341,6 +350,16 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
             dw = group > 1 and group == cin
             out_ch = out[1] if len(out) > 1 else 0
             macs = out_elems * taps * (1 if dw else max(cin // group, 1))
+            edge, valid = 0.0, 1.0
+            src_shape = shapes.get(src, ())
+            if len(w) == 4 and len(src_shape) == 4 and len(out) == 4:
+                ints = {k: list(a.ints) for k, a in attrs.items() if a.ints}
+                pads = ints.get("pads", [0, 0, 0, 0])
+                st = ints.get("strides", [1, 1])
+                dil = ints.get("dilations", [1, 1])
+                _, vh = _window_stats(src_shape[2], out[2], w[2], st[0], pads[0], dil[0])
+                edge, vw = _window_stats(src_shape[3], out[3], w[3], st[1], pads[1], dil[1])
+                valid = vh * vw
             if len(ins) > 3 and ins[3]:
                 sum_elems = _prod(shapes.get(ins[3], ()))
             if n.domain != NCHWC_DOMAIN:
@@ -366,7 +385,8 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
         else:
             in_elems = max(in_elems, sum(_prod(shapes.get(i, ())) for i in ins if i and i not in inits))
         nodes.append(OrtNode(n.name or f"{op}_{idx}", f"{n.domain + '.' if n.domain else ''}{op}", kind, int(macs),
-                             int(in_elems), int(out_elems), int(weight_elems), int(taps), int(sum_elems), int(out_ch)))
+                             int(in_elems), int(out_elems), int(weight_elems), int(taps), int(sum_elems), int(out_ch), edge,
+                             valid))
     if not nodes:
         raise EdgeKDError("onnxruntime's optimized graph has no nodes to cost")
     graph_in = sum(_prod(shapes.get(i.name, ())) for i in opt.graph.input if i.name not in inits)

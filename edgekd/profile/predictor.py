@@ -144,7 +144,7 @@ def _stack(samples: Sequence[tuple[LayerFeatures, float]]) -> tuple[LayerFeature
 
 NODE_FEATURES = ("t0", "n_compute", "n_light", "n_free",
                  "conv_macs", "conv_loads", "conv_out", "convin_macs", "convin_loads", "convin_out",
-                 "pw_macs", "pw_loads", "pw_out", "dw_macs", "dw_in", "dw_out",
+                 "pw_macs", "pw_loads", "pw_out", "dw_macs", "dw_in", "dw_out", "conv_edge_macs", "dw_edge_macs",
                  "im2col_macs", "im2col_cols", "im2col_out", "sum_elems",
                  "gemm_macs", "gemm_l3_bytes", "gemm_dram_bytes", "reorder_elems", "pool_elems", "elt_elems",
                  "io_in_elems", "io_out_elems")
@@ -174,12 +174,14 @@ def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float) ->
         r[col["n_free" if k == "free" else "n_compute" if k in (*_CONV_KINDS, "dw", "im2col", "gemm")
               else "n_light"]] = 1.0
         if k in _CONV_KINDS:
-            r[col[f"{k}_macs"]] = n.macs
+            r[col[f"{k}_macs"]] = n.macs * n.valid_frac
             r[col[f"{k}_out"]] = n.out_elems
-            r[col[f"{k}_loads"]] = _conv_loads(n)
+            r[col[f"{k}_loads"]] = _conv_loads(n) * n.valid_frac
+            r[col["conv_edge_macs"]] = n.macs * n.edge_frac
             r[col["sum_elems"]] += n.sum_elems
         elif k == "dw":
-            r[col["dw_macs"]], r[col["dw_in"]], r[col["dw_out"]] = n.macs, n.in_elems, n.out_elems
+            r[col["dw_macs"]], r[col["dw_in"]], r[col["dw_out"]] = n.macs * n.valid_frac, n.in_elems, n.out_elems
+            r[col["dw_edge_macs"]] = n.macs * n.edge_frac
             r[col["sum_elems"]] += n.sum_elems
         elif k == "im2col":
             r[col["im2col_macs"]], r[col["im2col_out"]] = n.macs, n.out_elems

@@ -65,6 +65,19 @@ def tables(results: dict[str, Any]) -> list[Table]:
              for r in rows],
             where + "★ = on the Pareto front (no other file is both faster and more accurate). ⚠ = CV above 5%: "
             "re-measure on a quieter device before trusting small differences."))
+    quant = results.get("quantization") or {}
+    sens = quant.get("sensitivity") or {}
+    if sens.get("table"):
+        fb = quant.get("fallback") or {}
+        out.append(Table(
+            "int8 sensitivity per layer",
+            ["layer", "op", "accuracy with this layer in float", "gain over full int8"],
+            [[str(t.get("layer")), str(t.get("kind", "")), _pct(t.get("accuracy")), f"{(t.get('delta') or 0) * 100:+.2f} pt"]
+             for t in sens["table"]],
+            f"PTQ min-max with scheme {(quant.get('scheme') or {}).get('name')}, on {quant.get('sensitivity_samples')} "
+            f"held-out training images: full int8 {_pct(sens.get('int8_accuracy'))}, fp32 {_pct(sens.get('fp32_accuracy'))}. "
+            + (f"Keeping {', '.join(fb.get('keep_float') or [])} in float gives {_pct(fb.get('accuracy'))} at "
+               f"{format_bytes(fb.get('bytes'))} (full int8 {format_bytes(fb.get('int8_bytes'))})." if fb else "")))
     if results["files"] and not results["latency"]:
         out.append(Table("Exported files", ["file", "format", "runtime", "precision", "size", "top-1"],
                          [[f["name"], str(f.get("format")), str(f.get("runtime")), str(f.get("precision")),

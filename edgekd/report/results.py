@@ -41,6 +41,9 @@ def collect_results(run: RunRecord) -> dict[str, Any]:
                                         ("student", run.metrics("distill").get("history")),
                                         ("qat", run.metrics("quantize").get("history"))) if v},
         "bundle": run.metrics("bundle").get("archives", []),
+        "quantization": {k: run.metrics("quantize").get(k) for k in ("scheme", "method", "keep_float",
+                                                                      "sensitivity", "fallback", "sensitivity_samples")
+                         if run.metrics("quantize").get(k) is not None},
     }
     results["headline"] = headline(results)
     results["summary"] = verdict_sentences(results)
