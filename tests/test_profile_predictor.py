@@ -145,7 +145,7 @@ def node_sets():
     call = OrtNode("(session run)", "run", "io", 0, 1000, 10, 0)
     return [[*ns, call] for ns in [[conv("conv", 16, 16, 32)], [conv("conv", 64, 64, 16)], [conv("conv", 16, 128, 16)],
             [conv("convin", 3, 32, 32), light("reorder", 32 * 1024)], [conv("pw", 32, 64, 16, 1)],
-            [conv("pw", 128, 16, 16, 1), light("pool", 4096)], [gemm(1024, 1024)], [gemm(4096, 4096)],
+            [conv("pw", 128, 16, 16, 1), light("pool", 4096)], [gemm(1024, 1024)], [gemm(4096, 4096)], [gemm(2048, 3072)], [gemm(3072, 3072)],
             [gemm(64, 64), gemm(64, 64), light("free", 64)], [light("elementwise", 50_000)],
             [conv("conv", 32, 32, 8), conv("pw", 32, 32, 8, 1), light("reorder", 2048)], [gemm(256, 10)]]]
 
@@ -172,7 +172,8 @@ def test_fit_node_costs_recovers_synthetic_costs():
     costs, sigma, res = fit_node_costs(samples, l2_grid_mb=(1.0, 2.0), l3_grid_mb=(16.0, 32.0))
     assert max(abs(r) for r in res) < 1e-6 and costs["l3_bytes"] == 16 * 2**20
     assert all(costs[k] >= 0 for k in NODE_FEATURES)
-    held_out = [OrtNode("c", "Conv", "conv", 48 * 400 * 48 * 9, 48 * 400, 48 * 400, 48 * 48 * 9, 9, 0, 48)]
+    held_out = [OrtNode("c", "Conv", "conv", 48 * 400 * 48 * 9, 48 * 400, 48 * 400, 48 * 48 * 9, 9, 0, 48),
+                node_sets()[0][-1]]  # + the session call: per-call and per-node costs trade off in the fit
     assert node_model_time_s(held_out, costs)[0] == pytest.approx(node_model_time_s(held_out, true)[0], rel=0.02)
     with pytest.raises(EdgeKDError, match="at least 3 measured models"):
         fit_node_costs(samples[:2])

@@ -103,7 +103,7 @@ def micro_models() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
         add(f"linear_{fin}_{fout}", lambda i=fin, o=fout: nn.Sequential(nn.Linear(i, o), nn.ReLU()), (1, fin))
     for ch, hw in [(16, 32), (64, 32), (32, 112)]:
         add(f"eltwise_{ch}_{hw}", Elementwise, (1, ch, hw, hw))
-    for ch, hw in [(32, 64), (64, 32), (24, 40)]:
+    for ch, hw in [(32, 64), (64, 32), (24, 40), (12, 48), (20, 32)]:  # 12, 20, 24: plain NCHW MaxPool
         add(f"maxpool_{ch}_{hw}", lambda: nn.MaxPool2d(2), (1, ch, hw, hw))
     for ch, hw in [(32, 32), (128, 16), (256, 4)]:
         add(f"gap_{ch}_{hw}", lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), (1, ch, hw, hw))
@@ -140,6 +140,13 @@ def micro_models() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
     for cin, cout, stride, hw in [(16, 16, 1, 24), (32, 32, 1, 16), (20, 40, 2, 40), (48, 48, 1, 12),
                                   (64, 128, 2, 12), (40, 40, 1, 28)]:
         add(f"block_res_{cin}_{cout}_s{stride}_{hw}", lambda c=cin, o=cout, s=stride: basic(c, o, s),
+            (1, cin, hw, hw))
+    for cin, mid, k, hw in [(18, 100, 1, 16), (26, 60, 1, 12), (18, 44, 3, 14), (34, 20, 3, 10)]:
+        # channel counts NCHWc cannot take: ORT runs the second conv as a plain im2col + GEMM FusedConv
+        add(f"stack_im2col_{cin}_{mid}_k{k}_{hw}", lambda c=cin, m=mid, kk=k: nn.Sequential(
+            conv(3, c, 3), nn.ReLU(), conv(c, m, kk), nn.ReLU()), (1, 3, hw, hw))
+    for cin, cout, hw in [(12, 72, 24), (8, 48, 40), (4, 64, 32)]:  # 1x1 convs reading NCHW input
+        add(f"pwin_{cin}_{cout}_{hw}", lambda c=cin, o=cout: nn.Sequential(conv(c, o, 1), nn.ReLU()),
             (1, cin, hw, hw))
     add("stack_stem_ir_gap", lambda: nn.Sequential(*cbr(3, 24, 3, 2, act=nn.ReLU6), inverted(24, 24, 1, 4),
                                                    inverted(24, 40, 2, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

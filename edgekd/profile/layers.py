@@ -236,8 +236,8 @@ NCHWC_DOMAIN = "com.microsoft.nchwc"
 class OrtNode:
     """One node of ONNX Runtime's optimized graph with the work it does.
 
-    kind: conv (NCHWc, blocked input), convin (NCHWc conv reading plain NCHW input: first layers), pw (NCHWc
-    1x1), dw (NCHWc depthwise), im2col (plain Conv/FusedConv: im2col + GEMM), gemm, reorder (NCHW <-> NCHWc),
+    kind: conv (NCHWc, blocked input), convin / pwin (NCHWc kxk / 1x1 conv reading plain NCHW input: first
+    layers, few channels), pw (NCHWc 1x1), dw (NCHWc depthwise), im2col (plain Conv/FusedConv: im2col + GEMM), gemm, reorder (NCHW <-> NCHWc),
     pool, elementwise, free (reshapes: no data movement), io (one per graph: the session call, with the graph's
     input and output elements). Channel counts are ORT's padded ones.
     """
@@ -366,8 +366,8 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
                 kind = "im2col"
             elif dw:
                 kind = "dw"
-            elif not blocked(src):
-                kind = "convin"  # NCHWc conv reading a plain NCHW tensor (few input channels)
+            elif not blocked(src):  # NCHWc conv reading a plain NCHW tensor (few input channels)
+                kind = "pwin" if taps == 1 else "convin"
             else:
                 kind = "pw" if taps == 1 else "conv"
         elif op in ORT_GEMM:

@@ -144,14 +144,15 @@ def _stack(samples: Sequence[tuple[LayerFeatures, float]]) -> tuple[LayerFeature
 
 NODE_FEATURES = ("t0", "n_compute", "n_light", "n_free",
                  "conv_macs", "conv_loads", "conv_out", "convin_macs", "convin_loads", "convin_out",
+                 "pwin_macs", "pwin_loads", "pwin_out",
                  "pw_macs", "pw_loads", "pw_out", "dw_macs", "dw_in", "dw_out", "conv_edge_macs", "dw_edge_macs",
                  "im2col_macs", "im2col_cols", "im2col_out", "sum_elems",
-                 "gemm_macs", "gemm_l3_bytes", "gemm_dram_bytes", "reorder_elems", "pool_elems", "elt_elems",
+                 "gemm_macs", "gemm_l3_bytes", "gemm_dram_bytes", "reorder_elems", "pool_elems", "npool_elems", "reduce_elems", "elt_elems",
                  "io_in_elems", "io_out_elems")
 NODE_DISPATCH = ("t0", "n_compute", "n_light", "n_free")  # per-call and per-node costs: not scaled with threads
 L2_GRID_MB = (0.5, 1.0, 2.0)
 L3_GRID_MB = (8.0, 12.0, 16.0, 24.0, 32.0)
-_CONV_KINDS = ("conv", "convin", "pw")
+_CONV_KINDS = ("conv", "convin", "pwin", "pw")
 
 
 def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float) -> np.ndarray:
@@ -194,8 +195,9 @@ def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float) ->
             r[col["gemm_dram_bytes"]] = wb * past_l3
         elif k == "reorder":
             r[col["reorder_elems"]] = n.in_elems + n.out_elems
-        elif k == "pool":
-            r[col["pool_elems"]] = n.in_elems + n.out_elems
+        elif k == "pool":  # NCHWc pools, plain NCHW pools and global reductions run different kernels
+            name = "reduce" if "Global" in n.op or "Reduce" in n.op else "npool" if "nchwc" in n.op else "pool"
+            r[col[f"{name}_elems"]] = n.in_elems + n.out_elems
         elif k == "elementwise":
             r[col["elt_elems"]] = n.in_elems + n.out_elems
     return rows
