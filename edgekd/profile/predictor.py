@@ -25,6 +25,7 @@ are fitted by non-negative least squares on relative error; the uncertainty is t
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -147,15 +148,22 @@ NODE_FEATURES = ("t0", "n_compute", "n_light", "n_free",
                  "pwin_macs", "pwin_loads", "pwin_out",
                  "pw_macs", "pw_loads", "pw_out", "dw_macs", "dw_in", "dw_out", "conv_edge_macs", "dw_edge_macs",
                  "im2col_macs", "im2col_cols", "im2col_out", "sum_elems",
-                 "gemm_macs", "gemm_l3_bytes", "gemm_dram_bytes", "reorder_elems", "pool_elems", "npool_elems", "reduce_elems", "elt_elems",
+                 "gemm_macs", "gemm_l3_bytes", "gemm_dram_bytes", "reorder_in_elems", "reorder_out_elems", "pool_elems", "npool_elems", "reduce_elems", "elt_elems",
                  "io_in_elems", "io_out_elems")
 NODE_DISPATCH = ("t0", "n_compute", "n_light", "n_free")  # per-call and per-node costs: not scaled with threads
 L2_GRID_MB = (0.5, 1.0, 2.0)
 L3_GRID_MB = (8.0, 12.0, 16.0, 24.0, 32.0)
+SHARPNESS_GRID = (2.0, 4.0, 8.0)  # how abruptly Gemm weights spill out of a cache as the model grows
 _CONV_KINDS = ("conv", "convin", "pwin", "pw")
 
 
-def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float) -> np.ndarray:
+def _spill(weight_bytes: float, cache_bytes: float, sharpness: float) -> float:
+    """Share of weights that misses a cache of `cache_bytes`: a smooth step, 1/2 at the size, ~1 above it."""
+    return 1.0 / (1.0 + (cache_bytes / max(weight_bytes, 1e-9)) ** sharpness)
+
+
+def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float, sharpness: float = 2.0
+                  ) -> np.ndarray:
     """Per-node feature rows (len(nodes) x len(NODE_FEATURES)); a model's time is rows.sum(0) @ coefficients.
 
     Gemm weight bytes are split by the share of the model's weights that spills out of L2 and out of L3 (smooth
@@ -164,8 +172,8 @@ def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float) ->
     col = {k: i for i, k in enumerate(NODE_FEATURES)}
     rows = np.zeros((len(nodes), len(NODE_FEATURES)))
     total_w = 4.0 * sum(n.weight_elems for n in nodes)
-    past_l2 = float(_dram_fraction(total_w, l2_bytes))
-    past_l3 = float(_dram_fraction(total_w, l3_bytes))
+    past_l2 = _spill(total_w, l2_bytes, sharpness)
+    past_l3 = _spill(total_w, l3_bytes, sharpness)
     for i, n in enumerate(nodes):
         r = rows[i]
         k = n.kind
@@ -193,8 +201,8 @@ def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float) ->
             r[col["gemm_macs"]] = n.macs
             r[col["gemm_l3_bytes"]] = wb * past_l2
             r[col["gemm_dram_bytes"]] = wb * past_l3
-        elif k == "reorder":
-            r[col["reorder_elems"]] = n.in_elems + n.out_elems
+        elif k == "reorder":  # NCHW -> NCHWc (ReorderInput) and back (ReorderOutput)
+            r[col["reorder_out_elems" if n.op.endswith("Output") else "reorder_in_elems"]] = n.in_elems + n.out_elems
         elif k == "pool":  # NCHWc pools, plain NCHW pools and global reductions run different kernels
             name = "reduce" if "Global" in n.op or "Reduce" in n.op else "npool" if "nchwc" in n.op else "pool"
             r[col[f"{name}_elems"]] = n.in_elems + n.out_elems
@@ -212,7 +220,7 @@ def _conv_loads(n: OrtNode) -> float:
 def node_model_time_s(nodes: Sequence[OrtNode], node_costs: dict[str, float], compute_scale: float = 1.0,
                       ) -> tuple[float, np.ndarray]:
     """(total seconds, per-node seconds) of ORT's optimized graph (its `io` node: the call) under node costs."""
-    rows = node_features(nodes, node_costs["l2_bytes"], node_costs["l3_bytes"])
+    rows = node_features(nodes, node_costs["l2_bytes"], node_costs["l3_bytes"], node_costs.get("sharpness", 2.0))
     coef = np.array([node_costs.get(k, 0.0) * (1.0 if k in NODE_DISPATCH else compute_scale)
                      for k in NODE_FEATURES])
     per_node = rows @ coef
@@ -220,7 +228,8 @@ def node_model_time_s(nodes: Sequence[OrtNode], node_costs: dict[str, float], co
 
 
 def fit_node_costs(samples: Sequence[tuple[Sequence[OrtNode], float]], l2_grid_mb: Sequence[float] = L2_GRID_MB,
-                   l3_grid_mb: Sequence[float] = L3_GRID_MB) -> tuple[dict[str, float], float, list[float]]:
+                   l3_grid_mb: Sequence[float] = L3_GRID_MB, sharpness_grid: Sequence[float] = SHARPNESS_GRID,
+                   ) -> tuple[dict[str, float], float, list[float]]:
     """Non-negative least squares on relative error of the node model, for each (L2, L3) size on a grid.
 
     Returns (node costs incl. l2_bytes/l3_bytes, uncertainty, in-sample relative residuals); the uncertainty is
@@ -242,15 +251,14 @@ def fit_node_costs(samples: Sequence[tuple[Sequence[OrtNode], float]], l2_grid_m
         return coef / norm
 
     best = None
-    for l2 in l2_grid_mb:
-        for l3 in l3_grid_mb:
-            a = np.stack([node_features(nodes, l2 * 2**20, l3 * 2**20).sum(0) for nodes, _ in samples])
-            coef = solve(a, np.ones(len(samples), bool))
-            res = a @ coef / measured - 1.0
-            loss = float(np.sum(res**2))
-            if best is None or loss < best[0]:
-                best = (loss, l2, l3, a, coef, res)
-    _, l2, l3, a, coef, res = best
+    for l2, l3, sharp in itertools.product(l2_grid_mb, l3_grid_mb, sharpness_grid):
+        a = np.stack([node_features(nodes, l2 * 2**20, l3 * 2**20, sharp).sum(0) for nodes, _ in samples])
+        coef = solve(a, np.ones(len(samples), bool))
+        res = a @ coef / measured - 1.0
+        loss = float(np.sum(res**2))
+        if best is None or loss < best[0]:
+            best = (loss, (l2, l3, sharp), a, coef, res)
+    _, (l2, l3, sharp), a, coef, res = best
     loo = []
     for i in range(len(samples)):
         keep = np.ones(len(samples), bool)
@@ -258,7 +266,7 @@ def fit_node_costs(samples: Sequence[tuple[Sequence[OrtNode], float]], l2_grid_m
         loo.append(float(a[i] @ solve(a, keep) / measured[i] - 1.0))
     sigma = float(np.sqrt(np.mean(np.square(loo))))
     costs = {k: float(c) for k, c in zip(NODE_FEATURES, coef)}
-    costs.update(l2_bytes=l2 * 2**20, l3_bytes=l3 * 2**20)
+    costs.update(l2_bytes=l2 * 2**20, l3_bytes=l3 * 2**20, sharpness=float(sharp))
     return costs, max(sigma, 0.03), [float(r) for r in res]
 
 

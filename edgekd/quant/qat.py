@@ -7,6 +7,7 @@ checkpoint with `qat_state_dict`/`load_qat_state`, and `convert_qat` for the int
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 import os
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,11 @@ def convert_qat(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def qat_state_dict(gm: torch.fx.GraphModule) -> dict[str, Any]:
     """Weights, BN statistics and fake-quant/observer buffers, plus the phase: what a checkpoint needs."""
-    return {"state_dict": {k: v.detach().clone() for k, v in gm.state_dict().items()},
-            "phase": dict(gm.meta.get(_PHASE, {})), "scheme": gm.meta.get("edgekd_scheme")}
+    sd = gm.state_dict()
+    copy_ = OrderedDict((k, v.detach().clone()) for k, v in sd.items())
+    # Keep the per-module versions: torchao observers treat state without them as version 1 and reset `eps`.
+    copy_._metadata = getattr(sd, "_metadata", None)  # type: ignore[attr-defined]
+    return {"state_dict": copy_, "phase": dict(gm.meta.get(_PHASE, {})), "scheme": gm.meta.get("edgekd_scheme")}
 
 
 def load_qat_state(gm: torch.fx.GraphModule, state: dict[str, Any]) -> torch.fx.GraphModule:
