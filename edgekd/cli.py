@@ -70,21 +70,9 @@ def print_summary(run_dir: Path) -> None:
 @click.version_option(package_name="edgekd")
 def main() -> None:
     """Distill, quantize, export, verify, profile and bundle compact models for edge devices."""
+    from edgekd.logs import quiet_third_party_logs
+
     quiet_third_party_logs()
-
-
-def quiet_third_party_logs() -> None:
-    """Converters log C++ and Python chatter (TF/absl info, torchao's optional CUDA kernels); users see ours."""
-    import logging
-    import os
-    import warnings
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    for name in ("torchao", "torch.onnx", "onnxscript", "absl", "litert_torch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*training mode.*")
 
 
 @main.command()

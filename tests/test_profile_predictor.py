@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.layers import Layer, OrtNode, layers_from_onnx, model_layers, ort_nodes
+from edgekd.profile.layers import Layer, OrtNode, _window_stats, layers_from_onnx, model_layers, ort_nodes
 from edgekd.profile.predictor import (NODE_FEATURES, Calibration, LayerFeatures, fit_costs, fit_node_costs,
                                       model_time_s, node_features, node_model_time_s, predict, prior_costs)
 from edgekd.profile.targets import load_target
@@ -145,7 +145,8 @@ def node_sets():
     call = OrtNode("(session run)", "run", "io", 0, 1000, 10, 0)
     return [[*ns, call] for ns in [[conv("conv", 16, 16, 32)], [conv("conv", 64, 64, 16)], [conv("conv", 16, 128, 16)],
             [conv("convin", 3, 32, 32), light("reorder", 32 * 1024)], [conv("pw", 32, 64, 16, 1)],
-            [conv("pw", 128, 16, 16, 1), light("pool", 4096)], [gemm(1024, 1024)], [gemm(4096, 4096)], [gemm(2048, 3072)], [gemm(3072, 3072)],
+            [conv("pw", 128, 16, 16, 1), light("pool", 4096)], [gemm(1024, 1024)], [gemm(4096, 4096)],
+            [gemm(2048, 3072)], [gemm(3072, 3072)],
             [gemm(64, 64), gemm(64, 64), light("free", 64)], [light("elementwise", 50_000)],
             [conv("conv", 32, 32, 8), conv("pw", 32, 32, 8, 1), light("reorder", 2048)], [gemm(256, 10)]]]
 
@@ -199,3 +200,11 @@ def test_calibrated_onnxruntime_prediction_uses_the_node_model(tmp_path, monkeyp
     assert two.ms < p.ms and two.uncertainty == 0.3
     # int8 and LiteRT fall back to the per-layer model
     assert "node model" not in predict(graph(tmp_path), "cpu-local", precision="int8").basis
+
+
+def test_conv_window_padding_shares():
+    # 7-tap window, 8 inputs, pad 3, stride 1: only outputs 3 and 4 stay inside; 44 of 56 taps read real input
+    assert _window_stats(8, 8, 7, 1, 3, 1) == pytest.approx((6 / 8, 44 / 56))
+    assert _window_stats(16, 8, 1, 2, 0, 1) == (0.0, 1.0)  # strided 1x1: no padding at all
+    # 3-tap window, stride 2, pad 1 on 8 inputs -> 4 outputs: only the first reaches the padding
+    assert _window_stats(8, 4, 3, 2, 1, 1) == pytest.approx((1 / 4, 11 / 12))

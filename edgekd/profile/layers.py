@@ -237,9 +237,9 @@ class OrtNode:
     """One node of ONNX Runtime's optimized graph with the work it does.
 
     kind: conv (NCHWc, blocked input), convin / pwin (NCHWc kxk / 1x1 conv reading plain NCHW input: first
-    layers, few channels), pw (NCHWc 1x1), dw (NCHWc depthwise), im2col (plain Conv/FusedConv: im2col + GEMM), gemm, reorder (NCHW <-> NCHWc),
-    pool, elementwise, free (reshapes: no data movement), io (one per graph: the session call, with the graph's
-    input and output elements). Channel counts are ORT's padded ones.
+    layers, few channels), pw (NCHWc 1x1), dw (NCHWc depthwise), im2col (plain Conv/FusedConv: im2col + GEMM),
+    gemm, reorder (NCHW <-> NCHWc), pool, elementwise, free (reshapes: no data movement), io (one per graph: the
+    session call, with the graph's input and output elements). Channel counts are ORT's padded ones.
     """
 
     name: str
@@ -297,7 +297,11 @@ def _run_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:  # e.g. a non-float intermediate tensor exposed as a float output
+        raise EdgeKDError(f"cannot read the shapes of onnxruntime's optimized graph: {str(e).splitlines()[0]}") from e
     feeds = {}
     shapes: dict[str, tuple[int, ...]] = {}
     for i in sess.get_inputs():
@@ -384,9 +388,9 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
             kind = "free"
         else:
             in_elems = max(in_elems, sum(_prod(shapes.get(i, ())) for i in ins if i and i not in inits))
-        nodes.append(OrtNode(n.name or f"{op}_{idx}", f"{n.domain + '.' if n.domain else ''}{op}", kind, int(macs),
-                             int(in_elems), int(out_elems), int(weight_elems), int(taps), int(sum_elems), int(out_ch), edge,
-                             valid))
+        nodes.append(OrtNode(n.name or f"{op}_{idx}", f"{n.domain + '.' if n.domain else ''}{op}", kind,
+                             int(macs), int(in_elems), int(out_elems), int(weight_elems), int(taps), int(sum_elems),
+                             int(out_ch), edge, valid))
     if not nodes:
         raise EdgeKDError("onnxruntime's optimized graph has no nodes to cost")
     graph_in = sum(_prod(shapes.get(i.name, ())) for i in opt.graph.input if i.name not in inits)

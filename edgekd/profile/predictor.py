@@ -143,14 +143,15 @@ def _stack(samples: Sequence[tuple[LayerFeatures, float]]) -> tuple[LayerFeature
     return cat, index, np.array([f.weight_bytes.sum() for f in fs])
 
 
-NODE_FEATURES = ("t0", "n_compute", "n_light", "n_free",
+NODE_FEATURES = ("t0", "n_compute", "n_gemm", "n_light", "n_free",
                  "conv_macs", "conv_loads", "conv_out", "convin_macs", "convin_loads", "convin_out",
                  "pwin_macs", "pwin_loads", "pwin_out",
                  "pw_macs", "pw_loads", "pw_out", "dw_macs", "dw_in", "dw_out", "conv_edge_macs", "dw_edge_macs",
                  "im2col_macs", "im2col_cols", "im2col_out", "sum_elems",
-                 "gemm_macs", "gemm_l3_bytes", "gemm_dram_bytes", "reorder_in_elems", "reorder_out_elems", "pool_elems", "npool_elems", "reduce_elems", "elt_elems",
+                 "gemm_macs", "gemm_l3_bytes", "gemm_dram_bytes", "reorder_in_elems", "reorder_out_elems",
+                 "pool_elems", "npool_elems", "reduce_elems", "elt_elems",
                  "io_in_elems", "io_out_elems")
-NODE_DISPATCH = ("t0", "n_compute", "n_light", "n_free")  # per-call and per-node costs: not scaled with threads
+NODE_DISPATCH = ("t0", "n_compute", "n_gemm", "n_light", "n_free")  # per-call/per-node: not scaled by threads
 L2_GRID_MB = (0.5, 1.0, 2.0)
 L3_GRID_MB = (8.0, 12.0, 16.0, 24.0, 32.0)
 SHARPNESS_GRID = (2.0, 4.0, 8.0)  # how abruptly Gemm weights spill out of a cache as the model grows
@@ -180,8 +181,8 @@ def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float, sh
         if k == "io":  # the session call: fixed cost, input binding and output copy
             r[col["t0"]], r[col["io_in_elems"]], r[col["io_out_elems"]] = 1.0, n.in_elems, n.out_elems
             continue
-        r[col["n_free" if k == "free" else "n_compute" if k in (*_CONV_KINDS, "dw", "im2col", "gemm")
-              else "n_light"]] = 1.0
+        r[col["n_free" if k == "free" else "n_gemm" if k == "gemm" else "n_compute" if k in (*_CONV_KINDS, "dw",
+              "im2col") else "n_light"]] = 1.0
         if k in _CONV_KINDS:
             r[col[f"{k}_macs"]] = n.macs * n.valid_frac
             r[col[f"{k}_out"]] = n.out_elems
@@ -202,7 +203,8 @@ def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float, sh
             r[col["gemm_l3_bytes"]] = wb * past_l2
             r[col["gemm_dram_bytes"]] = wb * past_l3
         elif k == "reorder":  # NCHW -> NCHWc (ReorderInput) and back (ReorderOutput)
-            r[col["reorder_out_elems" if n.op.endswith("Output") else "reorder_in_elems"]] = n.in_elems + n.out_elems
+            name = "reorder_out" if n.op.endswith("Output") else "reorder_in"
+            r[col[f"{name}_elems"]] = n.in_elems + n.out_elems
         elif k == "pool":  # NCHWc pools, plain NCHW pools and global reductions run different kernels
             name = "reduce" if "Global" in n.op or "Reduce" in n.op else "npool" if "nchwc" in n.op else "pool"
             r[col[f"{name}_elems"]] = n.in_elems + n.out_elems
@@ -230,7 +232,8 @@ def node_model_time_s(nodes: Sequence[OrtNode], node_costs: dict[str, float], co
 def fit_node_costs(samples: Sequence[tuple[Sequence[OrtNode], float]], l2_grid_mb: Sequence[float] = L2_GRID_MB,
                    l3_grid_mb: Sequence[float] = L3_GRID_MB, sharpness_grid: Sequence[float] = SHARPNESS_GRID,
                    ) -> tuple[dict[str, float], float, list[float]]:
-    """Non-negative least squares on relative error of the node model, for each (L2, L3) size on a grid.
+    """Non-negative least squares on relative error of the node model for each (L2 size, L3 size, sharpness) on
+    a grid; the lowest squared error wins.
 
     Returns (node costs incl. l2_bytes/l3_bytes, uncertainty, in-sample relative residuals); the uncertainty is
     the RMS leave-one-out relative error (each model predicted by a fit without it), floored at 3%.
@@ -401,7 +404,12 @@ def predict(model_or_path: Any, target: "str | Target", runtime: str = "onnxrunt
     calib = calibration or load_calibration(tgt.name, runtime, precision)
     if calib is not None and calib.node_costs and runtime == "onnxruntime" and calib.precision == precision \
             and not (isinstance(model_or_path, (str, Path)) and Path(model_or_path).suffix.lower() == ".tflite"):
-        return _predict_nodes(model_or_path, input_shape, calib, threads, with_layers)
+        try:
+            return _predict_nodes(model_or_path, input_shape, calib, threads, with_layers)
+        except EdgeKDError as e:  # a graph ORT's node model cannot read: the per-layer model still can
+            node_error = f"; node model unavailable ({e}), per-layer model used"
+    else:
+        node_error = ""
     layers = model_layers(model_or_path, input_shape)
     feats = LayerFeatures.from_layers(layers, precision)
     scale = 1.0
@@ -424,6 +432,7 @@ def predict(model_or_path: Any, target: "str | Target", runtime: str = "onnxrunt
         costs, unc = prior_costs(tgt, precision), UNCALIBRATED_UNCERTAINTY
         basis = (f"uncalibrated: published peaks of {tgt.name} x assumed efficiencies; run `edgekd calibrate "
                  f"--target {tgt.name}` for a fitted model")
+    basis += node_error
     total, per_layer = model_time_s(feats, costs, scale)
     detail = [{"name": ly.name, "kind": ly.kind, "macs": ly.macs, "bytes": ly.bytes_moved(precision),
                "ms": float(t * 1e3)} for ly, t in zip(layers, per_layer)] if with_layers else []
