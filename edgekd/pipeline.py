@@ -100,7 +100,7 @@ def stage_teacher(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
         path = save_model_file(model, t.model, kwargs, out / "teacher.pt")
         acc = evaluate(model, ds.x_test, ds.y_test, r.data.eval_batch_size)
         return {"model": path}, {"params": count_params(model), "test_accuracy": acc, "history": result.history,
-                                 "source": "trained"}
+                                 "curve": result.curve, "source": "trained"}
     spec = teacher_spec(r)
     if t.kind == "torch":
         spec["kwargs"] = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **t.kwargs}
@@ -176,7 +176,8 @@ def stage_distill(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     acc = evaluate(student, ds.x_test, ds.y_test, r.data.eval_batch_size)
     path = save_model_file(student, r.student.model, kwargs, out / "student.pt")
     return {"model": path}, {"params": count_params(student), "teacher_params": teacher_params,
-                             "test_accuracy": acc, "history": result.history, "losses": terms, "mode": mode,
+                             "test_accuracy": acc, "history": result.history, "curve": result.curve,
+                             "losses": terms, "mode": mode,
                              "resumed_from_step": result.resumed_from_step,
                              "teacher_signal": "cache" if signal.cached is not None else
                              ("online" if signal.teacher is not None else "none")}
@@ -231,7 +232,7 @@ def stage_quantize(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
         calib = select_calibration(ds.x_train, ds.y_train, load_calibration_recipe(q.calibration))
         batches = [calib[i:i + 64] for i in range(0, len(calib), 64)]
         model = quantize_ptq(student, example, scheme, batches, method=q.ptq_method, keep_float=q.keep_float)
-        method, history = f"ptq_{q.ptq_method}", []
+        method, history, curve = f"ptq_{q.ptq_method}", [], []
     else:
         gm = prepare_qat(student, example, scheme, keep_float=q.keep_float)
         terms = q.kd_losses if q.kd else [{"name": "ce", "weight": 1.0}]
@@ -256,12 +257,12 @@ def stage_quantize(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
                        step_hook=lambda m, step, total: set_qat_phase(m, step, freeze_obs, freeze_bn),
                        set_train=train_mode, set_eval=eval_mode, model_state=(qat_state_dict, load_qat_state))
         model = convert_qat(gm)
-        method, history = ("qat_kd" if q.kd else "qat"), result.history
+        method, history, curve = ("qat_kd" if q.kd else "qat"), result.history, result.curve
     fq_acc = evaluate(model, ds.x_test, ds.y_test, r.data.eval_batch_size, set_eval=lambda m: None)
     path = save_quantized(model, example, out / "student_int8.pt2")
     ctx.log(f"quantize: fake-quant accuracy {fq_acc:.4f} (fp32 {fp32_acc:.4f})")
     metrics = {"scheme": scheme.to_dict(), "method": method, "fake_quant_accuracy": fq_acc,
-               "fp32_accuracy": fp32_acc, "keep_float": list(q.keep_float), "history": history}
+               "fp32_accuracy": fp32_acc, "keep_float": list(q.keep_float), "history": history, "curve": curve}
     if q.sensitivity:
         metrics.update(sensitivity_analysis(ctx, scheme))
     return {"model": path}, metrics

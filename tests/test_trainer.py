@@ -24,6 +24,8 @@ def test_killed_run_resumes_to_identical_weights(digits, tmp_path):
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     assert r_full.history == r_res.history
+    assert r_full.curve == r_res.curve and len(r_full.curve) == 16  # one point per step: 16 steps < 50
+    assert set(r_full.curve[0]["parts"]) == {"ce"}
 
 
 def test_training_learns(digits):

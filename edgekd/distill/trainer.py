@@ -50,7 +50,10 @@ class TeacherSignal:
 
 @dataclass
 class TrainResult:
+    """Per-epoch `history` (accuracies) and a finer loss `curve` (mean of each part over ~1/50 of the run)."""
+
     history: list[dict[str, Any]] = field(default_factory=list)
+    curve: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     wall_time_s: float = 0.0
     resumed_from_step: int | None = None
@@ -155,6 +158,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
     n = len(x_train)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    log_every = max(1, total_steps // 50)
     torch.manual_seed(seed)
     data_gen = torch.Generator().manual_seed(seed)
 
@@ -184,12 +188,15 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
         data_gen.set_state(state["rng"]["data"])
         step = state["step"]
         result.history = state["history"]
+        result.curve = state.get("curve", [])
+        window = state.get("window", {})
         result.resumed_from_step = step
         epoch_sums = state["epoch_sums"]
         order_state = state["order_state"]
     else:
         epoch_sums = {}
         order_state = None
+        window = {}
 
     def save_checkpoint(epoch_sums: dict, order_state) -> None:
         if ckpt_path is None:
@@ -197,6 +204,7 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
         torch_save({"model": get_state(model), "objective": objective.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "rng": _rng_state(data_gen), "step": step,
                     "total_steps": total_steps, "history": result.history, "epoch_sums": epoch_sums,
+                    "curve": result.curve, "window": window,
                     "order_state": order_state}, ckpt_path)
 
     bar = _progress(total_steps, step, desc, progress)
@@ -239,6 +247,10 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
                 sched.step()
                 step += 1
                 _accumulate(epoch_sums, parts, logits, y)
+                _accumulate(window, parts, logits, y)
+                if step % log_every == 0 or step == total_steps:
+                    result.curve.append(_curve_point(step, window))
+                    window.clear()
                 bar.update(1)
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{epoch_sums['loss'] / epoch_sums['n_batches']:.3f}", refresh=False)
@@ -294,6 +306,12 @@ def _accumulate(sums: dict[str, float], parts: dict[str, torch.Tensor], logits: 
     sums["n_batches"] = sums.get("n_batches", 0) + 1
     sums["correct"] = sums.get("correct", 0) + int((logits.argmax(-1) == y).sum())
     sums["n"] = sums.get("n", 0) + len(y)
+
+
+def _curve_point(step: int, sums: dict[str, float]) -> dict[str, Any]:
+    nb = max(1, sums.get("n_batches", 0))
+    return {"step": step, "loss": sums.get("loss", 0.0) / nb,
+            "parts": {k: v / nb for k, v in sums.items() if k not in ("loss", "n_batches", "correct", "n")}}
 
 
 def _epoch_record(epoch: int, step: int, sums: dict[str, float], lr: float) -> dict[str, Any]:

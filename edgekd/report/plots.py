@@ -91,10 +91,13 @@ def training_curves(results: dict[str, Any], path: Path) -> Path | None:
     for col, (phase, history) in enumerate(phases):
         steps = [h.get("step", h.get("epoch", i)) for i, h in enumerate(history)]
         top, bottom = axes[0][col], axes[1][col]
-        top.plot(steps, [h.get("loss") for h in history], color="#222222", lw=2, label="loss (total)")
-        parts = sorted({p for h in history for p in (h.get("parts") or {})})
+        # Loss parts from the fine-grained curve (~50 points a phase) when the run logged one, else per epoch.
+        losses = (results.get("loss_curves") or {}).get(phase) or history
+        loss_steps = [h.get("step", h.get("epoch", i)) for i, h in enumerate(losses)]
+        top.plot(loss_steps, [h.get("loss") for h in losses], color="#222222", lw=2, label="loss (total)")
+        parts = sorted({p for h in losses for p in (h.get("parts") or {})})
         for part in parts:
-            top.plot(steps, [(h.get("parts") or {}).get(part) for h in history], lw=1.2, ls="--", label=part)
+            top.plot(loss_steps, [(h.get("parts") or {}).get(part) for h in losses], lw=1.2, ls="--", label=part)
         top.set_title(PHASE_TITLE.get(phase, phase))
         top.set_ylabel("loss")
         top.legend(fontsize=7, frameon=False)

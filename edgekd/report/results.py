@@ -40,6 +40,9 @@ def collect_results(run: RunRecord) -> dict[str, Any]:
         "training": {k: v for k, v in (("teacher", run.metrics("teacher").get("history")),
                                         ("student", run.metrics("distill").get("history")),
                                         ("qat", run.metrics("quantize").get("history"))) if v},
+        "loss_curves": {k: v for k, v in (("teacher", run.metrics("teacher").get("curve")),
+                                           ("student", run.metrics("distill").get("curve")),
+                                           ("qat", run.metrics("quantize").get("curve"))) if v},
         "bundle": run.metrics("bundle").get("archives", []),
         "quantization": {k: run.metrics("quantize").get(k) for k in ("scheme", "method", "keep_float",
                                                                       "sensitivity", "fallback", "sensitivity_samples")
