@@ -148,6 +148,15 @@ def micro_models() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
     for cin, cout, hw in [(12, 72, 24), (8, 48, 40), (4, 64, 32)]:  # 1x1 convs reading NCHW input
         add(f"pwin_{cin}_{cout}_{hw}", lambda c=cin, o=cout: nn.Sequential(conv(c, o, 1), nn.ReLU()),
             (1, cin, hw, hw))
+    # Chains of large layers: inside a network a conv has no reorder or session copy around it, so the fit needs
+    # models whose time is mostly conv compute on big activations (what single layers cannot separate).
+    for cin, k, depth, hw in [(40, 3, 3, 48), (64, 3, 2, 40), (32, 3, 3, 64), (96, 3, 2, 24), (32, 5, 2, 40),
+                              (48, 7, 2, 20)]:
+        add(f"chain_conv{k}x{k}_{cin}x{depth}_{hw}", lambda c=cin, kk=k, d=depth: nn.Sequential(
+            *[m for _ in range(d) for m in (conv(c, c, kk), nn.ReLU())]), (1, cin, hw, hw))
+    for cin, cout, stride, expand, hw in [(32, 32, 1, 6, 40), (16, 24, 2, 6, 80)]:
+        add(f"block_ir_{cin}_{cout}_s{stride}_e{expand}_{hw}", lambda c=cin, o=cout, s=stride, e=expand:
+            inverted(c, o, s, e), (1, cin, hw, hw))
     add("stack_stem_ir_gap", lambda: nn.Sequential(*cbr(3, 24, 3, 2, act=nn.ReLU6), inverted(24, 24, 1, 4),
                                                    inverted(24, 40, 2, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                                    nn.Linear(40, 10)), (1, 3, 48, 48))

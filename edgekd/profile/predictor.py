@@ -17,11 +17,14 @@ target. Predictions are always labelled predicted, with a relative uncertainty f
 ONNX Runtime on a calibrated CPU uses a finer node model instead (`node_costs` in the calibration): the graph ORT
 really runs (its optimized graph: fused Conv+BN+activation and Conv+Add, the NCHWc blocked layout with its
 reorders, FusedGemm) is read with layers.ort_nodes, and each node costs a linear sum of its work features: per
-kernel family (NCHWc conv, conv reading NCHW input, 1x1, depthwise, im2col conv) MACs, input broadcasts (output
-positions x taps x input channels x 64-wide output-channel passes: the part that does not amortize over output
-channels) and output elements; for Gemm MACs plus weight bytes by where the model's weights live (L2, L3, DRAM);
-bytes for reorders, pools and element-wise ops; a per-node dispatch cost and a per-call cost. The coefficients
-are fitted by non-negative least squares on relative error; the uncertainty is the leave-one-out residual.
+kernel family (NCHWc conv, NCHWc kxk / 1x1 conv reading NCHW input, NCHWc 1x1, depthwise, im2col conv) MACs on
+real (unpadded) input, input broadcasts (MACs / min(output channels, 64): MLAS passes over the input once per 64
+output channels, the part narrow layers do not amortize), output elements, MACs of output columns whose window
+reaches into the horizontal padding (a slower MLAS path) and MACs of convs whose working set spills out of L2;
+for Gemm MACs plus weight bytes by where the model's weights live (L2, L3, DRAM); elements moved by reorders,
+pools and element-wise ops; residual sums fused into convs; a per-node dispatch cost by node class; per call a
+fixed cost and the input/output elements copied. The coefficients are fitted by non-negative least squares on
+relative error; the uncertainty is the leave-one-out relative error.
 """
 from __future__ import annotations
 
@@ -147,7 +150,7 @@ NODE_FEATURES = ("t0", "n_compute", "n_gemm", "n_light", "n_free",
                  "conv_macs", "conv_loads", "conv_out", "convin_macs", "convin_loads", "convin_out",
                  "pwin_macs", "pwin_loads", "pwin_out",
                  "pw_macs", "pw_loads", "pw_out", "dw_macs", "dw_in", "dw_out", "conv_edge_macs", "dw_edge_macs",
-                 "im2col_macs", "im2col_cols", "im2col_out", "sum_elems",
+                 "conv_spill_macs", "im2col_macs", "im2col_cols", "im2col_out", "sum_elems",
                  "gemm_macs", "gemm_l3_bytes", "gemm_dram_bytes", "reorder_in_elems", "reorder_out_elems",
                  "pool_elems", "npool_elems", "reduce_elems", "elt_elems",
                  "io_in_elems", "io_out_elems")
@@ -188,6 +191,8 @@ def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float, sh
             r[col[f"{k}_out"]] = n.out_elems
             r[col[f"{k}_loads"]] = _conv_loads(n) * n.valid_frac
             r[col["conv_edge_macs"]] = n.macs * n.edge_frac
+            working_set = 4.0 * (n.in_elems + n.out_elems + n.weight_elems)  # past L2, input re-reads miss
+            r[col["conv_spill_macs"]] = n.macs * n.valid_frac * _spill(working_set, l2_bytes, sharpness)
             r[col["sum_elems"]] += n.sum_elems
         elif k == "dw":
             r[col["dw_macs"]], r[col["dw_in"]], r[col["dw_out"]] = n.macs * n.valid_frac, n.in_elems, n.out_elems
