@@ -6,19 +6,12 @@ import torch
 from edgekd.errors import ConversionError, EdgeKDError
 from edgekd.export import describe_file, INT8_ORT_OPS, export_onnx, onnx_op_types
 from edgekd.quant.ptq import calibration_batches, quantize_ptq
-from edgekd.quant.testing import TinyNet, UnconvertibleNet, separable_task, train_briefly
+from edgekd.quant.testing import UnconvertibleNet
 from edgekd.runtimes import open_session
 from edgekd.verify import compare_logits, reference_logits
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def trained():
-    x, y = separable_task(512, size=8)
-    torch.manual_seed(0)
-    return train_briefly(TinyNet(), x, y, steps=60), x, y
 
 
 def test_fp32_onnx_parity_and_dynamic_batch(trained, tmp_path):
