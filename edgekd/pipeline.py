@@ -360,12 +360,9 @@ def stage_profile(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
 
     r = ctx.recipe
     files = [ctx.run_dir / f["path"] for f in ctx.record("export").metrics["files"]]
-    student = load_model_file(ctx.record("distill").path(ctx.run_dir, "model"))[0]
     metrics = profile_run_files(files, r.profile.targets, threads=r.profile.threads,
                                 max_seconds=r.profile.max_seconds, min_runs=r.profile.min_runs,
-                                model=student, input_shape=(1, *ctx.dataset.input_shape), progress=ctx.progress,
-                                log=ctx.log)
-    del student
+                                input_shape=(1, *ctx.dataset.input_shape), progress=ctx.progress, log=ctx.log)
     return {}, metrics
 
 

@@ -13,15 +13,15 @@ from edgekd.errors import EdgeKDError
 
 
 def profile_run_files(files: Sequence[Path], targets: Sequence[str], *, threads: int | None = None,
-                      max_seconds: float = 2.0, min_runs: int = 50, model: Any = None,
-                      input_shape: Sequence[int] | None = None, progress: bool = True, remote: str = "auto",
+                      max_seconds: float = 2.0, min_runs: int = 50, input_shape: Sequence[int] | None = None,
+                      progress: bool = True, remote: str = "auto",
                       log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Profile `files` on each target; returns {"targets": [{"target", "results", "verdicts", "note"}, ...]}.
 
     Args:
         remote: "auto" (measure a remote target when reachable, else predict), "measure" (fail when it is not),
             "predict" (never connect).
-        model: the fp32 torch model, used by the predictor when a file's own graph is not enough.
+        input_shape: the model's input (N, C, H, W), for the predictor's layer walk.
     """
     from edgekd.profile.local import default_runtime, profile_file, profile_files, profile_metrics
     from edgekd.profile.result import detect_precision, file_bytes
