@@ -81,12 +81,19 @@ def verify(files: Sequence[str | Path], *, reference: str | Path, dataset: str =
 
 
 def profile(files: Sequence[str | Path], *, target: str = "cpu-local", threads: int | None = None,
-            max_seconds: float = 2.0, min_runs: int = 50, progress: bool = True) -> dict[str, Any]:
-    """Latency of each file on `target`: measured on this CPU, over adb/SSH when connected, else predicted."""
+            max_seconds: float = 2.0, min_runs: int = 50, remote: str = "auto", progress: bool = True
+            ) -> dict[str, Any]:
+    """Latency of each file on `target`: measured on this CPU, over adb/SSH when reachable, else predicted.
+
+    remote: "auto" (measure when reachable, else predict), "measure" (fail when unreachable), "predict".
+    """
     from edgekd.profile.stage import profile_run_files
 
+    for f in files:
+        if not Path(f).is_file():
+            raise EdgeKDError(f"model file not found: {f}")
     return profile_run_files([Path(f) for f in files], [target], threads=threads, max_seconds=max_seconds,
-                             min_runs=min_runs, progress=progress)
+                             min_runs=min_runs, remote=remote, progress=progress)
 
 
 def quantize(model_path: str | Path, *, out: str | Path, method: str = "minmax", runtime: Sequence[str] = ("litert",),

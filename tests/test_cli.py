@@ -41,7 +41,9 @@ def test_wrong_paths_are_one_line_errors(tmp_path):
     runner = CliRunner()
     for args in (["validate", str(tmp_path / "nope.yaml")],
                  ["export", str(tmp_path / "nope.pt"), "--format", "onnx", "--out", str(tmp_path / "x.onnx")],
-                 ["report", str(tmp_path / "no-run")]):
+                 ["report", str(tmp_path / "no-run")],
+                 ["profile", str(tmp_path / "nope.tflite"), "--target", "cpu-local"],
+                 ["targets", "show", "pixel-88"]):
         result = runner.invoke(main, args)
         assert result.exit_code == 2, (args, result.output)
         assert result.output.startswith("edgekd: error:") and result.output.count("\n") == 1
