@@ -56,9 +56,9 @@ def print_summary(run_dir: Path) -> None:
     for target, rows in (results.get("latency") or {}).items():
         for r in rows:
             basis = "measured" if r.get("measured") else f"predicted ±{(r.get('uncertainty') or 0) * 100:.0f}%"
+            p99 = f"{r['p99_ms']:.3f} ms" if r.get("p99_ms") is not None else "-"
             click.echo(f"latency   {target:<12} {r['name']:<22} {r['runtime']:<12} p50 {r['p50_ms']:.3f} ms  "
-                       f"p99 {(r.get('p99_ms') or float('nan')):.3f} ms  {(r.get('bytes') or 0) / 1024:6.1f} KiB  "
-                       f"{basis}")
+                       f"p99 {p99:<9} {(r.get('bytes') or 0) / 1024:6.1f} KiB  {basis}")
     for line in results.get("summary", []):
         click.echo(f"- {line}")
     if results.get("headline"):

@@ -379,7 +379,7 @@ def stage_bundle(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
         path = bundle_run(ctx.run_dir, target, out, labels=ds.labels, mean=ds.mean, std=ds.std)
         outputs[path.name] = path
         archives.append(archive_record(path, target, ctx.run_dir))
-        ctx.log(f"bundle: {path.relative_to(ctx.run_dir)} ({path.stat().st_size / 1024:.0f} KiB)")
+        ctx.log(f"bundle: {target}: {path.name} ({path.stat().st_size / 1024:.0f} KiB)")
     return outputs, {"archives": archives}
 
 

@@ -32,31 +32,31 @@ def profile_run_files(files: Sequence[Path], targets: Sequence[str], *, threads:
     out = []
     for name in targets:
         target = load_target(name)
-        note = ""
+        runnable = [f for f in files if _target_runtime(f, target.runtimes)]
+        skipped = [Path(f).name for f in files if f not in runnable]
+        notes = [f"{', '.join(skipped)} skipped: {target.name} runs {', '.join(target.runtimes)}"] if skipped else []
         if target.kind == "cpu":
             results = [profile_file(f, runtime=default_runtime(f, target.runtimes), threads=threads or target.threads,
                                     time_cap_s=max_seconds, min_time_s=min(0.5, max_seconds), min_runs=min_runs,
-                                    progress=progress, target=target.name, name=Path(f).name) for f in files]
+                                    progress=progress, target=target.name, name=Path(f).name) for f in runnable]
         else:
             results = None
             if remote != "predict":
                 try:
-                    results = profile_files(files, target, threads=threads)
+                    results = profile_files(runnable, target, threads=threads)
                 except EdgeKDError as e:
                     if remote == "measure":
                         raise
-                    note = f"not measured ({e}); predicted instead"
+                    notes.insert(0, f"not measured ({e}); predicted instead")
             else:
-                note = "predicted (remote measurement off)"
+                notes.insert(0, "predicted (remote measurement off)")
             if results is None:
                 from edgekd.profile.predictor import predict
 
-                results = []
-                for f in files:
-                    runtime = _predictable_runtime(f, target.runtimes)
-                    pred = predict(f, target, runtime=runtime, precision=detect_precision(f),
-                                   input_shape=input_shape, threads=threads)
-                    results.append(pred.to_result(Path(f).name, file_bytes(f)))
+                results = [predict(f, target, runtime=_target_runtime(f, target.runtimes), precision=detect_precision(f),
+                                   input_shape=input_shape, threads=threads).to_result(Path(f).name, file_bytes(f))
+                           for f in runnable]
+        note = "; ".join(notes)
         metrics = profile_metrics(target.name, results)
         if note:
             metrics["note"] = note
@@ -71,12 +71,13 @@ def profile_run_files(files: Sequence[Path], targets: Sequence[str], *, threads:
     return {"targets": out}
 
 
-def _predictable_runtime(path: Path, runtimes: Sequence[str]) -> str:
+def _target_runtime(path: Path, runtimes: Sequence[str]) -> str | None:
+    """The first runtime of the target that runs this file type, or None."""
     suffix = Path(path).suffix.lower()
     for rt in runtimes:
         if (suffix == ".tflite" and rt == "litert") or (suffix == ".onnx" and rt in ("onnxruntime", "tensorrt")):
             return rt
-    return "litert" if suffix == ".tflite" else "onnxruntime"
+    return None
 
 
 def format_profile(metrics: dict[str, Any]) -> str:
