@@ -237,35 +237,29 @@ def profile(files, target, threads, max_seconds, min_runs, remote, as_json) -> N
     click.echo(json.dumps(res, indent=2, default=str) if as_json else format_profile(res))
 
 
-@main.group(invoke_without_command=True)
-@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
-@click.option("--target", default="cpu-local", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path))
-@click.pass_context
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("args", nargs=-1, required=True, metavar="RUN_DIR | verify ARCHIVE")
+@click.option("--target", default="cpu-local", show_default=True, help="Target whose archive to make.")
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for the archive (default RUN_DIR/bundle).")
+@click.option("--no-run", is_flag=True, help="verify: check checksums and metadata only; do not load the models.")
 @user_errors
-def bundle(ctx, run_dir, target, out) -> None:
-    """Make the app archive for TARGET from RUN_DIR; `edgekd bundle verify ARCHIVE` checks one."""
-    if ctx.invoked_subcommand:
+def bundle(args: tuple[str, ...], target: str, out: Path | None, no_run: bool) -> None:
+    """Make the app archive for TARGET from RUN_DIR, or `bundle verify ARCHIVE` to check one.
+
+    verify checks every checksum against the manifest, reads the TFLite metadata back, and runs each model once
+    in its runtime; a tampered, truncated or mismatched archive exits with status 2.
+    """
+    from edgekd import api
+
+    if args[0] == "verify":
+        if len(args) != 2:
+            raise EdgeKDError("usage: edgekd bundle verify ARCHIVE.zip")
+        report = api.bundle_verify(Path(args[1]), run_models=not no_run)
+        click.echo(report.summary())
         return
-    if run_dir is None:
-        raise EdgeKDError("give a run directory (edgekd bundle RUN_DIR --target NAME) or use 'bundle verify ARCHIVE'")
-    from edgekd import api
-
-    click.echo(f"bundle: {api.bundle(run_dir, target=target, out=out)}")
-
-
-@bundle.command("verify")
-@click.argument("archive", type=click.Path(path_type=Path))
-@click.option("--no-run", is_flag=True, help="Check checksums and metadata only; do not load the models.")
-@user_errors
-def bundle_verify(archive, no_run) -> None:
-    """Check ARCHIVE: checksums, metadata, and one inference per model."""
-    from edgekd import api
-
-    rep = api.bundle_verify(archive, run_models=not no_run)
-    click.echo(rep.summary() if hasattr(rep, "summary") else str(rep))
-    if not getattr(rep, "ok", True):
-        sys.exit(2)
+    if len(args) != 1:
+        raise EdgeKDError("usage: edgekd bundle RUN_DIR [--target NAME] (or: edgekd bundle verify ARCHIVE.zip)")
+    click.echo(f"bundle: {api.bundle(Path(args[0]), target=target, out=out)}")
 
 
 @main.command()

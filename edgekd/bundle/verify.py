@@ -34,6 +34,16 @@ class BundleReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def summary(self) -> str:
+        """One line per model run plus a verdict line (for the CLI)."""
+        lines = [f"{self.archive.name}: {self.name or '?'} for {self.target or '?'}; {len(self.files)} files match "
+                 f"the manifest; metadata read back from {len(self.metadata)} model(s)"]
+        for m in self.models:
+            lines.append(f"  {m['name']:<40} {m.get('runtime', '?'):<12} "
+                         f"{'ran ' + str(m.get('input_shape')) + ' -> ' + str(m.get('output_shape')) if m.get('ok') else 'FAILED'}")
+        lines.append("ok" if self.ok else f"{len(self.problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in self.problems))
+        return "\n".join(lines)
+
     def raise_for_problems(self) -> "BundleReport":
         if self.problems:
             raise EdgeKDError(f"bundle {self.archive.name} failed verification ({len(self.problems)} problem(s)):\n"
