@@ -149,9 +149,11 @@ def _check_metadata(report: BundleReport, name: str, blob: bytes, labels: list[s
         report.problems.append(f"{name}: {e}")
         return
     report.metadata[name] = md
-    if md.get("labels") != labels:
-        report.problems.append(f"{name}: labels in the model metadata ({len(md.get('labels') or [])}) differ from "
-                               f"{LABELS_NAME} ({len(labels)})")
+    meta_labels = md.get("labels") or []
+    if meta_labels != labels:
+        diff = next((f"#{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(meta_labels, labels)) if a != b),
+                    f"{len(meta_labels)} vs {len(labels)} labels")
+        report.problems.append(f"{name}: labels in the model metadata differ from {LABELS_NAME} ({diff})")
     if not md.get("norm_mean") or not md.get("norm_std"):
         report.problems.append(f"{name}: metadata has no normalization (mean/std)")
     if md.get("name") != manifest.get("name"):
