@@ -102,7 +102,7 @@ def test_a_consistent_manifest_does_not_hide_mismatched_labels(good_archive, tmp
     members = _members(good_archive)
     members["labels.txt"] = ("\n".join(LABELS[:9]) + "\n").encode()
     problems = _problems(_write(tmp_path / "m.zip", _with_manifest_updated(members)))
-    assert problems == [f"models/{n}: labels in the model metadata (10) differ from labels.txt (9)"
+    assert problems == [f"models/{n}: labels in the model metadata differ from labels.txt (10 vs 9 labels)"
                         for n in ("student_fp32.onnx", "student_int8.onnx")]
 
 

@@ -216,7 +216,7 @@ def file_layers(path: Path):
 
 def calibrate_target(target: Any, runtime: str = "onnxruntime", precision: str = "fp32", *,
                      threads: int | None = None, out_path: Path | None = None, time_cap_s: float = 2.0,
-                     rounds: int = 3,
+                     rounds: int = 5,
                      models: Sequence[tuple[str, Callable[[], Any], tuple[int, ...]]] | None = None,
                      progress: bool = False, log: Callable[[str], None] | None = print, **runner_kw) -> Path:
     """Measure the micro-model family on `target` (locally, over adb or SSH as the target says), fit the
