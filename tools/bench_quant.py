@@ -66,7 +66,9 @@ def evaluate_files(name: str, model, example, x_test, y_test, workdir: Path, lat
     return rows
 
 
-KD_TERMS = [{"name": "ce", "weight": 0.1}, {"name": "kd_soft", "weight": 0.9, "temperature": 2.0}]
+from edgekd.config import DISTILL_KD_TERMS, QAT_KD_TERMS  # noqa: E402  (the library defaults)
+
+KD_TERMS = list(DISTILL_KD_TERMS)
 
 
 def run_seed(seed: int, args, ds, workdir: Path, teacher_cache) -> list[dict]:
@@ -104,9 +106,9 @@ def run_seed(seed: int, args, ds, workdir: Path, teacher_cache) -> list[dict]:
     for variant in ("qat", "qat_kd", "qat_selfkd"):
         gm = prepare_qat(copy.deepcopy(student), (ds.x_test[:2],), scheme)
         if variant == "qat_kd":  # QAT fused with KD: the fp32 teacher teaches the fake-quant student
-            objective, signal = build_objective(KD_TERMS), teacher_cache
+            objective, signal = build_objective(list(QAT_KD_TERMS)), teacher_cache
         elif variant == "qat_selfkd":  # the fp32 student teaches its own fake-quant copy
-            objective, signal = build_objective(KD_TERMS), TeacherSignal(teacher=TorchTeacher(student))
+            objective, signal = build_objective(list(QAT_KD_TERMS)), TeacherSignal(teacher=TorchTeacher(student))
         else:
             objective, signal = None, None
         t0 = time.perf_counter()
