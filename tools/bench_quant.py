@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--model", default="tiny_cnn", help="student architecture (the demo's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=float, default=5)
+    p.add_argument("--epochs", type=float, default=15, help="fp32 student epochs (trained to convergence)")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--qat-epochs", type=float, default=1)
     p.add_argument("--qat-lr", type=float, default=5e-4)
