@@ -35,6 +35,7 @@ class RunContext:
     _dataset: ImageDataset | None = field(default=None, repr=False)
     records: dict[str, StageRecord] = field(default_factory=dict)
     current: str | None = None  # the running stage: its files go to a staging folder until it succeeds
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
     def dataset(self) -> ImageDataset:
@@ -52,6 +53,11 @@ class RunContext:
         path = self.run_dir / "checkpoints"
         path.mkdir(parents=True, exist_ok=True)
         return path / f"{name}.pt"
+
+    @property
+    def checkpoint_key(self) -> str | None:
+        """The running stage's input fingerprint: checkpoints of other inputs are not resumed."""
+        return self.fingerprints.get(self.current or "")
 
     def record(self, stage: str) -> StageRecord:
         if stage not in self.records:
@@ -95,7 +101,8 @@ def stage_teacher(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
         model = build_model(t.model, **kwargs)
         ctx.log(f"teacher: training {t.model} ({count_params(model):,} params) for {t.train.epochs} epochs")
         result = train(model, ds.x_train, ds.y_train, t.train, seed=r.seed, x_test=ds.x_test, y_test=ds.y_test,
-                       batch_size=r.data.batch_size, checkpoint=ctx.checkpoint("teacher"), progress=ctx.progress,
+                       batch_size=r.data.batch_size, checkpoint=ctx.checkpoint("teacher"),
+                       checkpoint_key=ctx.checkpoint_key, progress=ctx.progress,
                        desc="teacher")
         path = save_model_file(model, t.model, kwargs, out / "teacher.pt")
         acc = evaluate(model, ds.x_test, ds.y_test, r.data.eval_batch_size)
@@ -162,7 +169,8 @@ def stage_distill(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
 
         peers = [student] + [build_model(r.student.model, **kwargs) for _ in range(r.distill.peers - 1)]
         result = train_mutual(peers, ds.x_train, ds.y_train, r.distill.train, kl_weight=r.distill.mutual_kl_weight,
-                              checkpoint=ctx.checkpoint("distill"), desc="mutual", **common)
+                              checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key, desc="mutual",
+                              **common)
     elif mode == "born_again":
         from edgekd.distill.mutual import born_again
 
@@ -172,7 +180,8 @@ def stage_distill(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
         result.history = [dict(h, generation=g + 1) for g, (_, res) in enumerate(generations) for h in res.history]
     else:
         result = train(student, ds.x_train, ds.y_train, r.distill.train, objective=objective, teacher=signal,
-                       checkpoint=ctx.checkpoint("distill"), desc="distill", **common)
+                       checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key, desc="distill",
+                       **common)
     acc = evaluate(student, ds.x_test, ds.y_test, r.data.eval_batch_size)
     path = save_model_file(student, r.student.model, kwargs, out / "student.pt")
     return {"model": path}, {"params": count_params(student), "teacher_params": teacher_params,
@@ -253,6 +262,7 @@ def stage_quantize(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
         result = train(gm, ds.x_train, ds.y_train, q.train, objective=objective, teacher=signal, seed=r.seed,
                        x_test=ds.x_test, y_test=ds.y_test, batch_size=r.data.batch_size,
                        eval_batch_size=r.data.eval_batch_size, checkpoint=ctx.checkpoint("quantize"),
+                       checkpoint_key=ctx.checkpoint_key,
                        progress=ctx.progress, desc="qat",
                        step_hook=lambda m, step, total: set_qat_phase(m, step, freeze_obs, freeze_bn),
                        set_train=train_mode, set_eval=eval_mode, model_state=(qat_state_dict, load_qat_state))
@@ -464,13 +474,14 @@ def run(recipe: Recipe | str | Path, *, run_dir: str | Path | None = None, until
             continue
         started = time.perf_counter()
         shutil.rmtree(staging_dir(run_dir, stage), ignore_errors=True)  # leftovers of a killed run
-        ctx.current = stage
+        ctx.current, ctx.fingerprints[stage] = stage, fp
         try:
             outputs, metrics = STAGES[stage](ctx)
         finally:
             ctx.current = None
         outputs = publish_stage(run_dir, stage, outputs)
         ctx.records[stage] = write_record(run_dir, stage, fp, outputs, metrics, started)
+        ctx.checkpoint(stage).unlink(missing_ok=True)  # the stage's files now hold its result
     return run_dir
 
 

@@ -6,11 +6,11 @@ from edgekd.distill.trainer import NonFiniteLossError, evaluate, train
 from edgekd.models import build_model
 
 
-def _run(ds, cfg, ckpt=None, stop=None):
+def _run(ds, cfg, ckpt=None, stop=None, key=None):
     torch.manual_seed(0)
     model = build_model("tiny_cnn", width=8)
     result = train(model, ds.x_train[:512], ds.y_train[:512], cfg, seed=1, x_test=ds.x_test, y_test=ds.y_test,
-                   batch_size=64, checkpoint=ckpt, progress=False, stop_after_steps=stop)
+                   batch_size=64, checkpoint=ckpt, checkpoint_key=key, progress=False, stop_after_steps=stop)
     return model, result
 
 
@@ -54,3 +54,15 @@ def test_checkpoint_for_other_schedule_is_refused(digits, tmp_path):
     _run(digits, TrainConfig(epochs=1, checkpoint_every=2), ckpt, stop=3)
     with pytest.raises(Exception, match="written for"):
         _run(digits, TrainConfig(epochs=2, checkpoint_every=2), ckpt)
+
+
+def test_checkpoint_of_other_inputs_is_not_resumed(digits, tmp_path):
+    cfg = TrainConfig(epochs=1, lr=1e-2, checkpoint_every=2)
+    ckpt = tmp_path / "c.pt"
+    _run(digits, cfg, ckpt, key="recipe-a")  # finished under recipe a
+    fresh, r_fresh = _run(digits, cfg, key="recipe-b")
+    other, r_other = _run(digits, cfg, ckpt, key="recipe-b")
+    assert r_other.resumed_from_step is None
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), other.state_dict().values()))
+    _, r_same = _run(digits, cfg, ckpt, key="recipe-b")
+    assert r_same.resumed_from_step == 8  # its own finished checkpoint resumes (nothing left to do)

@@ -115,13 +115,15 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
           set_train: Callable[[nn.Module], None] | None = None,
           set_eval: Callable[[nn.Module], None] | None = None,
           model_state: tuple[Callable[[nn.Module], Any], Callable[[nn.Module, Any], Any]] | None = None,
-          stop_after_steps: int | None = None) -> TrainResult:
+          checkpoint_key: str | None = None, stop_after_steps: int | None = None) -> TrainResult:
     """Train `model` in place on (x_train, y_train) and return the per-epoch history.
 
     Args:
         objective: loss module returning {"loss": total, part: value, ...}; cross-entropy when None.
         teacher: online teacher or cached logits; required when the objective needs teacher outputs.
         checkpoint: file to resume from if it exists, and to write every `cfg.checkpoint_every` steps.
+        checkpoint_key: what the checkpoint belongs to (e.g. the stage's input fingerprint); a checkpoint written
+            under another key is ignored and overwritten, so a changed recipe never resumes a stale run.
         step_hook: called as hook(model, step, total_steps) before each step (QAT observer/BN freezing).
         set_train/set_eval: mode switches (exported QAT graphs need torchao's helpers instead of .train()).
         model_state: (get, load) for checkpointing the model (QAT graphs carry observer buffers and a phase).
@@ -175,8 +177,10 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
     result = TrainResult()
     step = 0
     ckpt_path = Path(checkpoint) if checkpoint else None
-    if ckpt_path and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path and ckpt_path.exists() else None
+    if state is not None and state.get("key") != checkpoint_key:
+        state = None  # written for other inputs: start over (it is overwritten at the first checkpoint)
+    if state is not None:
         if state.get("total_steps") != total_steps:
             raise EdgeKDError(f"checkpoint {ckpt_path} was written for {state.get('total_steps')} steps, this run "
                               f"has {total_steps}; delete it to start over")
@@ -203,7 +207,8 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
             return
         torch_save({"model": get_state(model), "objective": objective.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "rng": _rng_state(data_gen), "step": step,
-                    "total_steps": total_steps, "history": result.history, "epoch_sums": epoch_sums,
+                    "total_steps": total_steps, "key": checkpoint_key, "history": result.history,
+                    "epoch_sums": epoch_sums,
                     "curve": result.curve, "window": window,
                     "order_state": order_state}, ckpt_path)
 
