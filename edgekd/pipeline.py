@@ -72,10 +72,6 @@ def data_key(recipe: Recipe) -> dict[str, Any]:
     return {"data": recipe.data.__dict__, "seed": recipe.seed}
 
 
-def _upstream(ctx: RunContext, *stages: str) -> list[str]:
-    return [ctx.record(s).fingerprint for s in stages]
-
-
 # --------------------------------------------------------------------------------------------- teacher
 
 
@@ -250,8 +246,7 @@ def stage_quantize(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
             from edgekd.distill import TorchTeacher
             from edgekd.distill.trainer import TeacherSignal
 
-            signal = TeacherSignal(teacher=TorchTeacher(load_model_file(
-                ctx.record("distill").path(ctx.run_dir, "model"))[0]))
+            signal = TeacherSignal(teacher=TorchTeacher(student))  # prepare_qat trained a copy
         else:
             signal = teacher_signal(ctx, objective, q.train, r.distill.cache_teacher, r.distill.cache_topk)
         steps = math.ceil(q.train.epochs * math.ceil(len(ds.x_train) / r.data.batch_size))
@@ -274,20 +269,19 @@ def stage_quantize(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     metrics = {"scheme": scheme.to_dict(), "method": method, "fake_quant_accuracy": fq_acc,
                "fp32_accuracy": fp32_acc, "keep_float": list(q.keep_float), "history": history, "curve": curve}
     if q.sensitivity:
-        metrics.update(sensitivity_analysis(ctx, scheme))
+        metrics.update(sensitivity_analysis(ctx, student, scheme))
     return {"model": path}, metrics
 
 
-def sensitivity_analysis(ctx: RunContext, scheme) -> dict[str, Any]:
+def sensitivity_analysis(ctx: RunContext, student: torch.nn.Module, scheme) -> dict[str, Any]:
     """Per-layer int8 cost (PTQ min-max, one layer kept in float at a time) and the k=1 float fallback.
 
     Measured on a held-out slice of the training set (never the test set, since it guides a choice).
     """
-    from edgekd.quant import load_calibration_recipe, mixed_precision_fallback, select_calibration
-    from edgekd.quant import layer_sensitivity
+    from edgekd.quant import (layer_sensitivity, load_calibration_recipe, mixed_precision_fallback,
+                              select_calibration)
 
     ds, q = ctx.dataset, ctx.recipe.quantize
-    student, _ = load_model_file(ctx.record("distill").path(ctx.run_dir, "model"))
     n = min(2048, len(ds.x_train) // 4)
     x, y = ds.x_train[-n:], ds.y_train[-n:]
     calib = select_calibration(ds.x_train[:-n], ds.y_train[:-n], load_calibration_recipe(q.calibration))
@@ -299,7 +293,7 @@ def sensitivity_analysis(ctx: RunContext, scheme) -> dict[str, Any]:
     if worst:
         ctx.log(f"quantize: most int8-sensitive layer {worst['layer']} (keeping it float: "
                 f"{fallback['int8_accuracy']:.4f} -> {fallback['accuracy']:.4f} on {n} held-out training images)")
-    return {"sensitivity": {k: v for k, v in sens.items()},
+    return {"sensitivity": sens,
             "fallback": {k: v for k, v in fallback.items() if k != "model"}, "sensitivity_samples": n}
 
 
@@ -315,7 +309,7 @@ def stage_export(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     example = ctx.example_input(1)
     outputs, files = {}, []
     for precision in r.export.precisions:
-        if precision == "int8" and "quantize" not in ctx.records and not r.quantize.enabled:
+        if precision == "int8" and "quantize" not in ctx.records:  # quantization disabled in the recipe
             continue
         if precision == "fp32":
             model = load_model_file(ctx.record("distill").path(ctx.run_dir, "model"))[0]
@@ -346,7 +340,7 @@ def stage_verify(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     r, ds = ctx.recipe, ctx.dataset
     student = load_model_file(ctx.record("distill").path(ctx.run_dir, "model"))[0]
     fake_quant = (load_quantized(ctx.record("quantize").path(ctx.run_dir, "model"))
-                  if "quantize" in ctx.records or (ctx.run_dir / "quantize" / "stage.json").exists() else None)
+                  if "quantize" in ctx.records else None)
     files = [dict(f, path=str(ctx.run_dir / f["path"])) for f in ctx.record("export").metrics["files"]]
     x, y = ds.x_test, ds.y_test
     if r.verify.test_subset:

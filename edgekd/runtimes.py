@@ -41,11 +41,9 @@ class Session:
             return self._run(x)
         # Files exported with a fixed batch size are fed one fixed-size chunk at a time.
         b = self.fixed_batch
-        outs = [self._run(x[i:i + b]) for i in range(0, x.shape[0], b)] if x.shape[0] % b == 0 else \
-            [self._run(x[i:i + 1]) for i in range(x.shape[0])] if b == 1 else None
-        if outs is None:
+        if x.shape[0] % b:
             raise EdgeKDError(f"{self.path.name} takes batches of {b}; got {x.shape[0]} rows (use a multiple of {b})")
-        return np.concatenate(outs, axis=0)
+        return np.concatenate([self._run(x[i:i + b]) for i in range(0, x.shape[0], b)], axis=0)
 
 
 def runtime_for(path: str | Path) -> str:

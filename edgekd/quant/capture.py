@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -114,12 +113,3 @@ def conversion_error(exc: BaseException, model: nn.Module | None, stage: str, ex
     where = f"layer {layer[0]!r} ({layer[1]})" if layer else "a layer"
     what = f"op {op}" if op else "an op"
     return ConversionError(f"{stage} cannot convert {where}, {what}: {first[:300]}. Way out: {way_out}")
-
-
-def example_batch(inputs: Sequence[torch.Tensor], n: int) -> tuple[torch.Tensor, ...]:
-    """The first `n` rows of each example input (repeated when there are fewer)."""
-    out = []
-    for t in inputs:
-        reps = -(-n // t.shape[0])
-        out.append(t.repeat(reps, *([1] * (t.dim() - 1)))[:n] if reps > 1 else t[:n])
-    return tuple(out)

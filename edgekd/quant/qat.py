@@ -50,12 +50,6 @@ def prepare_qat(model: nn.Module, example_inputs, scheme: Scheme | str,
     return prepared
 
 
-def _fake_quant_modules(gm: nn.Module):
-    from torchao.quantization.pt2e import FakeQuantizeBase
-
-    return [m for m in gm.modules() if isinstance(m, FakeQuantizeBase)]
-
-
 def _set_bn_training(gm: torch.fx.GraphModule, training: bool) -> int:
     changed = 0
     for node in gm.graph.nodes:

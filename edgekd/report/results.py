@@ -44,9 +44,9 @@ def collect_results(run: RunRecord) -> dict[str, Any]:
                                            ("student", run.metrics("distill").get("curve")),
                                            ("qat", run.metrics("quantize").get("curve"))) if v},
         "bundle": run.metrics("bundle").get("archives", []),
-        "quantization": {k: run.metrics("quantize").get(k) for k in ("scheme", "method", "keep_float",
-                                                                      "sensitivity", "fallback", "sensitivity_samples")
-                         if run.metrics("quantize").get(k) is not None},
+        "quantization": {k: v for k, v in run.metrics("quantize").items()
+                         if k in ("scheme", "method", "keep_float", "sensitivity", "fallback", "sensitivity_samples")
+                         and v is not None},
     }
     results["headline"] = headline(results)
     results["summary"] = verdict_sentences(results)
