@@ -208,3 +208,32 @@ def test_conv_window_padding_shares():
     assert _window_stats(16, 8, 1, 2, 0, 1) == (0.0, 1.0)  # strided 1x1: no padding at all
     # 3-tap window, stride 2, pad 1 on 8 inputs -> 4 outputs: only the first reaches the padding
     assert _window_stats(8, 4, 3, 2, 1, 1) == pytest.approx((1 / 4, 11 / 12))
+
+
+def test_calibrate_target_measures_fits_and_writes(tmp_path):
+    """A real (short) calibration: micro-models exported, timed on this CPU, both models fitted, file written."""
+    from torch import nn
+
+    from edgekd.profile.calibrate import calibrate_target
+
+    family = [(f"fc_{w}", lambda w=w: nn.Sequential(nn.Linear(w, w), nn.ReLU()), (1, w)) for w in (16, 64, 256)]
+    family += [(f"pw_{c}", lambda c=c: nn.Conv2d(c, c, 1), (1, c, 8, 8)) for c in (8, 32)]
+    out = tmp_path / "calib.json"
+    path = calibrate_target("cpu-local", models=family, rounds=1, time_cap_s=0.1, out_path=out, log=None)
+    calib = Calibration.load(path)
+    assert path == out and calib.target == "cpu-local" and calib.threads == 1
+    assert [r["name"] for r in calib.residuals] == [n for n, _, _ in family]
+    assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in calib.residuals)
+    assert calib.node_costs and calib.node_costs["t0"] >= 0 and 0.03 <= calib.uncertainty
+    p = predict(graph(tmp_path), "cpu-local", calibration=calib)
+    assert "node model" in p.basis and "5 micro-benchmarks" in p.basis and p.ms > 0
+
+
+def test_calibrate_target_refuses_what_it_cannot_measure(tmp_path):
+    from edgekd.profile.calibrate import calibrate_target
+
+    with pytest.raises(EdgeKDError, match="fp32 micro-models only"):
+        calibrate_target("cpu-local", precision="int8", out_path=tmp_path / "c.json", log=None)
+    with pytest.raises(EdgeKDError, match="not listed for target"):
+        calibrate_target("cpu-local", runtime="tensorrt", out_path=tmp_path / "c.json", log=None)
+    assert not (tmp_path / "c.json").exists()

@@ -115,6 +115,13 @@ def micro_models() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
     for depth in (1, 2, 4, 8):  # equal small layers: separate the per-node cost from the per-call one
         add(f"stack_pw8x{depth}", lambda d=depth: nn.Sequential(*[conv(8, 8, 1) for _ in range(d)]), (1, 8, 8, 8))
         add(f"stack_fc64x{depth}", lambda d=depth: nn.Sequential(*[nn.Linear(64, 64) for _ in range(d)]), (1, 64))
+    # Long chains of tiny NCHWc convs: inside a network a small node costs its dispatch and little else (~0.7 us
+    # here, less than a lone layer's share of the call), which single layers and short stacks cannot separate.
+    for kind, ch, hw in [("dw", 16, 8), ("pw", 16, 8), ("conv", 16, 8), ("dw", 32, 4), ("pw", 32, 4)]:
+        for depth in (1, 4, 16):
+            k, groups = {"dw": (3, ch), "pw": (1, 1), "conv": (3, 1)}[kind]
+            add(f"chain_tiny_{kind}{ch}x{depth}_{hw}", lambda d=depth, c=ch, kk=k, g=groups: nn.Sequential(
+                *[m for _ in range(d) for m in (conv(c, c, kk, 1, g), nn.ReLU6())]), (1, ch, hw, hw))
     for depth in (1, 2, 4):  # NCHWc chains pay their reorders once per chain
         add(f"stack_dwpw32x{depth}", lambda d=depth: nn.Sequential(
             *[m for _ in range(d) for m in (conv(32, 32, 3, 1, 32), nn.ReLU(), conv(32, 32, 1), nn.ReLU())]),
@@ -228,6 +235,26 @@ def calibrate_target(target: Any, runtime: str = "onnxruntime", precision: str =
     import torch
 
     tgt = load_target(target)
+    suffix = calibration_suffix(tgt, runtime, precision)
+    threads = threads or tgt.threads
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    family = list(models or micro_models())
+    with tempfile.TemporaryDirectory(prefix="edgekd-calib-") as tmp:
+        paths = [export_model(build(), shape, Path(tmp) / f"{name}{suffix}") for name, build, shape in family]
+        best = measure_rounds(paths, tgt, runtime, threads, precision, rounds, log=log, progress=progress,
+                              **runner_kwargs(tgt, time_cap_s, runner_kw))
+        calib = fit_calibration(tgt, runtime, precision, threads, [name for name, _, _ in family], paths, best)
+    path = out_path or calibration_path(tgt.name, runtime, precision)
+    calib.save(path)
+    if log:
+        model = "ORT node model, leave-one-out" if calib.node_costs else "per-layer model, residual"
+        log(f"fit on {len(paths)} micro-models: {model} relative error {calib.uncertainty:.1%}; wrote {path}")
+    return path
+
+
+def calibration_suffix(tgt: Any, runtime: str, precision: str) -> str:
+    """The file suffix micro-models are exported to for `runtime`; refuses what calibration cannot measure."""
     if runtime not in tgt.runtimes:
         raise EdgeKDError(f"runtime {runtime!r} is not listed for target {tgt.name} (it runs: "
                           f"{', '.join(tgt.runtimes)})")
@@ -237,30 +264,33 @@ def calibrate_target(target: Any, runtime: str = "onnxruntime", precision: str =
     suffix = {"onnxruntime": ".onnx", "tensorrt": ".onnx", "litert": ".tflite"}.get(runtime)
     if suffix is None:
         raise EdgeKDError(f"cannot calibrate runtime {runtime!r}; allowed: onnxruntime, tensorrt, litert")
-    threads = threads or tgt.threads
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    family = list(models or micro_models())
-    with tempfile.TemporaryDirectory(prefix="edgekd-calib-") as tmp:
-        paths = []
-        for name, build, shape in family:
-            paths.append(export_model(build(), shape, Path(tmp) / f"{name}{suffix}"))
-        kw = dict(runner_kw)
-        if tgt.kind == "cpu":
-            kw.update(time_cap_s=time_cap_s, min_time_s=min(0.5, time_cap_s))
-        best = measure_rounds(paths, tgt, runtime, threads, precision, rounds, log=log, progress=progress, **kw)
-        samples, node_samples, rows = [], [], []
-        for (name, _, _), path, result in zip(family, paths, best):
-            feats = LayerFeatures.from_layers(file_layers(path), precision)
-            samples.append((feats, result.p50_ms / 1e3))
-            if runtime == "onnxruntime" and tgt.kind == "cpu":  # ORT's optimized graph is this host's
-                node_samples.append((ort_nodes(path), result.p50_ms / 1e3))
-            rows.append({"name": name, "measured_ms": result.p50_ms, "cv": result.cv})
-        versions = {r.runtime_version for r in best}
-        device = best[0].device
+    return suffix
+
+
+def runner_kwargs(tgt: Any, time_cap_s: float, extra: dict | None = None) -> dict:
+    """Runner options for calibration measurements: on a local CPU a short time cap per model."""
+    kw = dict(extra or {})
+    if tgt.kind == "cpu":
+        kw.update(time_cap_s=time_cap_s, min_time_s=min(0.5, time_cap_s))
+    return kw
+
+
+def fit_calibration(tgt: Any, runtime: str, precision: str, threads: int, names: Sequence[str],
+                    paths: Sequence[Path], results: Sequence[Any]) -> Calibration:
+    """Fit both cost models to measured micro-models (`results[i]` is the LatencyResult of `paths[i]`).
+
+    The per-layer model serves other runtimes and precisions; on a local CPU with ONNX Runtime the node model
+    on ORT's optimized graph (this host's) is fitted too and is what predictions use.
+    """
+    tgt = load_target(tgt)
+    samples, node_samples, rows = [], [], []
+    for name, path, result in zip(names, paths, results):
+        samples.append((LayerFeatures.from_layers(file_layers(path), precision), result.p50_ms / 1e3))
+        if runtime == "onnxruntime" and tgt.kind == "cpu":
+            node_samples.append((ort_nodes(path), result.p50_ms / 1e3))
+        rows.append({"name": name, "measured_ms": result.p50_ms, "cv": result.cv})
     prior = prior_costs(tgt, precision)
-    costs, sigma, residuals = fit_costs(samples, prior)  # the per-layer model: other precisions, runtimes
-    multipliers = {k: costs[k] / prior[k] for k in costs}
+    costs, sigma, residuals = fit_costs(samples, prior)
     for row, (feats, _), res in zip(rows, samples, residuals):
         row["layer_predicted_ms"] = model_time_s(feats, costs)[0] * 1e3
         row["layer_rel_error"] = res
@@ -271,13 +301,8 @@ def calibrate_target(target: Any, runtime: str = "onnxruntime", precision: str =
         for row, (nodes, _), res in zip(rows, node_samples, residuals):
             row["predicted_ms"] = node_model_time_s(nodes, node_costs)[0] * 1e3
             row["rel_error"] = res
-    calib = Calibration(target=tgt.name, runtime=runtime, precision=precision, threads=threads,
-                        multipliers=multipliers, costs=costs, uncertainty=sigma, residuals=rows, device=device,
-                        runtime_version=", ".join(sorted(versions)),
-                        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), node_costs=node_costs)
-    path = out_path or calibration_path(tgt.name, runtime, precision)
-    calib.save(path)
-    if log:
-        model = "ORT node model, leave-one-out" if node_costs else "per-layer model, residual"
-        log(f"fit on {len(samples)} micro-models: {model} relative error {sigma:.1%}; wrote {path}")
-    return path
+    return Calibration(target=tgt.name, runtime=runtime, precision=precision, threads=threads,
+                       multipliers={k: costs[k] / prior[k] for k in costs}, costs=costs, uncertainty=sigma,
+                       residuals=rows, device=results[0].device,
+                       runtime_version=", ".join(sorted({r.runtime_version for r in results})),
+                       created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), node_costs=node_costs)
