@@ -39,6 +39,14 @@ def test_parse_logcat_log_with_percentiles():
     assert out.mem_overall_mb == 73.4102
 
 
+def test_parse_tf24_nnapi_log_with_scientific_notation_and_old_memory_line():
+    out = parse_benchmark_model_output(read("benchmark_model_tf24_nnapi.txt"))
+    assert (out.init_us, out.first_us, out.inference_avg_us) == (391207, 1.21408e6, 158802)
+    assert out.warmup.count == 3 and out.warmup.get("max") == 1.21408e6 and out.inference.get("std") == 2487
+    assert (out.mem_init_mb, out.mem_overall_mb, out.peak_mem_mb) == (6.71875, 60.9961, None)
+    assert out.model_size_mb == 28.4413
+
+
 def test_parse_delegate_failure_names_the_delegate():
     with pytest.raises(EdgeKDError, match="could not apply the GPU delegate.*xnnpack"):
         parse_benchmark_model_output(read("benchmark_model_gpu_fail.txt"))

@@ -24,8 +24,9 @@ DELEGATES = {"cpu": ["--use_xnnpack=false"], "xnnpack": ["--use_xnnpack=true"], 
 _NUM = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 _TIMINGS = re.compile(r"Inference timings in us: Init: " + _NUM + r", First inference: " + _NUM +
                       r", Warmup \(avg\): " + _NUM + r", Inference \(avg\): " + _NUM)
-_MEM_DELTA = re.compile(r"Memory footprint delta from the start of the tool \(MB\): init=" + _NUM +
-                        r" overall=" + _NUM)
+# "Memory footprint delta from the start of the tool (MB)" since TF 2.6; "Peak memory footprint (MB)" before
+_MEM_DELTA = re.compile(r"(?:Memory footprint delta from the start of the tool|Peak memory footprint)"
+                        r" \(MB\): init=" + _NUM + r" overall=" + _NUM)
 _PEAK = re.compile(r"Overall peak memory footprint \(MB\) via periodic monitoring: " + _NUM)
 _SIZE = re.compile(r"The input model file size \(MB\): " + _NUM)
 _STAT = re.compile(r"\bcount=(\d+)((?:\s+\w+=" + _NUM + r")*)")
