@@ -155,7 +155,7 @@ def test_node_features_hand_counts():
     n = OrtNode("c", "Conv", "conv", 16 * 100 * 32 * 9, 32 * 100, 16 * 100, 16 * 32 * 9, 9, 7, 16)
     row = dict(zip(NODE_FEATURES, node_features([n], 2**20, 2**24)[0]))
     assert row["conv_macs"] == n.macs and row["conv_out"] == 1600 and row["sum_elems"] == 7
-    assert row["conv_loads"] == n.macs / 16 and row["n_compute"] == 1 and row["n_light"] == 0
+    assert row["conv_loads"] == n.macs / 16 and row["n_conv"] == 1 and row["n_light"] == 0
     wide = OrtNode("c", "Conv", "pw", 256 * 100 * 32, 32 * 100, 256 * 100, 256 * 32, 1, 0, 256)
     assert dict(zip(NODE_FEATURES, node_features([wide], 1, 1)[0]))["pw_loads"] == wide.macs / 64
     # Gemm weights past the caches: 64 MiB of weights counts ~all its bytes as L3- and DRAM-bound
@@ -166,9 +166,9 @@ def test_node_features_hand_counts():
 
 def test_fit_node_costs_recovers_synthetic_costs():
     true = {k: 0.0 for k in NODE_FEATURES}
-    true.update(t0=5e-6, n_compute=2e-6, n_light=1e-6, conv_macs=1e-11, conv_loads=4e-11, convin_macs=3e-11,
-                pw_macs=1.5e-11, reorder_elems=2e-10, pool_elems=3e-10, elt_elems=5e-10, gemm_macs=1e-11,
-                gemm_dram_bytes=4e-11, l2_bytes=2**20, l3_bytes=16 * 2**20)
+    true.update(t0=5e-6, n_conv=2e-6, n_pw=1.5e-6, n_light=1e-6, conv_macs=1e-11, conv_loads=4e-11,
+                convin_macs=3e-11, pw_macs=1.5e-11, reorder_in_elems=2e-10, pool_elems=3e-10, elt_elems=5e-10,
+                gemm_macs=1e-11, gemm_dram_bytes=4e-11, l2_bytes=2**20, l3_bytes=16 * 2**20)
     samples = [(ns, node_model_time_s(ns, true)[0]) for ns in node_sets()]
     costs, sigma, res = fit_node_costs(samples, l2_grid_mb=(1.0, 2.0), l3_grid_mb=(16.0, 32.0))
     assert max(abs(r) for r in res) < 1e-6 and costs["l3_bytes"] == 16 * 2**20
@@ -191,6 +191,9 @@ def test_calibrated_onnxruntime_prediction_uses_the_node_model(tmp_path, monkeyp
                         residuals=[{"name": "a"}] * 4, node_costs=nc)
     path = calib.save(tmp_path / "calib" / "cpu-local" / "onnxruntime-fp32.json")
     assert Calibration.load(path) == calib
+    stale = Calibration(**{**calib.__dict__, "node_costs": {k: v for k, v in nc.items() if k != "n_dw"}})
+    with pytest.raises(EdgeKDError, match="older edgekd.*n_dw.*edgekd calibrate --target cpu-local"):
+        Calibration.load(stale.save(tmp_path / "stale.json"))
     p = predict(graph(tmp_path), "cpu-local", with_layers=True)
     assert "node model" in p.basis and p.uncertainty == 0.06 and len(p.layers) == 7
     assert p.ms == pytest.approx(sum(ly["ms"] for ly in p.layers)) and p.layers[-1]["kind"] == "io"

@@ -124,6 +124,7 @@ def main(argv=None):
 
     import torch
 
+    from edgekd.errors import EdgeKDError
     from edgekd.fileio import write_json
     from edgekd.profile.calibrate import (calibration_suffix, export_model, fit_calibration, measure_rounds,
                                           micro_models, runner_kwargs)
@@ -134,7 +135,11 @@ def main(argv=None):
     torch.set_num_threads(1)
     tgt = load_target(args.target)
     suffix = calibration_suffix(tgt, args.runtime, "fp32")
-    stored = load_calibration(tgt.name, args.runtime, "fp32")
+    try:
+        stored = load_calibration(tgt.name, args.runtime, "fp32")
+    except EdgeKDError as e:  # e.g. written by an older edgekd: nothing to compare with, the run still fits its own
+        print(f"stored calibration not compared: {e}", file=sys.stderr)
+        stored = None
     family, archs = micro_models(), architectures()
     overlap = {n for n, _, _ in family} & {n for n, _, _ in archs}
     assert not overlap, f"held-out architectures in the calibration family: {overlap}"

@@ -146,7 +146,7 @@ def _stack(samples: Sequence[tuple[LayerFeatures, float]]) -> tuple[LayerFeature
     return cat, index, np.array([f.weight_bytes.sum() for f in fs])
 
 
-NODE_FEATURES = ("t0", "n_compute", "n_gemm", "n_light", "n_free",
+NODE_FEATURES = ("t0", "n_conv", "n_pw", "n_dw", "n_im2col", "n_gemm", "n_light", "n_free",
                  "conv_macs", "conv_loads", "conv_out", "convin_macs", "convin_loads", "convin_out",
                  "pwin_macs", "pwin_loads", "pwin_out",
                  "pw_macs", "pw_loads", "pw_out", "dw_macs", "dw_in", "dw_out", "conv_edge_macs", "dw_edge_macs",
@@ -154,7 +154,10 @@ NODE_FEATURES = ("t0", "n_compute", "n_gemm", "n_light", "n_free",
                  "gemm_macs", "gemm_l3_bytes", "gemm_dram_bytes", "reorder_in_elems", "reorder_out_elems",
                  "pool_elems", "npool_elems", "reduce_elems", "elt_elems",
                  "io_in_elems", "io_out_elems")
-NODE_DISPATCH = ("t0", "n_compute", "n_gemm", "n_light", "n_free")  # per-call/per-node: not scaled by threads
+# per-call / per-node costs, not scaled by threads; dispatch differs by kernel family (setup, packing, edge paths)
+NODE_DISPATCH = ("t0", "n_conv", "n_pw", "n_dw", "n_im2col", "n_gemm", "n_light", "n_free")
+_DISPATCH_OF = {"conv": "n_conv", "convin": "n_conv", "pw": "n_pw", "pwin": "n_pw", "dw": "n_dw",
+                "im2col": "n_im2col", "gemm": "n_gemm", "free": "n_free"}
 L2_GRID_MB = (0.5, 1.0, 2.0)
 L3_GRID_MB = (8.0, 12.0, 16.0, 24.0, 32.0)
 SHARPNESS_GRID = (2.0, 4.0, 8.0)  # how abruptly Gemm weights spill out of a cache as the model grows
@@ -184,8 +187,7 @@ def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float, sh
         if k == "io":  # the session call: fixed cost, input binding and output copy
             r[col["t0"]], r[col["io_in_elems"]], r[col["io_out_elems"]] = 1.0, n.in_elems, n.out_elems
             continue
-        r[col["n_free" if k == "free" else "n_gemm" if k == "gemm" else "n_compute" if k in (*_CONV_KINDS, "dw",
-              "im2col") else "n_light"]] = 1.0
+        r[col[_DISPATCH_OF.get(k, "n_light")]] = 1.0
         if k in _CONV_KINDS:
             r[col[f"{k}_macs"]] = n.macs * n.valid_frac
             r[col[f"{k}_out"]] = n.out_elems
@@ -304,9 +306,14 @@ class Calibration:
     def load(cls, path: Path) -> "Calibration":
         data = json.loads(Path(path).read_text())
         try:
-            return cls(**data)
+            calib = cls(**data)
         except TypeError as e:
             raise EdgeKDError(f"{path} is not a latency calibration file ({e}); re-run `edgekd calibrate`") from e
+        missing = [k for k in NODE_FEATURES if calib.node_costs and k not in calib.node_costs]
+        if missing:
+            raise EdgeKDError(f"{path} was fitted by an older edgekd (its node model lacks {', '.join(missing)}); "
+                              f"re-run `edgekd calibrate --target {calib.target}`")
+        return calib
 
 
 def fit_costs(samples: Sequence[tuple[LayerFeatures, float]], prior: dict[str, float],
