@@ -128,6 +128,20 @@ def test_int8_size_verdict_says_larger_when_it_is(report_run):
     assert "onnxruntime: the int8 file is 2.0x larger than the fp32 one (2.0 kB vs 1.0 kB)." in summary
 
 
+def test_quantization_verdict_says_cost_or_change_without_double_negatives():
+    from edgekd.report.results import verdict_sentences
+
+    def sentence(fp32, fq):
+        results = {"models": {"student": {"test_accuracy": fp32}, "quantized": {"method": "qat_kd",
+                                                                               "fake_quant_accuracy": fq}},
+                   "files": [], "verdicts": []}
+        return [s for s in verdict_sentences(results) if s.startswith("Quantization")][0]
+
+    gain = "Quantization (qat_kd) changes top-1 by +0.3 pt in simulation (91.4% vs 91.1% fp32)."
+    assert sentence(0.9113, 0.9139) == gain
+    assert sentence(0.9113, 0.9050) == "Quantization (qat_kd) costs 0.6 pt in simulation (90.5% vs 91.1% fp32)."
+
+
 def _row(name, p50, acc, **kw):
     return {"name": name, "p50_ms": p50, "accuracy": acc, **kw}
 

@@ -78,8 +78,10 @@ def verdict_sentences(results: dict[str, Any]) -> list[str]:
         out.append(line + ".")
     q = models.get("quantized", {})
     if _num(q.get("fake_quant_accuracy")) and _num(s.get("test_accuracy")):
-        out.append(f"Quantization ({q.get('method')}) costs {(s['test_accuracy'] - q['fake_quant_accuracy']) * 100:.1f}"
-                   f" pt in simulation ({q['fake_quant_accuracy'] * 100:.1f}%).")
+        delta = (q["fake_quant_accuracy"] - s["test_accuracy"]) * 100
+        effect = f"costs {-delta:.1f} pt" if delta < 0 else f"changes top-1 by {delta:+.1f} pt"
+        out.append(f"Quantization ({q.get('method')}) {effect} in simulation ({q['fake_quant_accuracy'] * 100:.1f}% vs "
+                   f"{s['test_accuracy'] * 100:.1f}% fp32).")
     for f in results["files"]:
         if f.get("parity_ok") is False:
             out.append(f"{f['name']} FAILED parity against {f.get('reference')} (max abs diff "
