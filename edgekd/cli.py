@@ -306,13 +306,25 @@ def targets_show(name: str) -> None:
 @click.option("--runtime", default="onnxruntime", show_default=True)
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "int8"]))
 @click.option("--threads", type=int, default=None)
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="interleaved passes over the micro-models; each keeps its lowest median")
+@click.option("--time-cap", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="seconds at most per micro-model and pass")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="where to write the fit [default: calibration/latency/TARGET/RUNTIME-PRECISION.json]")
 @user_errors
-def calibrate(target: str, runtime: str, precision: str, threads: int | None) -> None:
-    """Fit the latency predictor for TARGET from micro-benchmarks on this machine."""
+def calibrate(target: str, runtime: str, precision: str, threads: int | None, rounds: int, time_cap: float,
+              out_path: Path | None) -> None:
+    """Fit the latency predictor for TARGET from micro-benchmarks measured on it (~8 minutes for cpu-local)."""
     from edgekd.profile import calibrate_target
+    from edgekd.profile.predictor import Calibration
 
-    path = calibrate_target(target, runtime=runtime, precision=precision, threads=threads)
-    click.echo(f"calibration written: {path}")
+    path = calibrate_target(target, runtime=runtime, precision=precision, threads=threads, rounds=rounds,
+                            time_cap_s=time_cap, out_path=out_path, progress=True, log=None)
+    calib = Calibration.load(path)
+    model = "ONNX Runtime node model" if calib.node_costs else "per-layer model"
+    click.echo(f"calibration written: {path} ({len(calib.residuals)} micro-models, {model}, "
+               f"predictions carry +-{calib.uncertainty:.0%})")
 
 
 if __name__ == "__main__":

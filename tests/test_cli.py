@@ -55,3 +55,15 @@ def test_real_process_exit_status_and_no_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"edgekd: error: recipe not found: {tmp_path / 'missing.yaml'}"
+
+
+def test_calibrate_refuses_what_it_cannot_measure_in_one_line(tmp_path):
+    out = tmp_path / "c.json"
+    for args, says in [(["--precision", "int8"], "fp32 micro-models only"),
+                       (["--runtime", "tensorrt"], "not listed for target cpu-local"),
+                       (["--target", "cpu-locl"], "did you mean 'cpu-local'")]:
+        result = CliRunner().invoke(main, ["calibrate", *args, "--out", str(out)])
+        assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output
+    result = CliRunner().invoke(main, ["calibrate", "--rounds", "0", "--out", str(out)])
+    assert result.exit_code == 2 and "--rounds" in result.output
+    assert not out.exists()

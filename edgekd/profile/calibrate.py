@@ -200,20 +200,28 @@ def export_model(module: Any, input_shape: Sequence[int], path: Path) -> Path:
 
 
 def measure_rounds(paths: Sequence[Path], target: Any, runtime: str, threads: int, precision: str | None,
-                   rounds: int, log: Callable[[str], None] | None = None, **kw) -> list:
-    """Profile every file `rounds` times, round-robin, and keep each file's result with the lowest median."""
+                   rounds: int, log: Callable[[str], None] | None = None, progress: bool = False, **kw) -> list:
+    """Profile every file `rounds` times, round-robin, and keep each file's result with the lowest median.
+
+    progress: one bar over all rounds x files (the runner's per-file bars stay off).
+    """
+    from tqdm import tqdm
+
     from edgekd.profile.local import profile_files
 
     if rounds < 1:
         raise EdgeKDError(f"rounds must be >= 1, got {rounds}")
     best: list = [None] * len(paths)
-    for r in range(rounds):
-        for i, path in enumerate(paths):
-            res = profile_files([path], target, runtime=runtime, threads=threads, precision=precision, **kw)[0]
-            if best[i] is None or res.p50_ms < best[i].p50_ms:
-                best[i] = res
-            if log:
-                log(f"[round {r + 1}/{rounds}] {path.stem}: {res.p50_ms:.4f} ms (best {best[i].p50_ms:.4f})")
+    with tqdm(total=rounds * len(paths), desc="calibrate", unit="model", disable=not progress, leave=False) as bar:
+        for r in range(rounds):
+            for i, path in enumerate(paths):
+                bar.set_postfix_str(f"round {r + 1}/{rounds} {path.stem}", refresh=False)
+                res = profile_files([path], target, runtime=runtime, threads=threads, precision=precision, **kw)[0]
+                if best[i] is None or res.p50_ms < best[i].p50_ms:
+                    best[i] = res
+                bar.update()
+                if log:
+                    log(f"[round {r + 1}/{rounds}] {path.stem}: {res.p50_ms:.4f} ms (best {best[i].p50_ms:.4f})")
     return best
 
 
