@@ -24,9 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def architectures():
-    """(name, builder, input shape): 18 models across families, none in the calibration set."""
+    """(name, builder, input shape): 22 models across families, none in the calibration set."""
     import torch
     from torch import nn
+
+    from edgekd.models.zoo import build_model
 
     class InvertedResidual(nn.Module):
         def __init__(self, cin, cout, stride, expand):
@@ -106,6 +108,11 @@ def architectures():
         ("mlp_w512_d3", lambda: mlp(512, 3), (1, 784)),
         ("mlp_w1024_d4", lambda: mlp(1024, 4), (1, 784)),
         ("mlp_w2048_d2_in3072", lambda: mlp(2048, 2, 3072), (1, 3072)),
+        # the students edgekd ships (edgekd.models.zoo) at their defaults on 28x28 grayscale, the demo's first
+        ("zoo_tiny_cnn_w16_d3", lambda: build_model("tiny_cnn", width=16, depth=3), (1, 1, 28, 28)),
+        ("zoo_mobilenet_student", lambda: build_model("mobilenet_student"), (1, 1, 28, 28)),
+        ("zoo_resnet_student", lambda: build_model("resnet_student"), (1, 1, 28, 28)),
+        ("zoo_mlp_h128", lambda: build_model("mlp", input_size=28, hidden=128), (1, 1, 28, 28)),
     ]
 
 
