@@ -155,7 +155,7 @@ def main(argv=None):
         fam_paths = [export_model(b(), s, Path(tmp) / f"{n}{suffix}") for n, b, s in family]
         arch_paths = [export_model(b(), s, Path(tmp) / f"{n}{suffix}") for n, b, s in archs]
         measured = measure_rounds(fam_paths + arch_paths, tgt, args.runtime, args.threads, "fp32", args.rounds,
-                                  log=None, **runner_kwargs(tgt, args.time_cap))
+                                  progress=True, **runner_kwargs(tgt, args.time_cap))
         fam_meas, arch_meas = measured[:len(family)], measured[len(family):]
         calib = fit_calibration(tgt, args.runtime, "fp32", args.threads, [n for n, _, _ in family], fam_paths,
                                 fam_meas)
