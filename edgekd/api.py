@@ -87,12 +87,11 @@ def profile(files: Sequence[str | Path], *, target: str = "cpu-local", threads: 
 
     remote: "auto" (measure when reachable, else predict), "measure" (fail when unreachable), "predict".
     """
+    from edgekd.fileio import existing_model_file
     from edgekd.profile.stage import profile_run_files
 
-    for f in files:
-        if not Path(f).is_file():
-            raise EdgeKDError(f"model file not found: {f}")
-    return profile_run_files([Path(f) for f in files], [target], threads=threads, max_seconds=max_seconds,
+    paths = [existing_model_file(f) for f in files]
+    return profile_run_files(paths, [target], threads=threads, max_seconds=max_seconds,
                              min_runs=min_runs, remote=remote, progress=progress)
 
 

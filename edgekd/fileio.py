@@ -34,6 +34,16 @@ def _umask() -> int:
     return mask
 
 
+def existing_model_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path, or EdgeKDError "model file not found: PATH" when it is not a file."""
+    from edgekd.errors import EdgeKDError
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeKDError(f"model file not found: {path}")
+    return path
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

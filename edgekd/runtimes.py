@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from edgekd.errors import EdgeKDError
+from edgekd.fileio import existing_model_file
 from edgekd.registry import Registry
 
 RUNTIMES: Registry[Callable[..., "Session"]] = Registry("runtime")
@@ -56,9 +57,7 @@ def runtime_for(path: str | Path) -> str:
 
 def open_session(path: str | Path, runtime: str | None = None, threads: int = 1) -> Session:
     """Load `path` in `runtime` (guessed from the suffix when None) with `threads` CPU threads."""
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeKDError(f"model file not found: {path}")
+    path = existing_model_file(path)
     runtime = runtime or runtime_for(path)
     return RUNTIMES.get(runtime)(path, threads)
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgekd.errors import EdgeKDError
+from edgekd.fileio import existing_model_file
 
 FORMATS = {".onnx": ("onnx", "onnxruntime"), ".tflite": ("tflite", "litert")}
 
@@ -31,8 +32,7 @@ def describe_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise EdgeKDError(f"cannot describe {path.name!r}: expected one of {', '.join(sorted(FORMATS))}")
-    if not path.is_file():
-        raise EdgeKDError(f"model file not found: {path}")
+    existing_model_file(path)
     fmt, runtime = FORMATS[path.suffix.lower()]
     precision, batch = (_onnx_facts if fmt == "onnx" else _tflite_facts)(path)
     return ExportedFile(path.name, str(path), fmt, precision, runtime, path.stat().st_size, batch).to_dict()

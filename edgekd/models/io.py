@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgeKDError
-from edgekd.fileio import torch_save
+from edgekd.fileio import existing_model_file, torch_save
 from edgekd.models.zoo import build_model
 
 
@@ -22,9 +22,7 @@ def save_model_file(model: nn.Module, name: str, kwargs: dict[str, Any], path: s
 def load_model_file(path: str | Path, name: str | None = None, kwargs: dict[str, Any] | None = None
                     ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from an edgekd model file, or from a bare state_dict when `name` (and kwargs) are given."""
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeKDError(f"model file not found: {path}")
+    path = existing_model_file(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

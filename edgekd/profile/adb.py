@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekd.errors import EdgeKDError
+from edgekd.fileio import existing_model_file
 from edgekd.profile.result import LatencyResult, detect_precision, file_bytes
 
 DELEGATES = {"cpu": ["--use_xnnpack=false"], "xnnpack": ["--use_xnnpack=true"], "gpu": ["--use_gpu=true"],
@@ -177,9 +178,7 @@ def profile_android(path: str | Path, target, threads: int | None = None, *, del
     from edgekd.profile.targets import load_target
 
     tgt = load_target(target)
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeKDError(f"model file not found: {path}")
+    path = existing_model_file(path)
     if path.suffix.lower() != ".tflite":
         raise EdgeKDError(f"{path.name}: benchmark_model on Android runs .tflite files; export one first")
     if delegate not in DELEGATES:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekd.errors import EdgeKDError
+from edgekd.fileio import existing_model_file
 
 KINDS = ("conv", "convlarge", "pwconv", "dwconv", "gemm", "elementwise", "pool")  # convlarge: kernels over 3x3
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
@@ -209,9 +210,7 @@ def layers_from_tflite(path: str | Path) -> list[Layer]:
 def model_layers(model_or_path: Any, input_shape: Sequence[int] | None = None) -> list[Layer]:
     """Layers of a torch module (needs input_shape), an ONNX file/ModelProto or a .tflite file."""
     if isinstance(model_or_path, (str, Path)):
-        suffix = Path(model_or_path).suffix.lower()
-        if not Path(model_or_path).is_file():
-            raise EdgeKDError(f"model file not found: {model_or_path}")
+        suffix = existing_model_file(model_or_path).suffix.lower()
         if suffix == ".onnx":
             return layers_from_onnx(model_or_path, input_shape)
         if suffix == ".tflite":
@@ -403,10 +402,9 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
 def model_ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> list[OrtNode]:
     """ort_nodes of a torch module (needs input_shape), an ONNX file or an ONNX ModelProto."""
     if isinstance(model_or_path, (str, Path)):
-        if not Path(model_or_path).is_file():
-            raise EdgeKDError(f"model file not found: {model_or_path}")
-        if Path(model_or_path).suffix.lower() != ".onnx":
-            raise EdgeKDError(f"the ONNX Runtime node model reads .onnx files; got {Path(model_or_path).suffix!r}")
+        suffix = existing_model_file(model_or_path).suffix
+        if suffix.lower() != ".onnx":
+            raise EdgeKDError(f"the ONNX Runtime node model reads .onnx files; got {suffix!r}")
         return ort_nodes(model_or_path, input_shape)
     if hasattr(model_or_path, "graph") and hasattr(model_or_path.graph, "node"):
         return ort_nodes(model_or_path, input_shape)

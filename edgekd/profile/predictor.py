@@ -309,8 +309,8 @@ class Calibration:
             calib = cls(**data)
         except TypeError as e:
             raise EdgeKDError(f"{path} is not a latency calibration file ({e}); re-run `edgekd calibrate`") from e
-        missing = [k for k in NODE_FEATURES if calib.node_costs and k not in calib.node_costs]
-        if missing:
+        missing = [k for k in NODE_FEATURES if k not in calib.node_costs]
+        if calib.node_costs and missing:
             raise EdgeKDError(f"{path} was fitted by an older edgekd (its node model lacks {', '.join(missing)}); "
                               f"re-run `edgekd calibrate --target {calib.target}`")
         return calib

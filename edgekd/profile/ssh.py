@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.errors import EdgeKDError
+from edgekd.fileio import existing_model_file
 from edgekd.profile.result import LatencyResult, detect_precision, file_bytes, model_files
 from edgekd.profile.stats import summarize
 
@@ -251,9 +252,7 @@ def profile_ssh(path: str | Path, target, runtime: str = "onnxruntime", threads:
     from edgekd.profile.targets import load_target
 
     tgt = load_target(target)
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeKDError(f"model file not found: {path}")
+    path = existing_model_file(path)
     if path.suffix.lower() != ".onnx":
         raise EdgeKDError(f"{path.name}: the SSH runner times .onnx files (trtexec / onnxruntime)")
     if runtime not in ("onnxruntime", "tensorrt"):
