@@ -290,34 +290,24 @@ def _name_checks(r: Recipe) -> list[str]:
         check(MODELS, r.student.model, "student.model")
     if r.teacher.kind == "torch" and ":" not in r.teacher.model:
         check(MODELS, r.teacher.model, "teacher.model")
-    try:
-        from edgekd.distill import LOSSES
-    except ImportError:
-        LOSSES = None
-    if LOSSES is not None:
-        for section, terms in (("distill.losses", r.distill.losses), ("quantize.kd_losses", r.quantize.kd_losses)):
-            for i, term in enumerate(terms):
-                if not isinstance(term, dict) or "name" not in term:
-                    p.append(f"{section}[{i}]: each loss is a mapping with a 'name', got {term!r}")
-                else:
-                    check(LOSSES, term["name"], f"{section}[{i}].name")
-    try:
-        from edgekd.profile import load_target
-    except ImportError:
-        load_target = None
-    if load_target is not None:
-        for section, names in (("profile.targets", r.profile.targets), ("bundle.targets", r.bundle.targets)):
-            for i, t in enumerate(names):
-                try:
-                    load_target(t)
-                except EdgeKDError as e:
-                    p.append(f"{section}[{i}]: {e}")
+    from edgekd.distill import LOSSES
+    from edgekd.profile import load_target
+    from edgekd.quant import SCHEMES
+
+    for section, terms in (("distill.losses", r.distill.losses), ("quantize.kd_losses", r.quantize.kd_losses)):
+        for i, term in enumerate(terms):
+            if not isinstance(term, dict) or "name" not in term:
+                p.append(f"{section}[{i}]: each loss is a mapping with a 'name', got {term!r}")
+            else:
+                check(LOSSES, term["name"], f"{section}[{i}].name")
+    for section, names in (("profile.targets", r.profile.targets), ("bundle.targets", r.bundle.targets)):
+        for i, t in enumerate(names):
+            try:
+                load_target(t)
+            except EdgeKDError as e:
+                p.append(f"{section}[{i}]: {e}")
     if r.quantize.scheme != "auto":
-        try:
-            from edgekd.quant import SCHEMES
-            check(SCHEMES, r.quantize.scheme, "quantize.scheme")
-        except ImportError:
-            pass
+        check(SCHEMES, r.quantize.scheme, "quantize.scheme")
     return p
 
 
