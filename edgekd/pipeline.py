@@ -81,7 +81,8 @@ def stage_fingerprint(ctx: RunContext, stage: Stage) -> str:
     from edgekd import __version__
 
     rd = ctx.recipe.to_dict()
-    ups = [ctx.records[s].fingerprint for s in stage.upstream if s in ctx.records]
+    upstream = [s for s in ctx.records if s != stage.name] if "*" in stage.upstream else stage.upstream
+    ups = [ctx.records[s].fingerprint for s in upstream if s in ctx.records]
     return fingerprint(stage.name, __version__, data_key(ctx.recipe), {s: rd[s] for s in stage.sections}, ups,
                        stage.inputs(ctx.recipe))
 

@@ -69,7 +69,8 @@ class Stage:
     Attributes:
         run: `run(ctx) -> (outputs, metrics)`.
         sections: recipe sections in its fingerprint.
-        upstream: stages whose records it reads (their fingerprints are in its fingerprint).
+        upstream: stages whose records it reads (their fingerprints are in its fingerprint); "*" for every other
+            stage of the run (the report).
         enabled: whether a recipe runs it (e.g. `quantize.enabled`).
         task: None for every task, else the task whose recipes use this declaration instead of the default.
         inputs: extra fingerprint parts from outside the recipe (e.g. the sha256 of a weights file).
@@ -180,8 +181,12 @@ def _topological(stages: list[Stage]) -> list[Stage]:
     done: list[Stage] = []
     placed: set[str] = set()
     pending = list(stages)
+
+    def upstream(s: Stage) -> set[str]:
+        return (names - {s.name}) if "*" in s.upstream else set(s.upstream) & names
+
     while pending:
-        ready = next((s for s in pending if all(u in placed or u not in names for u in s.upstream)), None)
+        ready = next((s for s in pending if upstream(s) <= placed), None)
         if ready is None:
             cycle = ", ".join(s.name for s in pending)
             raise EdgeKDError(f"stages {cycle} depend on each other in a cycle; fix their `upstream`")
