@@ -170,6 +170,11 @@ class disk_full_as_error:
                           "was kept: free some space and re-run (finished stages are reused)") from error
 
 
+# How writers that do not raise OSError say the disk is full (torch.save's PytorchStreamWriter, C++ streams).
+DISK_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded", "PytorchStreamWriter failed writing",
+                      "file write failed")
+
+
 def _disk_full(error: BaseException | None) -> OSError | None:
     """The ENOSPC/EDQUOT OSError in `error`'s chain (libraries often re-raise it wrapped), else None."""
     seen = set()
@@ -177,6 +182,8 @@ def _disk_full(error: BaseException | None) -> OSError | None:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             return error
+        if isinstance(error, RuntimeError) and any(m in str(error) for m in DISK_FULL_MESSAGES):
+            return OSError(errno.ENOSPC, str(error))
         error = error.__cause__ or error.__context__
     return None
 

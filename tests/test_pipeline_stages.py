@@ -164,6 +164,10 @@ def test_disk_full_wrapped_by_a_library_is_still_found(tmp_path):
                 raise OSError(errno.ENOSPC, "No space left on device")
             except OSError as e:
                 raise RuntimeError("converter failed") from e
+    with pytest.raises(EdgeKDError, match="^distill: the disk is full \\("):  # torch.save says so in words
+        with disk_full_as_error("distill", tmp_path):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                               "data/0: file write failed")
     with pytest.raises(OSError, match="Permission"):  # other OS errors are not disk full
         with disk_full_as_error("export", tmp_path):
             raise OSError(errno.EACCES, "Permission denied")
@@ -216,3 +220,18 @@ def test_sensitivity_images_are_held_out_of_calibration():
     assert len(x_held) == 25 and len(x_rest) == 75
     assert not set(x_held.flatten().tolist()) & set(x_rest.flatten().tolist())
     assert len(sensitivity_split(torch.zeros(20000, 1), torch.zeros(20000))[0]) == 2048
+
+
+def test_disk_full_while_a_training_stage_checkpoints(tmp_path, monkeypatch):
+    """The real teacher stage on a tiny data set: torch.save fails with ENOSPC at the first checkpoint."""
+    recipe = parse_recipe({"name": "t", "data": {"dataset": "digits", "batch_size": 64},
+                           "teacher": {"model": "tiny_cnn", "kwargs": {"width": 4},
+                                       "train": {"epochs": 1, "checkpoint_every": 2}}})
+
+    def full(obj, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(EdgeKDError, match=r"^teacher: the disk is full writing .*\.tmp \(.* MiB free on "):
+        run(recipe, run_dir=tmp_path / "run", until="teacher", progress=False, log=lambda m: None)
+    assert not (tmp_path / "run" / "teacher").exists() and not staging_dir(tmp_path / "run", "teacher").exists()

@@ -132,9 +132,13 @@ def test_report_cli_on_an_empty_directory_is_one_line_and_exit_2(tmp_path):
     from edgekd.cli import main
 
     (tmp_path / "empty").mkdir()
-    result = CliRunner().invoke(main, ["report", str(tmp_path / "empty")])
-    assert result.exit_code == 2
-    assert result.output.count("\n") == 1 and "is not an edgekd run directory" in result.output
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    for folder in ("empty", "photos"):
+        result = CliRunner().invoke(main, ["report", str(tmp_path / folder)])
+        assert result.exit_code == 2
+        assert result.output.count("\n") == 1 and f"{folder} is not an edgekd run directory" in result.output
+        assert not (tmp_path / folder / "report").exists()
 
 
 def test_an_unreadable_stage_json_is_a_problem_line_not_a_crash(report_run):
