@@ -95,6 +95,19 @@ def fingerprint(run_dir: Path) -> dict:
     return out
 
 
+def differences(a: dict, b: dict) -> list[str]:
+    """Names of the files and metrics that differ between two fingerprints."""
+    out = []
+    for part in ("files", "metrics"):
+        for key in sorted(set(a[part]) | set(b[part])):
+            x, y = a[part].get(key), b[part].get(key)
+            if isinstance(x, dict) and isinstance(y, dict):
+                out += [f"{key}/{k}" for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+            elif x != y:
+                out.append(key)
+    return out
+
+
 def stage_windows(ref_dir: Path) -> list[tuple[str, float, float]]:
     """(stage, start s, end s) of the reference run, from the stage records' wall times in order."""
     windows, t = [], 0.0
@@ -131,6 +144,7 @@ def kill_scenario(recipe: Path, ref: dict, windows, work: Path, i: int, rng: ran
            "exit": code, "outcome": "resumed bit-exact" if same else "failed"}
     if not same:
         row["detail"] = output.strip().splitlines()[-3:] if output.strip() else []
+        row["differs"] = differences(ref, fingerprint(run_dir)) if code == 0 else []
     shutil.rmtree(run_dir, ignore_errors=True)
     return row
 
@@ -201,7 +215,8 @@ def main() -> int:
     startup = max(0.0, ref_wall - sum(hi - lo for _, lo, hi in windows))  # interpreter and import time
     code2, _ = finish(recipe, work / "ref2", work / "ref2.log", args.timeout)
     if code2 != 0 or fingerprint(work / "ref2") != ref:
-        print("two uninterrupted runs of the same recipe differ: nothing can be compared", file=sys.stderr)
+        print(f"two uninterrupted runs of the same recipe differ (exit {code2}): nothing can be compared; "
+              f"differing: {differences(ref, fingerprint(work / 'ref2'))}", file=sys.stderr)
         return 1
     print(f"reference: {ref_wall:.1f} s, stages {[w[0] for w in windows]}; two runs identical")
 
