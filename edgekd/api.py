@@ -17,7 +17,7 @@ from edgekd.pipeline import run
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "fashion_mnist_demo.yaml"
 
 __all__ = ["run", "run_stage", "validate", "demo", "export", "verify", "profile", "quantize", "bundle",
-           "bundle_verify", "report", "DEMO_RECIPE"]
+           "bundle_verify", "bundle_keygen", "report", "DEMO_RECIPE"]
 
 
 def validate(recipe: str | Path) -> Recipe:
@@ -111,19 +111,27 @@ def quantize(model_path: str | Path, *, out: str | Path, method: str = "minmax",
     return save_quantized(q, ds.x_test[:2], Path(out))
 
 
-def bundle(run_dir: str | Path, *, target: str = "cpu-local", out: str | Path | None = None) -> Path:
-    """Make the mobile-app archive for `target` from a finished run directory."""
+def bundle(run_dir: str | Path, *, target: str = "cpu-local", out: str | Path | None = None,
+           sign_key: str | Path | None = None) -> Path:
+    """Make the mobile-app archive for `target` from a finished run directory (signed with `sign_key` if given)."""
     from edgekd.bundle import bundle_run
 
     run_dir = Path(run_dir)
-    return bundle_run(run_dir, target, Path(out) if out else run_dir / "bundle")
+    return bundle_run(run_dir, target, Path(out) if out else run_dir / "bundle", signing_key=sign_key)
 
 
-def bundle_verify(archive: str | Path, *, run_models: bool = True):
-    """Check an archive's checksums and metadata and run each model once."""
+def bundle_verify(archive: str | Path, *, run_models: bool = True, key: str | Path | None = None):
+    """Check an archive's checksums, signature (with `key`, an Ed25519 public key PEM) and metadata; run each model."""
     from edgekd.bundle import verify_bundle
 
-    return verify_bundle(Path(archive), run_models=run_models)
+    return verify_bundle(Path(archive), run_models=run_models, key=key)
+
+
+def bundle_keygen(key: str | Path) -> tuple[Path, Path]:
+    """Write an Ed25519 signing key pair: `key` (private, mode 0600) and KEY.pub.pem beside it."""
+    from edgekd.bundle.signing import generate_keypair
+
+    return generate_keypair(key)
 
 
 def report(run_dir: str | Path):

@@ -257,28 +257,41 @@ def profile(files, target, threads, max_seconds, min_runs, remote, as_json) -> N
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
-@click.argument("args", nargs=-1, required=True, metavar="RUN_DIR | verify ARCHIVE")
+@click.argument("args", nargs=-1, required=True, metavar="RUN_DIR | verify ARCHIVE | keygen KEY.pem")
 @click.option("--target", default="cpu-local", show_default=True, help="Target whose archive to make.")
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for the archive (default RUN_DIR/bundle).")
+@click.option("--sign-key", type=click.Path(path_type=Path),
+              help="Ed25519 private key (PEM): sign the manifest (manifest.sig in the archive).")
+@click.option("--key", type=click.Path(path_type=Path),
+              help="verify: Ed25519 public key (PEM) the archive must be signed with.")
 @click.option("--no-run", is_flag=True, help="verify: check checksums and metadata only; do not load the models.")
 @user_errors
-def bundle(args: tuple[str, ...], target: str, out: Path | None, no_run: bool) -> None:
-    """Make the app archive for TARGET from RUN_DIR, or `bundle verify ARCHIVE` to check one.
+def bundle(args: tuple[str, ...], target: str, out: Path | None, sign_key: Path | None, key: Path | None,
+           no_run: bool) -> None:
+    """Make the app archive for TARGET from RUN_DIR, `bundle verify ARCHIVE` to check one, or `bundle keygen
+    KEY.pem` to make a signing key pair (KEY.pem private, KEY.pub.pem public).
 
-    verify checks every checksum against the manifest, reads the TFLite metadata back, and runs each model once
-    in its runtime; a tampered, truncated or mismatched archive exits with status 2.
+    verify checks every checksum against the manifest (and, with --key, the manifest's signature), reads the model
+    metadata back, and runs each model once in its runtime; a tampered, truncated or mismatched archive exits
+    with status 2. Without a signature the checksums catch damage, not deliberate tampering.
     """
     from edgekd import api
 
     if args[0] == "verify":
         if len(args) != 2:
-            raise EdgeKDError("usage: edgekd bundle verify ARCHIVE.zip")
-        report = api.bundle_verify(Path(args[1]), run_models=not no_run)
+            raise EdgeKDError("usage: edgekd bundle verify ARCHIVE.zip [--key PUBLIC.pem]")
+        report = api.bundle_verify(Path(args[1]), run_models=not no_run, key=key)
         click.echo(report.summary())
+        return
+    if args[0] == "keygen":
+        if len(args) != 2:
+            raise EdgeKDError("usage: edgekd bundle keygen KEY.pem")
+        private, public = api.bundle_keygen(Path(args[1]))
+        click.echo(f"private key {private} (keep it secret), public key {public} (give it to whoever verifies)")
         return
     if len(args) != 1:
         raise EdgeKDError("usage: edgekd bundle RUN_DIR [--target NAME] (or: edgekd bundle verify ARCHIVE.zip)")
-    click.echo(f"bundle: {api.bundle(Path(args[0]), target=target, out=out)}")
+    click.echo(f"bundle: {api.bundle(Path(args[0]), target=target, out=out, sign_key=sign_key)}")
 
 
 @main.command()

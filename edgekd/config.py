@@ -134,6 +134,7 @@ class BundleConfig:
     author: str = "edgekd"
     license: str = "Apache-2.0"
     description: str = "Image classifier distilled and quantized with edgekd."
+    signing_key: str | None = None     # Ed25519 private key (PEM): archives carry manifest.sig (bundle.signing)
 
 
 @dataclass

@@ -13,7 +13,13 @@ from typing import Any, Iterator
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed."""
+    from edgekd.errors import EdgeKDError
+
     final = Path(path)
+    if final.is_dir():
+        raise EdgeKDError(f"{final} is a folder; give a file path to write (e.g. {final / 'model'}{final.suffix})")
+    if final.parent.exists() and not final.parent.is_dir():
+        raise EdgeKDError(f"cannot write {final}: {final.parent} is a file, not a folder")
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)

@@ -50,8 +50,11 @@ class ModelFile:
 
 
 def make_bundle(files: Sequence[ModelFile], labels: Sequence[str], mean: Sequence[float], std: Sequence[float],
-                card: ModelCard, target: str, out_path: str | Path, *, pixel_max: float = 255.0) -> Path:
+                card: ModelCard, target: str, out_path: str | Path, *, pixel_max: float = 255.0,
+                signing_key: str | Path | None = None) -> Path:
     """Write the bundle zip for `target` at `out_path` (atomically) and return its path.
+
+    With `signing_key` (an Ed25519 private key PEM), the archive also holds manifest.sig (see bundle.signing).
 
     Raises:
         EdgeKDError: a missing model file, labels that do not match the model output, bad names.
@@ -108,6 +111,10 @@ def make_bundle(files: Sequence[ModelFile], labels: Sequence[str], mean: Sequenc
         for k in sorted(blobs):
             manifest["files"][k] = {"sha256": _sha256(blobs[k]), "bytes": len(blobs[k])}
         blobs[MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode()
+        if signing_key is not None:
+            from edgekd.bundle.signing import SIGNATURE, sign_manifest
+
+            blobs[SIGNATURE] = sign_manifest(blobs[MANIFEST], signing_key)
         out_path = Path(out_path)
         with atomic_path(out_path) as tmp_zip:
             with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as zf:

@@ -14,7 +14,7 @@ from edgekd.summary import accuracy_table, choose_shipped, file_table, latency_t
 
 def bundle_run(run_dir: str | Path, target: str, out_dir: str | Path, *, labels: Sequence[str] | None = None,
                mean: Sequence[float] | None = None, std: Sequence[float] | None = None, pixel_max: float = 255.0,
-               name: str | None = None, version: str | None = None) -> Path:
+               name: str | None = None, version: str | None = None, signing_key: str | Path | None = None) -> Path:
     """Bundle a run's exported files for `target` into out_dir/<name>-<target>.zip and return its path.
 
     mean/std are on the pixel scale (0..pixel_max), as edgekd.data.ImageDataset stores them. When labels/mean/std
@@ -27,7 +27,7 @@ def bundle_run(run_dir: str | Path, target: str, out_dir: str | Path, *, labels:
     labels, mean, std = _data_facts(run, labels, mean, std)
     card = card_from_run(run, target, name=name, version=version)
     return make_bundle(files, labels, mean, std, card, target, Path(out_dir) / f"{card.name}-{target}.zip",
-                       pixel_max=pixel_max)
+                       pixel_max=pixel_max, signing_key=signing_key)
 
 
 def model_files(run: RunRecord) -> list[ModelFile]:
