@@ -276,3 +276,10 @@ def test_cli_verify_exit_status_gates_ci(tmp_path, digits):
         res.output
     res = CliRunner().invoke(main, ["verify", str(bad), *args, "--json"])
     assert res.exit_code == 1 and json.loads(res.output[: res.output.rindex("}") + 1])["ok"] is False
+
+
+def test_every_scheme_names_registered_runtimes():
+    from edgekd.quant import SCHEMES
+
+    for name in SCHEMES:
+        assert all(r in RUNTIMES for r in SCHEMES.get(name).runtimes), name
