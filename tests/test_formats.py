@@ -184,7 +184,7 @@ def test_damaged_model_files_are_one_line_errors(tmp_path, kind, suffix):
         verify_files(files, nn.Flatten(), None, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2))
 
 
-@pytest.mark.parametrize("suffix", [".pt", ".pt2"])
+@pytest.mark.parametrize("suffix", [".pt", ".pt2", ".onnx", ".tflite"])
 @pytest.mark.parametrize("kind", ["empty", "truncated"])
 def test_damaged_model_given_to_export_is_one_line(tmp_path, kind, suffix):
     from edgekd.api import export
@@ -193,6 +193,18 @@ def test_damaged_model_given_to_export_is_one_line(tmp_path, kind, suffix):
     want = r"empty \(0 bytes\)" if kind == "empty" else r"cannot (read|load) "
     with pytest.raises(EdgeKDError, match=want):
         export(path, format="onnx", out=tmp_path / "x.onnx")
+
+
+def test_export_out_must_be_a_file_of_the_format(tmp_path):
+    from edgekd.formats import export_model
+
+    (tmp_path / "d.onnx").mkdir()
+    with pytest.raises(EdgeKDError, match=r"d.onnx is a directory; give the file to write"):
+        export_model("onnx", _mlp(), torch.zeros(1, 1, 8, 8), tmp_path / "d.onnx")
+    with pytest.raises(EdgeKDError, match=r"a tflite file should end in .tflite; got 'm.onnx'"):
+        export_model("tflite", _mlp(), torch.zeros(1, 1, 8, 8), tmp_path / "m.onnx")
+    with pytest.raises(EdgeKDError, match=r"format 'pt2' takes no option 'opset'; it takes: no options"):
+        export_model("pt2", _mlp(), torch.zeros(1, 1, 8, 8), tmp_path / "m.pt2", opset=18)
 
 
 def test_cli_verify_damaged_file_is_exit_2_without_traceback(tmp_path):
