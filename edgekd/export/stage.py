@@ -10,12 +10,9 @@ from edgekd.stages import Stage, register_stage
 if TYPE_CHECKING:
     from edgekd.pipeline import RunContext
 
-FORMAT_RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
-
-
 def run_export(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     """One file per (format, precision): ONNX and TFLite, fp32 from the student, int8 from the quantized model."""
-    from edgekd.export import export_onnx, export_tflite
+    from edgekd.formats import FORMATS
     from edgekd.models import load_model_file
     from edgekd.quant import load_quantized
 
@@ -29,18 +26,23 @@ def run_export(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
             model = load_model_file(ctx.record("distill").path(ctx.run_dir, "model"))[0]
         else:
             model = load_quantized(ctx.record("quantize").path(ctx.run_dir, "model"))
-        for fmt in r.export.formats:
-            name = f"student_{precision}.{fmt}"
+        for fmt in (FORMATS.get(f) for f in r.export.formats):
+            name = f"student_{precision}{fmt.suffix}"
             t0 = time.perf_counter()
-            if fmt == "onnx":
-                path = export_onnx(model, (example,), out / name, opset=r.export.opset)
-            else:
-                path = export_tflite(model, (example,), out / name)
+            path = fmt.export(model, (example,), out / name, **export_options(fmt, r.export))
             ctx.log(f"export: {name} ({path.stat().st_size / 1024:.1f} KiB, {time.perf_counter() - t0:.1f} s)")
             outputs[name] = path
-            files.append({"name": name, "path": f"export/{name}", "format": fmt, "precision": precision,
-                          "runtime": FORMAT_RUNTIME[fmt], "bytes": path.stat().st_size})
+            files.append({"name": name, "path": f"export/{name}", "format": fmt.name, "precision": precision,
+                          "runtime": fmt.runtimes[0], "bytes": path.stat().st_size})
     return outputs, {"files": files}
+
+
+def export_options(fmt, export_config) -> dict[str, Any]:
+    """The recipe's export options a format's exporter takes (today: `opset` for exporters with that argument)."""
+    import inspect
+
+    params = inspect.signature(fmt.export).parameters
+    return {"opset": export_config.opset} if "opset" in params else {}
 
 
 register_stage(Stage("export", run_export, sections=("export",), upstream=("distill", "quantize"),

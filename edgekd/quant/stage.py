@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 def target_runtimes(recipe: "Recipe") -> list[str]:
     """Runtimes that will execute the int8 files: the export formats' runtimes."""
-    from edgekd.export.stage import FORMAT_RUNTIME
+    from edgekd.formats import FORMATS
 
-    return sorted({FORMAT_RUNTIME[f] for f in recipe.export.formats})
+    return sorted({FORMATS.get(f).runtimes[0] for f in recipe.export.formats})
 
 
 def run_quantize(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
