@@ -317,7 +317,7 @@ def calibrate(target: str, runtime: str, precision: str, threads: int | None, ro
               out_path: Path | None) -> None:
     """Fit the latency predictor for TARGET from micro-benchmarks measured on it (~8 minutes for cpu-local)."""
     from edgekd.profile import calibrate_target
-    from edgekd.profile.predictor import Calibration
+    from edgekd.profile.predict import Calibration
 
     path = calibrate_target(target, runtime=runtime, precision=precision, threads=threads, rounds=rounds,
                             time_cap_s=time_cap, out_path=out_path, progress=True, log=None)

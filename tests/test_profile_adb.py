@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.adb import parse_benchmark_model_output, profile_android
+from edgekd.profile.runners.adb import parse_benchmark_model_output, profile_android
 
 DATA = Path(__file__).parent / "data" / "profile"
 FAKES = Path(__file__).parent / "fakes"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.ssh import parse_trtexec_output, profile_ssh
+from edgekd.profile.runners.ssh import parse_trtexec_output, profile_ssh
 
 DATA = Path(__file__).parent / "data" / "profile"
 SSHD = "/usr/sbin/sshd"

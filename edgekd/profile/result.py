@@ -81,6 +81,12 @@ def file_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in model_files(path) if p.is_file())
 
 
+def runtimes_for_file(path: str | Path) -> tuple[str, ...]:
+    """The runtimes that execute this file type, preferred first (empty for a type no runtime runs)."""
+    return {".onnx": ("onnxruntime", "tensorrt"), ".tflite": ("litert",), ".pt2": ("torch",),
+            ".pt": ("torch",)}.get(Path(path).suffix.lower(), ())
+
+
 def detect_precision(path: str | Path) -> str:
     """"int8" when the file holds quantized ops/tensors, "fp16" for half-precision weights, else "fp32"."""
     path = Path(path)

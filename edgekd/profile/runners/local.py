@@ -1,4 +1,4 @@
-"""Measure model files on this machine's CPU with onnxruntime, LiteRT (XNNPACK) or torch, via open_session.
+"""The cpu runner: measure model files on this machine's CPU with onnxruntime, LiteRT (XNNPACK) or torch, via open_session.
 
 Peak memory method: the process RSS is read with psutil just before the model is loaded (the runtime library is
 imported first, so its own code pages are not counted); on Linux the kernel's RSS high-water mark (VmHWM) is
@@ -18,6 +18,7 @@ import numpy as np
 
 from edgekd.errors import EdgeKDError
 from edgekd.profile.result import LatencyResult, detect_precision, file_bytes
+from edgekd.profile.runners import Job, Runner, register_runner
 from edgekd.profile.stats import StopRule, summarize, time_until_stable
 from edgekd.runtimes import RUNTIMES, open_session, runtime_for
 
@@ -132,52 +133,15 @@ def profile_file(path: str | Path, runtime: str | None = None, threads: int = 1,
         mem_method="vmhwm" if hwm is not None else "rss_samples")
 
 
-def default_runtime(path: str | Path, runtimes: Sequence[str]) -> str:
-    """The first of a target's runtimes that can run this file type (.onnx: tensorrt or onnxruntime, ...)."""
-    suffix = Path(path).suffix.lower()
-    can = {".onnx": {"onnxruntime", "tensorrt"}, ".tflite": {"litert"}, ".pt2": {"torch"}, ".pt": {"torch"}}
-    for rt in runtimes:
-        if rt in can.get(suffix, set()):
-            return rt
-    raise EdgeKDError(f"{Path(path).name}: none of this target's runtimes ({', '.join(runtimes)}) runs "
-                      f"{suffix or 'this'} files; export a format it runs")
+def measure(target, jobs: Sequence[Job], *, threads: int, progress: bool = False, timeout_s: float | None = None,
+            input_shape: Sequence[int] | None = None, **options) -> list[LatencyResult]:
+    """The cpu runner: each job timed in this process (timeout_s does not apply: nothing can hang on a device).
 
-
-def profile_files(paths: Sequence[str | Path], target: "str | Path | object" = "cpu-local",
-                  runtime: str | None = None, threads: int | None = None, progress: bool = False,
-                  **kwargs) -> list[LatencyResult]:
-    """Profile each file on `target` (name, YAML path or Target): locally, over adb, or over SSH by its kind.
-
-    `threads` defaults to the target's; keyword arguments go to the runner (profile_file, profile_android,
-    profile_ssh).
+    `input_shape` is used for torch files only, which do not store it; options go to profile_file.
     """
-    from edgekd.profile.targets import load_target
-
-    tgt = load_target(target)  # type: ignore[arg-type]
-    threads = threads or tgt.threads
-    results = []
-    for p in paths:
-        rt = runtime or default_runtime(p, tgt.runtimes)
-        if rt not in tgt.runtimes:
-            raise EdgeKDError(f"runtime {rt!r} is not listed for target {tgt.name} (it runs: "
-                              f"{', '.join(tgt.runtimes)})")
-        if tgt.kind == "cpu":
-            results.append(profile_file(p, runtime=rt, threads=threads, progress=progress, target=tgt.name,
-                                        **kwargs))
-        elif tgt.kind == "android":
-            from edgekd.profile.adb import profile_android
-
-            results.append(profile_android(p, tgt, threads=threads, **kwargs))
-        else:
-            from edgekd.profile.ssh import profile_ssh
-
-            results.append(profile_ssh(p, tgt, runtime=rt, threads=threads, **kwargs))
-    return results
+    return [profile_file(job.path, runtime=job.runtime, threads=threads, progress=progress, target=target.name,
+                         name=job.name, input_shape=input_shape if job.runtime == "torch" else None, **options)
+            for job in jobs]
 
 
-def profile_metrics(target: str, results: Sequence[LatencyResult]) -> dict:
-    """The "profile" stage metrics: {"target", "results", "verdicts"} (COMMON.md contract)."""
-    from edgekd.profile.verdict import verdicts
-
-    return {"target": target, "results": [r.to_metrics() for r in results],
-            "verdicts": [v.to_dict() for v in verdicts(results)]}
+register_runner(Runner(kinds=("cpu",), measure=measure, local=True, describe_host=cpu_device_name))

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.predictor import (Calibration, LayerFeatures, calibration_path, fit_costs, fit_node_costs,
+from edgekd.profile.predict.predictor import (Calibration, LayerFeatures, calibration_path, fit_costs, fit_node_costs,
                                       model_time_s, node_model_time_s, prior_costs)
-from edgekd.profile.layers import layers_from_onnx, layers_from_tflite, ort_nodes
+from edgekd.profile.predict.layers import layers_from_onnx, layers_from_tflite, ort_nodes
 from edgekd.profile.targets import load_target
 
 
@@ -207,7 +207,7 @@ def measure_rounds(paths: Sequence[Path], target: Any, runtime: str, threads: in
     """
     from tqdm import tqdm
 
-    from edgekd.profile.local import profile_files
+    from edgekd.profile.runners import profile_files
 
     if rounds < 1:
         raise EdgeKDError(f"rounds must be >= 1, got {rounds}")
