@@ -171,6 +171,9 @@ def format_target(target: "Target | str") -> str:
     lines = [f"{t.name} ({t.kind})"]
     if t.description:
         lines.append(f"  {t.description}")
+    describe_host = runner_for(t.kind).describe_host
+    if describe_host is not None:  # a local target is whatever machine this runs on: say which, as detected
+        lines.append(f"  host:     {describe_host()} (detected)")
     lines.append(f"  runtimes: {', '.join(t.runtimes)}")
     lines.append(f"  threads:  {t.threads}")
     conn = ", ".join(f"{k}={v}" for k, v in t.connect.items()) or "local"

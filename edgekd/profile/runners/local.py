@@ -38,6 +38,13 @@ def cpu_device_name() -> str:
     return f"{model} ({os.cpu_count()} logical cores, {platform.system()} {platform.machine()})"
 
 
+def interactive() -> bool:
+    """Whether a carriage-return progress bar may be drawn: stdout and stderr are both terminals (not a log)."""
+    import sys
+
+    return all(getattr(s, "isatty", lambda: False)() for s in (sys.stdout, sys.stderr))
+
+
 def _rss_mb() -> float:
     import psutil
 
@@ -110,7 +117,7 @@ def profile_file(path: str | Path, runtime: str | None = None, threads: int = 1,
         session.run(x)
 
     bar = None
-    if progress:
+    if progress and interactive():
         from tqdm import tqdm
 
         bar = tqdm(total=None, unit="run", desc=f"{path.name} [{runtime}, {threads}t]", leave=False)
