@@ -211,10 +211,15 @@ def verify(files, reference, dataset, data_dir, tolerance, test_subset, as_json)
                      test_subset=test_subset)
     if as_json:
         click.echo(json.dumps(res, indent=2, default=str))
-        return
-    for f in res["files"]:
-        click.echo(f"{f['name']:<28} {f['runtime']:<12} acc {f['accuracy']:.4f}  max|diff| {f['max_abs_diff']:.2e}  "
-                   f"top-1 agree {f['top1_agreement']:.4f}  {'ok' if f['parity_ok'] else 'PARITY FAILED'}")
+    else:
+        for f in res["files"]:
+            click.echo(f"{f['name']:<28} {f['runtime']:<12} acc {f['accuracy']:.4f}  max|diff| "
+                       f"{f['max_abs_diff']:.2e}  top-1 agree {f['top1_agreement']:.4f}  "
+                       f"{'ok' if f['parity_ok'] else 'PARITY FAILED'}")
+    if not res["ok"]:  # exit 1: the files were checked and failed (2 is a usage/input error)
+        failed = [f["name"] for f in res["files"] if not f["parity_ok"]]
+        click.echo(f"verify failed: {', '.join(failed) or 'no files'}", err=True)
+        sys.exit(1)
 
 
 @main.command()

@@ -104,7 +104,7 @@ class QuantizeConfig:
 
 @dataclass
 class ExportConfig:
-    formats: list[Literal["onnx", "tflite"]] = field(default_factory=lambda: ["onnx", "tflite"])
+    formats: list[str] = field(default_factory=lambda: ["onnx", "tflite"])   # names in edgekd.formats.FORMATS
     precisions: list[Literal["fp32", "int8"]] = field(default_factory=lambda: ["fp32", "int8"])
     opset: int = 18
 
@@ -308,6 +308,10 @@ def _name_checks(r: Recipe) -> list[str]:
                 p.append(f"{section}[{i}]: {e}")
     if r.quantize.scheme != "auto":
         check(SCHEMES, r.quantize.scheme, "quantize.scheme")
+    from edgekd.formats import FORMATS
+
+    for i, name in enumerate(r.export.formats):
+        check(FORMATS, name, f"export.formats[{i}]")
     return p
 
 

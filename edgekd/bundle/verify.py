@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.bundle.archive import BUNDLE_FORMAT, MANIFEST
-from edgekd.bundle.metadata import LABELS_NAME, read_onnx_metadata, read_tflite_metadata
+from edgekd.bundle.archive import BUNDLE_FORMAT, MANIFEST, bundle_formats
+from edgekd.bundle.metadata import LABELS_NAME
 from edgekd.bundle.safe_zip import ExtractLimits, member_problems, safe_extract
 from edgekd.errors import EdgeKDError
+from edgekd.formats import format_for, open_session
 
 
 @dataclass
@@ -105,7 +106,8 @@ def _check(report: BundleReport, run_models: bool, limits: ExtractLimits) -> Non
     labels = blobs.get(LABELS_NAME, b"").decode(errors="replace").splitlines()
     if LABELS_NAME not in blobs:
         report.problems.append(f"{LABELS_NAME} is missing")
-    models = sorted(n for n in blobs if n.startswith("models/") and n.endswith((".tflite", ".onnx")))
+    suffixes = tuple(f.suffix for f in bundle_formats().values())
+    models = sorted(n for n in blobs if n.startswith("models/") and n.lower().endswith(suffixes))
     if not models:
         report.problems.append("no model files under models/")
     for name in models:
@@ -144,7 +146,7 @@ def _manifest(report: BundleReport, blobs: dict[str, bytes]) -> dict[str, Any] |
 
 def _check_metadata(report: BundleReport, name: str, blob: bytes, labels: list[str], manifest: dict) -> None:
     try:
-        md = read_tflite_metadata(blob) if name.endswith(".tflite") else read_onnx_metadata(blob)
+        md = format_for(name).read_metadata(blob)
     except EdgeKDError as e:
         report.problems.append(f"{name}: {e}")
         return
@@ -162,8 +164,6 @@ def _check_metadata(report: BundleReport, name: str, blob: bytes, labels: list[s
 
 
 def _run_models(report: BundleReport, models: list[str], labels: list[str], limits: ExtractLimits) -> None:
-    from edgekd.runtimes import open_session
-
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="edgekd-verify-") as tmp:
         root = Path(tmp) / "bundle"
