@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import ConfigError, EdgeKDError
+from edgekd.formats import RUNTIMES
 from edgekd.profile.runners import runner_for, target_kinds
 
-TARGET_RUNTIMES = ("onnxruntime", "litert", "torch", "tensorrt")
 PEAK_KEYS = ("fp32_gflops", "int8_gops", "mem_gbps")
 OPTIONAL_PEAK_KEYS = ("fp16_gflops",)
 TARGET_KEYS = {"name", "kind", "description", "connect", "runtimes", "threads", "peak"}
@@ -73,12 +73,13 @@ class Target:
         if kind not in kinds:
             problems.append(f"kind: {kind!r} is not one of {', '.join(kinds)}")
         runtimes = data.get("runtimes")
+        known = RUNTIMES.names()  # edgekd.formats: every runtime a file can be executed with, here or on a device
         if not isinstance(runtimes, list) or not runtimes:
-            problems.append(f"runtimes: must be a non-empty list from {', '.join(TARGET_RUNTIMES)}, got {runtimes!r}")
+            problems.append(f"runtimes: must be a non-empty list from {', '.join(known)}, got {runtimes!r}")
             runtimes = []
         for rt in runtimes:
-            if rt not in TARGET_RUNTIMES:
-                problems.append(f"runtimes: {rt!r} is not one of {', '.join(TARGET_RUNTIMES)}")
+            if not isinstance(rt, str) or rt not in RUNTIMES:
+                problems.append(f"runtimes: {rt!r} is not one of {', '.join(known)}")
         threads = data.get("threads", 1)
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             problems.append(f"threads: must be an integer >= 1, got {threads!r}")

@@ -182,8 +182,15 @@ def micro_models() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
     return out
 
 
+_EXPORTABLE = (".onnx", ".tflite")
+
+
 def export_model(module: Any, input_shape: Sequence[int], path: Path) -> Path:
-    """Write `module` as .onnx (dynamo exporter) or .tflite (litert-torch), by the path's suffix."""
+    """Write `module` as .onnx (dynamo exporter) or .tflite (litert-torch), by the path's suffix.
+
+    Micro-models keep the plain converters with a static batch (not edgekd.formats' exporters, whose dynamic batch
+    and clean-up passes would change the graphs the shipped calibrations were fitted on).
+    """
     import torch
 
     module = module.eval()
@@ -195,7 +202,7 @@ def export_model(module: Any, input_shape: Sequence[int], path: Path) -> Path:
 
         litert_torch.convert(module, (x,)).export(str(path))
     else:
-        raise EdgeKDError(f"cannot export to {path.suffix!r}: use .onnx or .tflite")
+        raise EdgeKDError(f"cannot export to {path.suffix!r}: use {' or '.join(_EXPORTABLE)}")
     return path
 
 
@@ -269,7 +276,11 @@ def calibration_suffix(tgt: Any, runtime: str, precision: str) -> str:
     if precision != "fp32":
         raise EdgeKDError(f"calibration measures fp32 micro-models only (got {precision!r}); int8 predictions "
                           f"scale the fp32 fit by the target's published int8/fp32 peaks and say so")
-    suffix = {"onnxruntime": ".onnx", "tensorrt": ".onnx", "litert": ".tflite"}.get(runtime)
+    from edgekd.formats import FORMATS
+
+    # the formats this module's micro-model exporter writes, and of those the one the runtime executes
+    fmt = next((f for f in FORMATS.values() if runtime in f.runtimes and f.suffix in _EXPORTABLE), None)
+    suffix = fmt.suffix if fmt is not None else None
     if suffix is None:
         raise EdgeKDError(f"cannot calibrate runtime {runtime!r}; allowed: onnxruntime, tensorrt, litert")
     return suffix

@@ -9,6 +9,7 @@ one process's resident memory (weights, arenas, activations), not an isolated al
 """
 from __future__ import annotations
 
+import difflib
 import os
 import platform
 from pathlib import Path
@@ -20,16 +21,14 @@ from edgekd.errors import EdgeKDError
 from edgekd.profile.result import LatencyResult, detect_precision, file_bytes
 from edgekd.profile.runners import Job, Runner, register_runner
 from edgekd.profile.stats import StopRule, summarize, time_until_stable
-from edgekd.runtimes import RUNTIMES, open_session, runtime_for
-
-_RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "litert": "ai_edge_litert.interpreter", "torch": "torch"}
+from edgekd.formats import RUNTIMES, get_runtime, open_session, runtime_for
 
 
-def cpu_device_name() -> str:
-    """A readable name for this CPU: model name and logical core count."""
+def cpu_device_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """A readable name for this CPU as detected: model name (from /proc/cpuinfo on Linux) and logical cores."""
     model = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path(cpuinfo).read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
@@ -70,6 +69,16 @@ def _hwm_mb() -> float | None:
     return None
 
 
+def _local_runtime(name: str):
+    """The Runtime `name`, runnable here; unknown names fail with the closest runnable one, in one line."""
+    if name not in RUNTIMES:
+        local = [n for n in RUNTIMES.names() if RUNTIMES.get(n).open is not None]
+        close = difflib.get_close_matches(str(name), local, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise EdgeKDError(f"unknown runtime {name!r}{hint} known: {', '.join(local)} (runnable here)")
+    return get_runtime(name)
+
+
 def make_input(shape: Sequence[int], seed: int = 0) -> np.ndarray:
     """A fixed random float32 batch; unknown (-1) dimensions become 1."""
     shape = tuple(1 if int(d) <= 0 else int(d) for d in shape)
@@ -84,20 +93,22 @@ def profile_file(path: str | Path, runtime: str | None = None, threads: int = 1,
     """Measure one file here: warm-up, then timed runs until the running median is stable (see StopRule).
 
     Args:
-        runtime: onnxruntime | litert | torch; guessed from the suffix when None.
+        runtime: a runtime runnable here (edgekd.formats.RUNTIMES: onnxruntime, litert, torch, ...); from the
+            suffix when None.
         input_shape: needed for torch files (their input shape is not stored); else read from the file.
         precision: fp32 | int8 | fp16; detected from the file when None.
     """
     path = Path(path)
     runtime = runtime or runtime_for(path)
-    RUNTIMES.get(runtime)  # unknown runtime -> closest match and known names
+    rt = _local_runtime(runtime)
     if not isinstance(threads, int) or threads < 1:
         raise EdgeKDError(f"threads must be an integer >= 1, got {threads!r}")
     if warmup < 0:
         raise EdgeKDError(f"warmup must be >= 0 runs, got {warmup}")
     rule = StopRule(min_runs=min_runs, max_runs=max_runs, block=block, rel_tol=rel_tol, time_cap_s=time_cap_s,
                     min_time_s=min_time_s)
-    __import__(_RUNTIME_MODULES[runtime])  # load the library before the memory baseline
+    if rt.module:
+        __import__(rt.module)  # load the library before the memory baseline
     baseline = _rss_mb()
     hwm_ok = _reset_hwm()
     session = open_session(path, runtime=runtime, threads=threads)
