@@ -288,8 +288,10 @@ def calibration_suffix(tgt: Any, runtime: str, precision: str) -> str:
 
 def runner_kwargs(tgt: Any, time_cap_s: float, extra: dict | None = None) -> dict:
     """Runner options for calibration measurements: on a local CPU a short time cap per model."""
+    from edgekd.profile.runners import runner_for
+
     kw = dict(extra or {})
-    if tgt.kind == "cpu":
+    if runner_for(tgt.kind).local:
         kw.update(time_cap_s=time_cap_s, min_time_s=min(0.5, time_cap_s))
     return kw
 
@@ -301,11 +303,14 @@ def fit_calibration(tgt: Any, runtime: str, precision: str, threads: int, names:
     The per-layer model serves other runtimes and precisions; on a local CPU with ONNX Runtime the node model
     on ORT's optimized graph (this host's) is fitted too and is what predictions use.
     """
+    from edgekd.profile.runners import runner_for
+
     tgt = load_target(tgt)
+    local = runner_for(tgt.kind).local  # ORT's optimized graph is this host's: the node model fits local runs only
     samples, node_samples, rows = [], [], []
     for name, path, result in zip(names, paths, results):
         samples.append((LayerFeatures.from_layers(file_layers(path), precision), result.p50_ms / 1e3))
-        if runtime == "onnxruntime" and tgt.kind == "cpu":
+        if runtime == "onnxruntime" and local:
             node_samples.append((ort_nodes(path), result.p50_ms / 1e3))
         rows.append({"name": name, "measured_ms": result.p50_ms, "cv": result.cv})
     prior = prior_costs(tgt, precision)
