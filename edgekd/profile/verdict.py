@@ -49,7 +49,7 @@ def verdict_text(target: str, runtime: str, speedup: float, measured: bool, size
     how = "measured" if measured else "predicted"
     size = f" ({size_ratio:.1f}x smaller)" if size_ratio else ""
     if not known:
-        tail = f" The int8 file is {size_ratio:.1f}x smaller." if size_ratio else ""
+        tail = f" The int8 file is {size_ratio:.1f}x smaller." if size_ratio and size_ratio >= 1 + SAME_BAND else ""
         return (f"On {target} with {runtime}, int8 vs fp32 speed is unknown ({how} {speedup:.2f}x, but the "
                 f"uncertainty intervals overlap): measure on the device.{tail}")
     if speedup >= 1 + SAME_BAND:
