@@ -1,4 +1,5 @@
-"""The cpu runner: measure model files on this machine's CPU with onnxruntime, LiteRT (XNNPACK) or torch, via open_session.
+"""The cpu runner: measure model files on this machine's CPU with onnxruntime, LiteRT (XNNPACK) or torch (any
+runtime of edgekd.formats.RUNTIMES that runs here), in this process.
 
 Peak memory method: the process RSS is read with psutil just before the model is loaded (the runtime library is
 imported first, so its own code pages are not counted); on Linux the kernel's RSS high-water mark (VmHWM) is
