@@ -84,7 +84,7 @@ def test_cli_profile_timeout_must_be_positive(pair):
 
 
 def test_a_runtime_the_registry_does_not_know_is_a_one_line_error(tmp_path, pair):
-    with pytest.raises(ConfigError, match="runtimes: 'tensorrtx' is not one of litert, onnxruntime, tensorrt, torch"):
+    with pytest.raises(ConfigError, match="runtimes: 'tensorrtx' is not one of litert, onnxruntime, tensorrt"):
         Target.from_dict({"name": "x", "kind": "cpu", "runtimes": ["tensorrtx"], "peak": PEAK})
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "kind": "cpu", "runtimes": ["tensorrtx"], "peak": PEAK}))
@@ -126,3 +126,31 @@ def test_a_new_target_kind_is_one_runner_registered_from_anywhere(pair, tmp_path
     (v,) = t["verdicts"]
     assert v["outcome"] == "faster" and v["measured"]
     assert Job(pair[0], "onnxruntime", "x").runtime == "onnxruntime"
+
+
+def test_a_runtime_registered_in_one_place_is_profiled_on_the_local_target(tmp_path):
+    """A runtime added with edgekd.formats.register_runtime (here from the test) runs its files on cpu-local without
+    editing the target YAML; device targets still run only what their YAML lists."""
+    import time
+
+    import numpy as np
+
+    from edgekd.formats import RUNTIMES, Runtime, register_runtime
+    from edgekd.runtimes.session import Session
+
+    def open_doubler(path, threads):
+        return Session("test-doubler", path, (1, 4), "float32", threads, 0.1, "doubler 1.0",
+                       lambda x: (time.sleep(1e-4), 2 * np.asarray(x))[1])
+
+    register_runtime(Runtime("test-doubler", (".dbl",), open_doubler))
+    try:
+        model = tmp_path / "net.dbl"
+        model.write_bytes(b"weights")
+        m = profile_run_files([model], ["cpu-local"], max_seconds=0.1, min_runs=5, progress=False)
+        (r,) = m["targets"][0]["results"]
+        assert r["runtime"] == "test-doubler" and r["measured"] and r["p50_ms"] >= 0.1 and r["bytes"] == 7
+        assert runner_for("cpu").local and "test-doubler" not in load_target("cpu-local").runtimes
+        m = profile_run_files([model], ["pixel-8"], remote="predict", progress=False)
+        assert m["targets"][0]["results"] == [] and "net.dbl skipped: pixel-8 runs litert" in m["targets"][0]["note"]
+    finally:
+        RUNTIMES.unregister("test-doubler")

@@ -29,7 +29,7 @@ def profile_run_files(files: Sequence[Path], targets: Sequence[str], *, threads:
         require_runnable: raise EdgeKDError when a target runs none of the files (`edgekd profile`); else (the
             pipeline) the target gets a note.
     """
-    from edgekd.profile.runners import measure, plan_jobs, runner_for
+    from edgekd.profile.runners import measure, plan_jobs, runner_for, target_runtimes
     from edgekd.profile.targets import load_target
 
     if remote not in ("auto", "measure", "predict"):
@@ -39,11 +39,11 @@ def profile_run_files(files: Sequence[Path], targets: Sequence[str], *, threads:
         target = load_target(name)
         runner = runner_for(target.kind)
         jobs, skipped = plan_jobs(files, target)
+        runs = ", ".join(target_runtimes(target))
         if require_runnable and not jobs:
             raise EdgeKDError(f"{target.name} runs none of these files ({', '.join(Path(f).name for f in files)}): "
-                              f"it runs {', '.join(target.runtimes)}; export a format one of them executes")
-        notes = [f"{', '.join(f.name for f in skipped)} skipped: {target.name} runs {', '.join(target.runtimes)}"] \
-            if skipped else []
+                              f"it runs {runs}; export a format one of them executes")
+        notes = [f"{', '.join(f.name for f in skipped)} skipped: {target.name} runs {runs}"] if skipped else []
         options = dict(threads=threads, progress=progress, timeout_s=timeout_s, time_cap_s=max_seconds,
                        min_runs=min_runs)
         if runner.local:

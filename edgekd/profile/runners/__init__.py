@@ -90,6 +90,17 @@ def target_kinds() -> list[str]:
     return sorted(_order, key=lambda k: not RUNNERS.get(k).local)
 
 
+def target_runtimes(target: "Target") -> tuple[str, ...]:
+    """The runtimes `target` runs: its YAML's list; a local target also every other runtime registered as runnable
+    here (edgekd.formats.RUNTIMES), so that a runtime added in one file is profiled here without editing a YAML."""
+    from edgekd.formats import RUNTIMES
+
+    if not runner_for(target.kind).local:
+        return tuple(target.runtimes)
+    extra = [n for n in RUNTIMES.names() if n not in target.runtimes and RUNTIMES.get(n).available()]
+    return (*target.runtimes, *extra)
+
+
 def file_runtimes(path: str | Path, runtimes: Sequence[str]) -> list[str]:
     """Those of a target's `runtimes` that execute this file type, in the target's order of preference."""
     from edgekd.profile.result import runtimes_for_file
@@ -104,14 +115,15 @@ def plan_jobs(files: Sequence[str | Path], target: "Target", runtime: str | None
     """Jobs for `files` on `target`: each file with every target runtime that runs it (or only the first, or the
     given `runtime`); returns (jobs, files no runtime of the target runs)."""
     jobs, skipped = [], []
+    runs = target_runtimes(target)
     for f in map(Path, files):
         if runtime is not None:
-            if runtime not in target.runtimes:
+            if runtime not in runs:
                 raise EdgeKDError(f"runtime {runtime!r} is not listed for target {target.name} (it runs: "
-                                  f"{', '.join(target.runtimes)})")
+                                  f"{', '.join(runs)})")
             jobs.append(Job(f, runtime, name(f)))
             continue
-        rts = file_runtimes(f, target.runtimes)
+        rts = file_runtimes(f, runs)
         if not rts:
             skipped.append(f)
         jobs.extend(Job(f, rt, name(f)) for rt in (rts if every_runtime else rts[:1]))
@@ -143,10 +155,10 @@ def profile_files(paths: Sequence[str | Path], target: "str | Path | Target" = "
     jobs, skipped = plan_jobs(paths, tgt, runtime, every_runtime=False, name=lambda p: p.stem)
     if skipped:
         f = skipped[0]
-        raise EdgeKDError(f"{f.name}: none of this target's runtimes ({', '.join(tgt.runtimes)}) runs "
+        raise EdgeKDError(f"{f.name}: none of this target's runtimes ({', '.join(target_runtimes(tgt))}) runs "
                           f"{f.suffix or 'this'} files; export a format it runs")
     return measure(tgt, jobs, threads=threads, progress=progress, timeout_s=timeout_s, **kwargs)
 
 
 __all__ = ["Job", "RUNNERS", "Runner", "file_runtimes", "measure", "plan_jobs", "profile_files",
-           "register_runner", "runner_for", "target_kinds"]
+           "register_runner", "runner_for", "target_kinds", "target_runtimes"]
