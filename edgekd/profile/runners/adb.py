@@ -244,9 +244,13 @@ def measure(target, jobs: Sequence[Job], *, threads: int, progress: bool = False
 
 def _measure(tgt, jobs: Sequence[Job], threads: int, timeout_s: float | None, opts: dict) -> list[LatencyResult]:
     delegate = opts.get("delegate", "xnnpack")
+    from edgekd.formats import RUNTIMES
+
+    suffixes = RUNTIMES.get("litert").suffixes  # benchmark_model is LiteRT's
     for job in jobs:
-        if job.path.suffix.lower() != ".tflite":
-            raise EdgeKDError(f"{job.path.name}: benchmark_model on Android runs .tflite files; export one first")
+        if job.path.suffix.lower() not in suffixes:
+            raise EdgeKDError(f"{job.path.name}: benchmark_model on Android runs {', '.join(suffixes)} files; "
+                              f"export one first")
     if delegate not in DELEGATES:
         raise EdgeKDError(f"unknown delegate {delegate!r}; allowed: {', '.join(DELEGATES)}")
     binary = opts.get("benchmark_binary")

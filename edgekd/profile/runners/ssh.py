@@ -21,6 +21,7 @@ from edgekd.profile.runners import Job, Runner, _process, register_runner
 from edgekd.profile.runners._ssh_session import Ssh, SshConfig, check_name
 from edgekd.profile.stats import summarize
 
+SSH_RUNTIMES = ("onnxruntime", "tensorrt")  # remote_ort_bench.py and trtexec
 TRTEXEC_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}
 
 
@@ -130,11 +131,15 @@ def measure(target, jobs: Sequence[Job], *, threads: int, progress: bool = False
             precision: str | None = None, time_cap_s: float = 10.0, min_runs: int = 30, warmup: int = 10,
             trtexec_duration_s: float = 3.0, connect: dict | None = None) -> list[LatencyResult]:
     """The jetson/linux runner: every job over one SSH connection (`connect` overrides the target's settings)."""
+    from edgekd.formats import RUNTIMES
+
     for job in jobs:
-        if job.path.suffix.lower() != ".onnx":
-            raise EdgeKDError(f"{job.path.name}: the SSH runner times .onnx files (trtexec / onnxruntime)")
-        if job.runtime not in ("onnxruntime", "tensorrt"):
-            raise EdgeKDError(f"runtime {job.runtime!r} cannot run over SSH; allowed: onnxruntime, tensorrt")
+        if job.runtime not in SSH_RUNTIMES:
+            raise EdgeKDError(f"runtime {job.runtime!r} cannot run over SSH; allowed: {', '.join(SSH_RUNTIMES)}")
+        suffixes = RUNTIMES.get(job.runtime).suffixes
+        if job.path.suffix.lower() not in suffixes:
+            raise EdgeKDError(f"{job.path.name}: {job.runtime} over SSH times {', '.join(suffixes)} files "
+                              f"(trtexec / remote_ort_bench.py)")
     cfg = SshConfig.from_target(target, timeout_s, **(connect or {}))
     results = []
     with Ssh(cfg) as ssh:
