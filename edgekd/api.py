@@ -79,18 +79,20 @@ def verify(files: Sequence[str | Path], *, reference: str | Path, dataset: str =
 
 
 def profile(files: Sequence[str | Path], *, target: str = "cpu-local", threads: int | None = None,
-            max_seconds: float = 2.0, min_runs: int = 50, remote: str = "auto", progress: bool = True
-            ) -> dict[str, Any]:
+            max_seconds: float = 2.0, min_runs: int = 50, remote: str = "auto", progress: bool = True,
+            timeout_s: float | None = None) -> dict[str, Any]:
     """Latency of each file on `target`: measured on this CPU, over adb/SSH when reachable, else predicted.
 
     remote: "auto" (measure when reachable, else predict), "measure" (fail when unreachable), "predict".
+    timeout_s: the longest one device command may take (default: the target's connect timeouts).
+    Raises EdgeKDError when the target runs none of the files.
     """
     from edgekd.fileio import existing_model_file
     from edgekd.profile.stage import profile_run_files
 
     paths = [existing_model_file(f) for f in files]
-    return profile_run_files(paths, [target], threads=threads, max_seconds=max_seconds,
-                             min_runs=min_runs, remote=remote, progress=progress)
+    return profile_run_files(paths, [target], threads=threads, max_seconds=max_seconds, min_runs=min_runs,
+                             remote=remote, progress=progress, timeout_s=timeout_s, require_runnable=True)
 
 
 def quantize(model_path: str | Path, *, out: str | Path, method: str = "minmax", runtime: Sequence[str] = ("litert",),
