@@ -10,7 +10,8 @@ under `ctx.stage_dir(name)` and a JSON-able dict; the pipeline records both in `
 `sections` (recipe sections) and the fingerprints of the `upstream` stages make up the stage's fingerprint, so a
 stage re-runs exactly when one of them changed.
 
-Order: topological by `upstream`, ties broken by registration order. The built-in declarations
+Order: topological by `upstream`, ties broken by the declaring module's place in BUILTIN_MODULES, then by
+registration order. The built-in declarations
 (`BUILTIN_MODULES`, then any other `edgekd/<package>/stage.py`) are imported on the first look-up, as timm loads
 its model registry, so `import edgekd.stages` stays light and a new stage is one new file.
 
@@ -131,7 +132,7 @@ class StageRegistry:
             for (t, name), stage in self._stages.items():
                 if t == task:
                     chosen[name] = stage
-        return _topological(list(chosen.values()))
+        return _topological(sorted(chosen.values(), key=_declaration_rank))
 
     def names(self, task: str | None = None) -> list[str]:
         return [s.name for s in self.ordered(task)]
@@ -160,6 +161,12 @@ class StageRegistry:
 
     def __getitem__(self, name: str) -> Stage:
         return self.get(name)
+
+
+def _declaration_rank(stage: Stage) -> int:
+    """Tie-break for the order: built-ins in BUILTIN_MODULES order, whatever module was imported first."""
+    module = getattr(stage.run, "__module__", "")
+    return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
 
 
 def _other_stage_modules() -> tuple[str, ...]:
