@@ -165,7 +165,9 @@ class disk_full_as_error:
             free = f"{shutil.disk_usage(self.run_dir).free / 2**20:.1f} MiB free"
         except OSError:
             free = "free space unknown"
-        target = getattr(full.filename, "name", full.filename)  # writers given an open file report the file object
+        target = full.filename
+        if hasattr(target, "write"):  # writers given an open file report the file object
+            target = getattr(target, "name", None)
         where = f" writing {target}" if target else ""
         raise EdgeKDError(f"{self.stage}: the disk is full{where} ({free} on {self.run_dir}); nothing of this stage "
                           "was kept: free some space and re-run (finished stages are reused)") from error

@@ -132,7 +132,8 @@ class StageRegistry:
             for (t, name), stage in self._stages.items():
                 if t == task:
                     chosen[name] = stage
-        return _topological(sorted(chosen.values(), key=_declaration_rank))
+        defaults = {name: stage for (t, name), stage in self._stages.items() if t is None}
+        return _topological(sorted(chosen.values(), key=lambda s: _declaration_rank(defaults.get(s.name, s))))
 
     def names(self, task: str | None = None) -> list[str]:
         return [s.name for s in self.ordered(task)]
@@ -164,7 +165,8 @@ class StageRegistry:
 
 
 def _declaration_rank(stage: Stage) -> int:
-    """Tie-break for the order: built-ins in BUILTIN_MODULES order, whatever module was imported first."""
+    """Tie-break for the order: built-ins in BUILTIN_MODULES order, whatever module was imported first (a task's
+    version of a stage takes the place of the default it replaces)."""
     module = getattr(stage.run, "__module__", "")
     return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
 

@@ -117,7 +117,8 @@ def test_disk_full_in_a_stage_is_one_line_and_leaves_nothing(tmp_path, monkeypat
     run_dir = tmp_path / "run"
 
     def full(path, text):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        # torch.save is given an open file (reproducible archives): a real ENOSPC names the file behind it
+        raise OSError(errno.ENOSPC, "No space left on device", str(getattr(path, "name", path)))
 
     monkeypatch.setattr(fileio, "write_text", full)  # fails the teacher's stage.json, after its folder is in place
     with pytest.raises(EdgeKDError) as info:
@@ -130,7 +131,8 @@ def test_disk_full_in_a_stage_is_one_line_and_leaves_nothing(tmp_path, monkeypat
     run(toy_recipe(), run_dir=run_dir, until="teacher", progress=False, log=lambda m: None)
 
     def distill_full(path, text):  # the toy distill stage writes through fileio.write_text
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        # torch.save is given an open file (reproducible archives): a real ENOSPC names the file behind it
+        raise OSError(errno.ENOSPC, "No space left on device", str(getattr(path, "name", path)))
 
     monkeypatch.setattr(fileio, "write_text", distill_full)
     with pytest.raises(EdgeKDError, match=r"^distill: the disk is full writing .*student.txt \(.* MiB free on .*"
@@ -147,7 +149,8 @@ def test_disk_full_in_the_report_stage_publishes_nothing(tmp_path, monkeypatch):
     run_dir = run(toy_recipe(), run_dir=tmp_path / "run", until="toy_extra", progress=False, log=lambda m: None)
 
     def full(path, obj):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        # torch.save is given an open file (reproducible archives): a real ENOSPC names the file behind it
+        raise OSError(errno.ENOSPC, "No space left on device", str(getattr(path, "name", path)))
 
     monkeypatch.setattr(build, "write_json", full)
     with pytest.raises(EdgeKDError, match=r"^report: the disk is full writing .*results.json"):
@@ -229,7 +232,8 @@ def test_disk_full_while_a_training_stage_checkpoints(tmp_path, monkeypatch):
                                        "train": {"epochs": 1, "checkpoint_every": 2}}})
 
     def full(obj, path, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        # torch.save is given an open file (reproducible archives): a real ENOSPC names the file behind it
+        raise OSError(errno.ENOSPC, "No space left on device", str(getattr(path, "name", path)))
 
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(EdgeKDError, match=r"^teacher: the disk is full writing .*\.tmp \(.* MiB free on "):
