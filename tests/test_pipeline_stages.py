@@ -117,8 +117,7 @@ def test_disk_full_in_a_stage_is_one_line_and_leaves_nothing(tmp_path, monkeypat
     run_dir = tmp_path / "run"
 
     def full(path, text):
-        # torch.save is given an open file (reproducible archives): a real ENOSPC names the file behind it
-        raise OSError(errno.ENOSPC, "No space left on device", str(getattr(path, "name", path)))
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(fileio, "write_text", full)  # fails the teacher's stage.json, after its folder is in place
     with pytest.raises(EdgeKDError) as info:
@@ -131,8 +130,7 @@ def test_disk_full_in_a_stage_is_one_line_and_leaves_nothing(tmp_path, monkeypat
     run(toy_recipe(), run_dir=run_dir, until="teacher", progress=False, log=lambda m: None)
 
     def distill_full(path, text):  # the toy distill stage writes through fileio.write_text
-        # torch.save is given an open file (reproducible archives): a real ENOSPC names the file behind it
-        raise OSError(errno.ENOSPC, "No space left on device", str(getattr(path, "name", path)))
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(fileio, "write_text", distill_full)
     with pytest.raises(EdgeKDError, match=r"^distill: the disk is full writing .*student.txt \(.* MiB free on .*"
@@ -149,8 +147,7 @@ def test_disk_full_in_the_report_stage_publishes_nothing(tmp_path, monkeypatch):
     run_dir = run(toy_recipe(), run_dir=tmp_path / "run", until="toy_extra", progress=False, log=lambda m: None)
 
     def full(path, obj):
-        # torch.save is given an open file (reproducible archives): a real ENOSPC names the file behind it
-        raise OSError(errno.ENOSPC, "No space left on device", str(getattr(path, "name", path)))
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(build, "write_json", full)
     with pytest.raises(EdgeKDError, match=r"^report: the disk is full writing .*results.json"):
