@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from edgekd.errors import ConfigError, EdgeKDError
+from edgekd.train.config import TrainConfig
 
 
 # Default KD objectives, chosen by measurement on Fashion-MNIST with students of 6k-24k parameters (README):
@@ -33,20 +34,6 @@ class DataConfig:
     subset_test: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 1000
-
-
-@dataclass
-class TrainConfig:
-    """Optimization settings shared by teacher training, distillation and QAT."""
-
-    epochs: float = 5
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    augment: bool = False
-    checkpoint_every: int = 200
-    grad_clip: float | None = None
 
 
 @dataclass

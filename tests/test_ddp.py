@@ -6,9 +6,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from edgekd.config import TrainConfig
 from edgekd.data import load_dataset
-from edgekd.distill.trainer import train
+from edgekd.train import TrainConfig, train
 from edgekd.models import build_model
 
 
