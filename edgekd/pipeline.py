@@ -444,8 +444,11 @@ def run(recipe: Recipe | str | Path, *, run_dir: str | Path | None = None, until
         only: list[str] | None = None, force: bool = False, progress: bool = True,
         log: Callable[[str], None] = print) -> Path:
     """Run the recipe's stages in order, skipping those already done with the same inputs; return the run dir."""
+    from edgekd.validate import dry_run
+
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    dry_run(recipe)  # every problem at once, before any stage writes to the run directory
     run_dir = Path(run_dir) if run_dir else Path(recipe.runs_dir) / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
