@@ -113,3 +113,16 @@ def test_nan_labels_are_one_line_errors(tmp_path):
     with pytest.raises(EdgeKDError, match="must be an integer tensor of class indices, got torch.float"):
         train(build_model("tiny_cnn", width=4), torch.zeros(8, 1, 8, 8), torch.tensor(y), TrainConfig(),
               progress=False)
+
+
+def test_run_and_api_validate_dry_run_a_recipe_object(tmp_path):
+    from edgekd import api
+    from edgekd.config import Recipe
+    from edgekd.pipeline import run
+
+    r = Recipe(runs_dir=str(tmp_path / "runs"))
+    r.distill.losses = [{"name": "kd_soft", "temprature": 2.0}]
+    for call in (lambda: run(r), lambda: api.validate(r)):
+        with pytest.raises(ConfigError, match="did you mean 'temperature'"):
+            call()
+    assert not (tmp_path / "runs").exists()
