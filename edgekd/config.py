@@ -48,7 +48,7 @@ class ModelSpec:
 class TeacherConfig:
     """Where the teacher comes from: `weights` to load (torch), a file (torchscript/onnx), or train it."""
 
-    kind: Literal["torch", "torchscript", "onnx", "ensemble"] = "torch"
+    kind: str = "torch"                                    # a registered teacher kind (distill.TEACHER_KINDS)
     model: str = "teacher_cnn"
     kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None

@@ -54,9 +54,12 @@ def _model_problems(r: Recipe) -> list[str]:
 
 def _teacher_problems(r: Recipe) -> list[str]:
     """The teacher's kind and model, and every member of an ensemble (recursively)."""
+    from edgekd.distill.teachers import TEACHER_KINDS
     from edgekd.models import MODELS
 
     t = r.teacher
+    if t.kind not in TEACHER_KINDS:
+        return _unknown(TEACHER_KINDS, t.kind, "teacher.kind")
     if t.kind == "torch" and not (isinstance(t.model, str) and ":" in t.model):
         return _unknown(MODELS, t.model, "teacher.model")
     if t.kind == "ensemble":

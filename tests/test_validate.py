@@ -72,6 +72,11 @@ def test_dry_run_reports_every_problem_at_once(tmp_path):
     assert len(err.value.problems) == 11, text
 
 
+def test_teacher_kind_comes_from_the_registry():
+    with pytest.raises(ConfigError, match=r"teacher.kind: unknown teacher kind 'onxx'; did you mean 'onnx'\?"):
+        parse_recipe({"teacher": {"kind": "onxx", "path": "t.onnx"}})
+
+
 def test_dry_run_checks_files_that_load_recipe_resolved(tmp_path):
     path = _write(tmp_path, {"teacher": {"weights": "missing.pt"}, "data": {"dataset": "digits"}})
     with pytest.raises(ConfigError, match=r"teacher.weights: file not found: missing.pt"):
