@@ -19,9 +19,13 @@ __all__ = ["run", "run_stage", "validate", "demo", "export", "verify", "profile"
            "bundle_verify", "bundle_keygen", "report", "DEMO_RECIPE"]
 
 
-def validate(recipe: str | Path) -> Recipe:
-    """Load and check a recipe; raises ConfigError listing every problem."""
-    return load_recipe(recipe)
+def validate(recipe: str | Path | Recipe) -> Recipe:
+    """Dry-run a recipe (edgekd.validate.dry_run): raises ConfigError listing every problem before anything trains."""
+    from edgekd.validate import dry_run
+
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    dry_run(recipe)
+    return recipe
 
 
 def run_stage(recipe: str | Path | Recipe, stage: str, *, run_dir: str | Path | None = None,
@@ -100,14 +104,14 @@ def quantize(model_path: str | Path, *, out: str | Path, method: str = "minmax",
              calibration: str | Path = "calibration/default.yaml", model: str | None = None) -> Path:
     """Post-training quantization of an fp32 edgekd model file with a calibration recipe; writes a .pt2."""
     from edgekd.data import load_dataset
-    from edgekd.quant import (load_calibration_recipe, quantize_ptq, save_quantized, scheme_for_runtimes,
-                              select_calibration)
+    from edgekd.quant import (calibration_batches, load_calibration_recipe, quantize_ptq, save_quantized,
+                              scheme_for_runtimes, select_calibration)
 
     ds = load_dataset(dataset, data_dir)
     student = _load_any_model(Path(model_path), model)
     sch = scheme_for_runtimes(list(runtime), override=scheme)
     calib = select_calibration(ds.x_train, ds.y_train, load_calibration_recipe(calibration))
-    q = quantize_ptq(student, ds.x_test[:2], sch, [calib[i:i + 64] for i in range(0, len(calib), 64)], method=method)
+    q = quantize_ptq(student, ds.x_test[:2], sch, calibration_batches(calib, 64), method=method)
     return save_quantized(q, ds.x_test[:2], Path(out))
 
 

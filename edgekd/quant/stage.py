@@ -1,7 +1,6 @@
 """The quantize stage: QAT (optionally fused with KD) or PTQ of the fp32 student, with the target runtimes' scheme."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +24,10 @@ def run_quantize(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     """QAT (optionally fused with KD) or PTQ of the fp32 student, with the scheme of the target runtimes."""
     from edgekd.distill import build_objective
     from edgekd.distill.stage import teacher_signal
-    from edgekd.distill.trainer import evaluate, train
     from edgekd.models import load_model_file
-    from edgekd.quant import (convert_qat, eval_mode, load_qat_state, prepare_qat, qat_state_dict, quantize_ptq,
-                              save_quantized, scheme_for_runtimes, set_qat_phase, train_mode)
+    from edgekd.quant import (calibration_batches, qat_finetune, qat_freeze_steps, quantize_ptq, save_quantized,
+                              scheme_for_runtimes)
+    from edgekd.train import evaluate
 
     r, ds, out = ctx.recipe, ctx.dataset, ctx.stage_dir("quantize")
     q = r.quantize
@@ -40,33 +39,30 @@ def run_quantize(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
         from edgekd.quant import load_calibration_recipe, select_calibration
 
         calib = select_calibration(ds.x_train, ds.y_train, load_calibration_recipe(q.calibration))
-        batches = [calib[i:i + 64] for i in range(0, len(calib), 64)]
+        batches = calibration_batches(calib, 64)
         model = quantize_ptq(student, example, scheme, batches, method=q.ptq_method, keep_float=q.keep_float)
         method, history, curve = f"ptq_{q.ptq_method}", [], []
     else:
-        gm = prepare_qat(student, example, scheme, keep_float=q.keep_float)
         terms = q.kd_losses if q.kd else [{"name": "ce", "weight": 1.0}]
-        objective = build_objective(terms)
-        if q.kd and q.kd_teacher == "student":
-            from edgekd.distill import TorchTeacher
-            from edgekd.distill.trainer import TeacherSignal
-
-            signal = TeacherSignal(teacher=TorchTeacher(student))  # prepare_qat trained a copy
+        objective = build_objective(terms, source="quantize.kd_losses")
+        if not q.kd:
+            teacher = None
+        elif q.kd_teacher == "student":
+            teacher = "self"  # the fp32 student teaches its fake-quant copy
         else:
-            signal = teacher_signal(ctx, objective, q.train, r.distill.cache_teacher, r.distill.cache_topk)
-        steps = math.ceil(q.train.epochs * math.ceil(len(ds.x_train) / r.data.batch_size))
-        freeze_obs = None if q.freeze_observers_after is None else int(q.freeze_observers_after * steps)
-        freeze_bn = None if q.freeze_bn_after is None else int(q.freeze_bn_after * steps)
+            teacher = teacher_signal(ctx, objective, q.train, r.distill.cache_teacher, r.distill.cache_topk)
+        steps, freeze_obs, freeze_bn = qat_freeze_steps(q.train, len(ds.x_train), r.data.batch_size,
+                                                        q.freeze_observers_after, q.freeze_bn_after)
         ctx.log(f"quantize: QAT{'+KD (' + q.kd_teacher + ' teaches)' if q.kd else ''} with scheme {scheme.name}, "
                 f"{steps} steps, observers frozen at {freeze_obs}, BN at {freeze_bn}")
-        result = train(gm, ds.x_train, ds.y_train, q.train, objective=objective, teacher=signal, seed=r.seed,
-                       x_test=ds.x_test, y_test=ds.y_test, batch_size=r.data.batch_size,
-                       eval_batch_size=r.data.eval_batch_size, checkpoint=ctx.checkpoint("quantize"),
-                       checkpoint_key=ctx.checkpoint_key,
-                       progress=ctx.progress, desc="qat",
-                       step_hook=lambda m, step, total: set_qat_phase(m, step, freeze_obs, freeze_bn),
-                       set_train=train_mode, set_eval=eval_mode, model_state=(qat_state_dict, load_qat_state))
-        model = convert_qat(gm)
+        model, result = qat_finetune(student, example, scheme=scheme, train_config=q.train, x=ds.x_train,
+                                     y=ds.y_train, teacher=teacher, objective=objective,
+                                     freeze_observers_after=q.freeze_observers_after,
+                                     freeze_bn_after=q.freeze_bn_after, keep_float=q.keep_float,
+                                     batch_size=r.data.batch_size, eval_batch_size=r.data.eval_batch_size,
+                                     seed=r.seed, x_test=ds.x_test, y_test=ds.y_test,
+                                     checkpoint=ctx.checkpoint("quantize"), checkpoint_key=ctx.checkpoint_key,
+                                     progress=ctx.progress)
         method, history, curve = ("qat_kd" if q.kd else "qat"), result.history, result.curve
     fq_acc = evaluate(model, ds.x_test, ds.y_test, r.data.eval_batch_size, set_eval=lambda m: None)
     path = save_quantized(model, example, out / "student_int8.pt2")
@@ -93,14 +89,14 @@ def sensitivity_analysis(ctx: "RunContext", student: torch.nn.Module, scheme) ->
 
     Measured on held-out images (`sensitivity_split`).
     """
-    from edgekd.quant import (layer_sensitivity, load_calibration_recipe, mixed_precision_fallback,
-                              select_calibration)
+    from edgekd.quant import (calibration_batches, layer_sensitivity, load_calibration_recipe,
+                              mixed_precision_fallback, select_calibration)
 
     ds, q = ctx.dataset, ctx.recipe.quantize
     x, y, x_rest, y_rest = sensitivity_split(ds.x_train, ds.y_train)
     n = len(x)
     calib = select_calibration(x_rest, y_rest, load_calibration_recipe(q.calibration))
-    batches = [calib[i:i + 64] for i in range(0, len(calib), 64)]
+    batches = calibration_batches(calib, 64)
     example = ctx.example_input(2)
     sens = layer_sensitivity(student, example, scheme, batches, x, y)
     fallback = mixed_precision_fallback(student, example, scheme, batches, x, y, k=1, sensitivity=sens)
