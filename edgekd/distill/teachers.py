@@ -185,41 +185,13 @@ def _existing_file(path: Any, what: str) -> Path:
 
 
 def load_state_dict_file(module: nn.Module, path: str | Path) -> nn.Module:
-    """Load weights saved as a raw state_dict or a checkpoint dict with a 'model' or 'state_dict' entry.
+    """Load teacher weights: a raw state_dict, a checkpoint with a 'model'/'state_dict' entry, or an edgekd model file.
 
     Uses torch.load(weights_only=True). A missing/unexpected key or shape mismatch fails naming the first bad key.
     """
-    p = _existing_file(path, "teacher weights")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise EdgeKDError(f"cannot read teacher weights {p}: {str(e).splitlines()[0]} (expected a file written "
-                          f"by torch.save(model.state_dict(), path))") from e
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise EdgeKDError(f"teacher weights {p} hold no state_dict (got {type(obj).__name__}); save "
-                          f"model.state_dict() or a dict with a 'model' or 'state_dict' entry")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    expected = module.state_dict()
-    for key, tensor in expected.items():
-        if key not in obj:
-            raise EdgeKDError(f"teacher weights {p.name} lack key {key!r} that {type(module).__name__} needs; "
-                              f"check the model name and kwargs match the checkpoint")
-        if tuple(obj[key].shape) != tuple(tensor.shape):
-            raise EdgeKDError(f"teacher weights {p.name}: key {key!r} has shape {tuple(obj[key].shape)} but the "
-                              f"model expects {tuple(tensor.shape)}; check the model name and kwargs "
-                              f"(e.g. num_classes, widths) match the checkpoint")
-    extra = [k for k in obj if k not in expected]
-    if extra:
-        raise EdgeKDError(f"teacher weights {p.name} have key {extra[0]!r} ({len(extra)} unexpected in all) that "
-                          f"{type(module).__name__} lacks; check the model name and kwargs match the checkpoint")
-    module.load_state_dict(obj)
-    return module
+    from edgekd.models.io import load_weights
+
+    return load_weights(module, path, what="teacher weights")
 
 
 def _check_spec(spec: Any, required: Sequence[str], optional: Sequence[str]) -> dict:
