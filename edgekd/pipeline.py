@@ -16,10 +16,10 @@ from typing import Any, Callable
 import torch
 
 from edgekd.config import Recipe, TrainConfig, dump_recipe, load_recipe
-from edgekd.data import ImageDataset, load_dataset
+from edgekd.data import ImageDataset, dataset_from_config
 from edgekd.errors import EdgeKDError
 from edgekd.fileio import write_text
-from edgekd.models import build_model, count_params, load_model_file, save_model_file
+from edgekd.models import build_for_data, count_params, load_model_file, save_model_file
 from edgekd.registry import Registry
 from edgekd.stages import STAGE_ORDER, StageRecord, fingerprint, is_done, require_record, write_record
 
@@ -40,8 +40,7 @@ class RunContext:
     @property
     def dataset(self) -> ImageDataset:
         if self._dataset is None:
-            d = self.recipe.data
-            self._dataset = load_dataset(d.dataset, d.root, d.subset_train, d.subset_test, seed=self.recipe.seed)
+            self._dataset = dataset_from_config(self.recipe.data, self.recipe.seed)
         return self._dataset
 
     def stage_dir(self, stage: str) -> Path:
@@ -76,12 +75,9 @@ def data_key(recipe: Recipe) -> dict[str, Any]:
 
 
 def teacher_spec(recipe: Recipe) -> dict[str, Any]:
-    t = recipe.teacher
-    if t.kind == "torch":
-        return {"kind": "torch", "model": t.model, "kwargs": t.kwargs, "weights": t.weights}
-    if t.kind == "ensemble":
-        return {"kind": "ensemble", "members": t.members}
-    return {"kind": t.kind, "path": t.path}
+    from edgekd.distill.teachers import teacher_spec as spec_of
+
+    return spec_of(recipe.teacher)
 
 
 def stage_teacher(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -93,29 +89,28 @@ def stage_teacher(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     t = r.teacher
     if t.kind == "torch" and not t.weights:
         torch.manual_seed(r.seed)
-        kwargs = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **t.kwargs}
-        model = build_model(t.model, **kwargs)
+        built = build_for_data(t.model, t.kwargs, input_shape=ds.input_shape, num_classes=ds.num_classes,
+                               import_path=t.import_path)
+        model = built.module
         ctx.log(f"teacher: training {t.model} ({count_params(model):,} params) for {t.train.epochs} epochs")
         result = train(model, ds.x_train, ds.y_train, t.train, seed=r.seed, x_test=ds.x_test, y_test=ds.y_test,
                        batch_size=r.data.batch_size, checkpoint=ctx.checkpoint("teacher"),
                        checkpoint_key=ctx.checkpoint_key, progress=ctx.progress,
                        desc="teacher")
-        path = save_model_file(model, t.model, kwargs, out / "teacher.pt")
+        path = save_model_file(model, t.model, built.kwargs, out / "teacher.pt", **built.file_info())
         acc = evaluate(model, ds.x_test, ds.y_test, r.data.eval_batch_size)
         return {"model": path}, {"params": count_params(model), "test_accuracy": acc, "history": result.history,
                                  "curve": result.curve, "source": "trained"}
     spec = teacher_spec(r)
-    if t.kind == "torch":
-        spec["kwargs"] = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **t.kwargs}
-    teacher = load_teacher(spec)
+    teacher = load_teacher(spec, data=ds)
     logits = torch.cat([teacher.logits(ds.x_test[i:i + 1000]) for i in range(0, len(ds.x_test), 1000)])
     acc = (logits.argmax(-1) == ds.y_test).float().mean().item()
     outputs: dict[str, Path] = {}
     params = None
     if t.kind == "torch":
-        module = teacher.module
+        module, built = teacher.module, teacher.built
         params = count_params(module)
-        outputs["model"] = save_model_file(module, t.model, spec["kwargs"], out / "teacher.pt")
+        outputs["model"] = save_model_file(module, t.model, built.kwargs, out / "teacher.pt", **built.file_info())
     ctx.log(f"teacher: loaded ({t.kind}), test accuracy {acc:.4f}")
     return outputs, {"params": params, "test_accuracy": acc, "history": [], "source": spec,
                      "fingerprint": teacher.fingerprint()}
@@ -126,18 +121,23 @@ def load_run_teacher(ctx: RunContext):
     from edgekd.distill import TorchTeacher, load_teacher
 
     rec = ctx.record("teacher")
+    spec = teacher_spec(ctx.recipe)
+    if rec.metrics.get("source") != "trained" and ("mean" in spec or "std" in spec):
+        return load_teacher(spec, data=ctx.dataset)  # its input normalization wraps the module
     if "model" in rec.outputs:
         module, _ = load_model_file(rec.path(ctx.run_dir, "model"))
         return TorchTeacher(module)
-    return load_teacher(teacher_spec(ctx.recipe))
+    return load_teacher(spec, data=ctx.dataset)
 
 
 # --------------------------------------------------------------------------------------------- distill
 
 
-def _student_kwargs(ctx: RunContext) -> dict[str, Any]:
-    ds = ctx.dataset
-    return {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **ctx.recipe.student.kwargs}
+def build_student(ctx: RunContext):
+    """The student built for the data (edgekd.models.build_for_data: kwargs as written, head fitted, input checked)."""
+    s, ds = ctx.recipe.student, ctx.dataset
+    return build_for_data(s.model, s.kwargs, input_shape=ds.input_shape, num_classes=ds.num_classes,
+                          weights=s.weights, import_path=s.import_path)
 
 
 def stage_distill(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
@@ -147,8 +147,10 @@ def stage_distill(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
 
     r, ds, out = ctx.recipe, ctx.dataset, ctx.stage_dir("distill")
     torch.manual_seed(r.seed)
-    kwargs = _student_kwargs(ctx)
-    student = build_model(r.student.model, **kwargs)
+    built = build_student(ctx)
+    student = built.module
+    for note in built.notes:
+        ctx.log(f"distill: {note}")
     terms = r.distill.losses if r.distill.enabled else [{"name": "ce", "weight": 1.0}]
     objective = build_objective(terms)
     mode = r.distill.mode if r.distill.enabled else "teacher"
@@ -163,14 +165,14 @@ def stage_distill(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     if mode == "mutual":
         from edgekd.distill.mutual import train_mutual
 
-        peers = [student] + [build_model(r.student.model, **kwargs) for _ in range(r.distill.peers - 1)]
+        peers = [student] + [build_student(ctx).module for _ in range(r.distill.peers - 1)]
         result = train_mutual(peers, ds.x_train, ds.y_train, r.distill.train, kl_weight=r.distill.mutual_kl_weight,
                               checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key, desc="mutual",
                               **common)
     elif mode == "born_again":
         from edgekd.distill.mutual import born_again
 
-        generations = born_again(lambda: build_model(r.student.model, **kwargs), signal.teacher,
+        generations = born_again(lambda: build_student(ctx).module, signal.teacher,
                                  r.distill.generations, ds.x_train, ds.y_train, r.distill.train, terms, **common)
         student, result = generations[-1]
         result.history = [dict(h, generation=g + 1) for g, (_, res) in enumerate(generations) for h in res.history]
@@ -179,7 +181,7 @@ def stage_distill(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
                        checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key, desc="distill",
                        **common)
     acc = evaluate(student, ds.x_test, ds.y_test, r.data.eval_batch_size)
-    path = save_model_file(student, r.student.model, kwargs, out / "student.pt")
+    path = save_model_file(student, r.student.model, built.kwargs, out / "student.pt", **built.file_info())
     return {"model": path}, {"params": count_params(student), "teacher_params": teacher_params,
                              "test_accuracy": acc, "history": result.history, "curve": result.curve,
                              "losses": terms, "mode": mode,
@@ -273,18 +275,27 @@ def stage_quantize(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     return {"model": path}, metrics
 
 
+def held_out(ds: ImageDataset, limit: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images that guide choices: the validation split (at most `limit`), never trained on, never the test set."""
+    if len(ds.y_val) == 0:
+        raise EdgeKDError("the sensitivity analysis needs a validation split, but data.val_fraction is 0 and "
+                          "data.val_size is not set; set data.val_fraction (e.g. 0.1) or quantize.sensitivity: false")
+    return ds.x_val[:limit], ds.y_val[:limit]
+
+
 def sensitivity_analysis(ctx: RunContext, student: torch.nn.Module, scheme) -> dict[str, Any]:
     """Per-layer int8 cost (PTQ min-max, one layer kept in float at a time) and the k=1 float fallback.
 
-    Measured on a held-out slice of the training set (never the test set, since it guides a choice).
+    Measured on the validation split carved from the training data (never the test set, since it guides a
+    choice); calibration images come from the training remainder.
     """
     from edgekd.quant import (layer_sensitivity, load_calibration_recipe, mixed_precision_fallback,
                               select_calibration)
 
     ds, q = ctx.dataset, ctx.recipe.quantize
-    n = min(2048, len(ds.x_train) // 4)
-    x, y = ds.x_train[-n:], ds.y_train[-n:]
-    calib = select_calibration(ds.x_train[:-n], ds.y_train[:-n], load_calibration_recipe(q.calibration))
+    x, y = held_out(ds)
+    n = len(y)
+    calib = select_calibration(ds.x_train, ds.y_train, load_calibration_recipe(q.calibration))
     batches = [calib[i:i + 64] for i in range(0, len(calib), 64)]
     example = ctx.example_input(2)
     sens = layer_sensitivity(student, example, scheme, batches, x, y)
@@ -292,7 +303,7 @@ def sensitivity_analysis(ctx: RunContext, student: torch.nn.Module, scheme) -> d
     worst = sens["table"][0] if sens["table"] else None
     if worst:
         ctx.log(f"quantize: most int8-sensitive layer {worst['layer']} (keeping it float: "
-                f"{fallback['int8_accuracy']:.4f} -> {fallback['accuracy']:.4f} on {n} held-out training images)")
+                f"{fallback['int8_accuracy']:.4f} -> {fallback['accuracy']:.4f} on {n} validation images)")
     return {"sensitivity": sens,
             "fallback": {k: v for k, v in fallback.items() if k != "model"}, "sensitivity_samples": n}
 

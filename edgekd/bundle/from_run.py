@@ -86,10 +86,10 @@ def _data_facts(run: RunRecord, labels: Any, mean: Any, std: Any) -> tuple[list[
             std = std if std is not None else src.get("std")
     data = (run.recipe or {}).get("data")
     if (labels is None or mean is None or std is None) and isinstance(data, dict) and data.get("dataset"):
-        from edgekd.data import load_dataset
+        from edgekd.data import dataset_from_config
 
         try:
-            ds = load_dataset(str(data["dataset"]), data.get("root"))
+            ds = dataset_from_config({**data, "val_fraction": 0.0, "val_size": None})
         except EdgeKDError as e:
             raise EdgeKDError(f"cannot bundle {run.root.name}: labels/mean/std were not given and loading the "
                               f"recipe's data set failed: {e}") from e

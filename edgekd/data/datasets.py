@@ -61,6 +61,7 @@ class ImageDataset:
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
     split: dict = field(default_factory=dict)
+    pixel_max: float = 255.0               # the pixel scale mean/std are on (255 for 8-bit images, 1 for 0..1)
     _digest: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

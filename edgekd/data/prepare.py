@@ -89,25 +89,26 @@ def class_names_for(raw: RawImages, ytr: np.ndarray, yte: np.ndarray,
     return [str(i) for i in range(top + 1)]
 
 
-def _stats(spec: Any, what: str, raw: RawImages, channels: int) -> np.ndarray | None:
+def stats_values(spec: Any, what: str, channels: int, scale: float = 255.0,
+                 where: str = "data") -> np.ndarray | None:
     """mean or std on the pixel scale from a recipe value: None/'dataset' (compute), a preset name, or numbers."""
     if spec is None or spec == "dataset":
         return None
     if isinstance(spec, str):
         if spec not in NORMALIZATION_PRESETS:
-            raise EdgeKDError(f"data.{what}: {spec!r} is not known; give 'dataset' (the training split's own), "
+            raise EdgeKDError(f"{where}.{what}: {spec!r} is not known; give 'dataset' (the training split's own), "
                               f"{', '.join(map(repr, NORMALIZATION_PRESETS))}, or numbers on the pixel scale "
-                              f"(0..{raw.scale:g}), one per channel")
-        values = np.array(NORMALIZATION_PRESETS[spec][0 if what == "mean" else 1]) * raw.scale
+                              f"(0..{scale:g}), one per channel")
+        values = np.array(NORMALIZATION_PRESETS[spec][0 if what == "mean" else 1]) * scale
     else:
         values = np.asarray(spec, dtype=np.float64).reshape(-1)
     if len(values) == 1:
         values = np.repeat(values, channels)
     if len(values) != channels:
-        raise EdgeKDError(f"data.{what}: {len(values)} values for images with {channels} channel(s); give one "
+        raise EdgeKDError(f"{where}.{what}: {len(values)} values for images with {channels} channel(s); give one "
                           f"per channel (or one for all)")
     if what == "std" and (values <= 0).any():
-        raise EdgeKDError(f"data.std: every value must be > 0, got {values.tolist()}")
+        raise EdgeKDError(f"{where}.std: every value must be > 0, got {values.tolist()}")
     return values.astype(np.float32)
 
 
@@ -115,7 +116,7 @@ def normalize(raw: RawImages, ytr: np.ndarray, yte: np.ndarray, labels: list[str
               std: Any = None) -> ImageDataset:
     """(x - mean) / std per channel, mean/std on the pixel scale; missing ones from the training split."""
     channels = raw.x_train.shape[1]
-    m, s = _stats(mean, "mean", raw, channels), _stats(std, "std", raw, channels)
+    m, s = stats_values(mean, "mean", channels, raw.scale), stats_values(std, "std", channels, raw.scale)
     tr = raw.x_train.astype(np.float32)
     te = raw.x_test.astype(np.float32)
     if m is None:
@@ -127,7 +128,7 @@ def normalize(raw: RawImages, ytr: np.ndarray, yte: np.ndarray, labels: list[str
         x /= s[None, :, None, None]
     return ImageDataset(raw.name, torch.from_numpy(tr), torch.from_numpy(ytr), torch.from_numpy(te),
                         torch.from_numpy(yte), labels, tuple(round(float(v), 4) for v in m),
-                        tuple(round(float(v), 4) for v in s), raw.source)
+                        tuple(round(float(v), 4) for v in s), raw.source, pixel_max=float(raw.scale))
 
 
 def validation_indices(y: torch.Tensor, fraction: float = 0.1, size: int | None = None,
