@@ -40,7 +40,7 @@ def check_labels(y: Any, split: str, source: str, n_images: int) -> np.ndarray:
                               f"{bad[0]}); every label must be an integer class index 0..K-1")
         frac = np.flatnonzero(y != np.round(y))
         if len(frac):
-            raise EdgeKDError(f"{source}: {split} labels hold non-integer values ({y[frac[0]]!r} at index "
+            raise EdgeKDError(f"{source}: {split} labels hold non-integer values ({float(y[frac[0]]):g} at index "
                               f"{frac[0]}); labels must be integer class indices 0..K-1")
     y = y.astype(np.int64)
     if len(y) and y.min() < 0:
@@ -69,6 +69,8 @@ def read_class_names(class_names: Sequence[str] | str | Path) -> list[str]:
 def class_names_for(raw: RawImages, ytr: np.ndarray, yte: np.ndarray,
                     class_names: Sequence[str] | str | None) -> list[str]:
     """The K class names; labels must be 0..K-1 (with K from the names, else max label + 1, all present in train)."""
+    if len(ytr) == 0:
+        raise EdgeKDError(f"{raw.source}: the training split holds no images")
     names = read_class_names(class_names) if class_names is not None else raw.labels
     top = int(max(ytr.max(initial=-1), yte.max(initial=-1)))
     if names is not None:
@@ -81,7 +83,7 @@ def class_names_for(raw: RawImages, ytr: np.ndarray, yte: np.ndarray,
     present = set(np.unique(ytr).tolist())
     absent = [c for c in range(top + 1) if c not in present]
     if absent:
-        lo = int(ytr.min(initial=0))
+        lo = int(ytr.min())
         fix = (f"subtract {lo} (y - {lo})" if absent == list(range(lo)) else
                "renumber the classes 0..K-1, or give data.class_names to declare K classes")
         raise EdgeKDError(f"{raw.source}: training labels run {lo}..{top} ({len(present)} distinct) but class(es) "

@@ -242,7 +242,7 @@ class KerasTeacher(Teacher):
         for i in range(0, len(x), self.batch_size):
             a = x[i:i + self.batch_size].detach().cpu().float()
             a = a.permute(0, 2, 3, 1) if layout == "nhwc" else a
-            batches.append(torch.from_numpy(np.asarray(self._run(np.ascontiguousarray(a.numpy())))))
+            batches.append(torch.from_numpy(np.array(self._run(np.ascontiguousarray(a.numpy())), np.float32)))
         out = torch.cat(batches).float()
         probs = self.outputs == "probabilities" or (self.outputs == "auto" and bool(
             (out >= 0).all() and torch.allclose(out.sum(-1), torch.ones(len(out)), atol=1e-3)))
