@@ -184,7 +184,7 @@ def stage_distill(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     path = save_model_file(student, r.student.model, built.kwargs, out / "student.pt", **built.file_info())
     return {"model": path}, {"params": count_params(student), "teacher_params": teacher_params,
                              "test_accuracy": acc, "history": result.history, "curve": result.curve,
-                             "losses": terms, "mode": mode,
+                             "losses": terms, "mode": mode, "data_split": ds.split,
                              "resumed_from_step": result.resumed_from_step,
                              "teacher_signal": "cache" if signal.cached is not None else
                              ("online" if signal.teacher is not None else "none")}
