@@ -85,6 +85,8 @@ class TeacherConfig:
     mean/std: the normalization a loaded teacher expects (pixel scale, or "imagenet"); edgekd converts the data's
     normalized images to it before the teacher sees them. None = the data's own (data.mean/std).
     layout: a keras teacher's image layout ("auto" reads it from the model's input shape).
+    finetune: train a torch teacher starting from `weights` (its head replaced when the class count differs)
+    instead of using it as loaded.
     """
 
     kind: Literal["torch", "torchscript", "onnx", "keras", "ensemble"] = "torch"
@@ -97,7 +99,8 @@ class TeacherConfig:
     mean: list[float] | str | None = None
     std: list[float] | str | None = None
     layout: Literal["auto", "nhwc", "nchw"] = "auto"
-    outputs: Literal["logits", "probabilities"] = "logits"
+    outputs: Literal["auto", "logits", "probabilities"] = "auto"
+    finetune: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, lr=3e-3, augment=True,
                                                                     weight_decay=5e-4))
 

@@ -87,11 +87,13 @@ def stage_teacher(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
 
     r, ds, out = ctx.recipe, ctx.dataset, ctx.stage_dir("teacher")
     t = r.teacher
-    if t.kind == "torch" and not t.weights:
+    if t.kind == "torch" and (not t.weights or t.finetune):
         torch.manual_seed(r.seed)
         built = build_for_data(t.model, t.kwargs, input_shape=ds.input_shape, num_classes=ds.num_classes,
-                               import_path=t.import_path)
+                               weights=t.weights, import_path=t.import_path)
         model = built.module
+        for note in built.notes:
+            ctx.log(f"teacher: {note}")
         ctx.log(f"teacher: training {t.model} ({count_params(model):,} params) for {t.train.epochs} epochs")
         result = train(model, ds.x_train, ds.y_train, t.train, seed=r.seed, x_test=ds.x_test, y_test=ds.y_test,
                        batch_size=r.data.batch_size, checkpoint=ctx.checkpoint("teacher"),
@@ -391,7 +393,8 @@ def stage_bundle(ctx: RunContext) -> tuple[dict[str, Path], dict[str, Any]]:
     out, ds = ctx.stage_dir("bundle"), ctx.dataset
     archives, outputs = [], {}
     for target in ctx.recipe.bundle.targets:
-        path = bundle_run(ctx.run_dir, target, out, labels=ds.labels, mean=ds.mean, std=ds.std)
+        path = bundle_run(ctx.run_dir, target, out, labels=ds.labels, mean=ds.mean, std=ds.std,
+                          pixel_max=ds.pixel_max)
         outputs[path.name] = path
         archives.append(archive_record(path, target, ctx.run_dir))
         ctx.log(f"bundle: {target}: {path.name} ({path.stat().st_size / 1024:.0f} KiB)")

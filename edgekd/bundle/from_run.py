@@ -82,8 +82,9 @@ def _data_facts(run: RunRecord, labels: Any, mean: Any, std: Any) -> tuple[list[
     for src in sources:
         if isinstance(src, dict):
             labels = labels if labels is not None else src.get("labels")
-            mean = mean if mean is not None else src.get("mean")
-            std = std if std is not None else src.get("std")
+            # recipe values may be "dataset"/"imagenet" (resolved by loading the data below), not numbers
+            mean = mean if mean is not None or isinstance(src.get("mean"), str) else src.get("mean")
+            std = std if std is not None or isinstance(src.get("std"), str) else src.get("std")
     data = (run.recipe or {}).get("data")
     if (labels is None or mean is None or std is None) and isinstance(data, dict) and data.get("dataset"):
         from edgekd.data import dataset_from_config

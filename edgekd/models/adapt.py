@@ -144,8 +144,9 @@ def build_for_data(name: str, kwargs: dict[str, Any] | None, *, input_shape: Seq
     if outputs != num_classes:
         if not replace:
             raise EdgeKDError(f"model {name!r} outputs {outputs} classes, the data has {num_classes}: a loaded "
-                              f"teacher must predict the data's classes; fine-tune it on this data first "
-                              f"(or let edgekd train it: leave out its weights)")
+                              f"teacher must predict the data's classes: set teacher.finetune: true to train it "
+                              f"from these weights with a new {num_classes}-class head, or give weights "
+                              f"fine-tuned on this data")
         where = replace_head(module, num_classes, outputs)
         built.head = num_classes
         built.notes.append(f"{name}: replaced the {outputs}-class head ({where}) with a new {num_classes}-class "
