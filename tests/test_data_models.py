@@ -226,3 +226,26 @@ def test_recipe_data_section_flows_into_the_dataset(tmp_path):
     assert ds.labels == ["no", "yes"] and ds.mean == (100,) and len(ds.y_val) == 10 and len(ds.y_train) == 30
     with pytest.raises(EdgeKDError, match=r"data.val_fraction: a fraction in \[0, 1\)"):
         parse_recipe({"data": {"val_fraction": 1.5}})
+
+
+def test_recipe_model_problems_lists_data_and_model_misfits(tmp_path):
+    from edgekd.config import parse_recipe
+    from edgekd.models import recipe_model_problems
+
+    ok = parse_recipe({"data": {"dataset": "digits"}, "student": {"model": "tiny_cnn", "kwargs": {"width": 4}},
+                       "teacher": {"model": "tiny_cnn"}, "profile": {"targets": ["cpu-local"]},
+                       "bundle": {"targets": ["cpu-local"]}})
+    assert recipe_model_problems(ok) == []
+    bad = parse_recipe({"data": {"dataset": "digits", "val_fraction": 0},
+                        "student": {"model": "mlp", "kwargs": {"input_size": 28}},
+                        "teacher": {"model": "torch.nn:Linear", "kwargs": {"in_features": 3, "out_features": 2}},
+                        "profile": {"targets": ["cpu-local"]}, "bundle": {"targets": ["cpu-local"]}})
+    problems = recipe_model_problems(bad)
+    assert problems[0].startswith("student: model 'mlp' does not fit the data: the model's fully connected layer "
+                                  "expects 784 features, images of the data's size give 64")
+    assert any(p.startswith("teacher: model 'torch.nn:Linear' does not fit the data") for p in problems)
+    assert any(p.startswith("quantize.sensitivity: needs a validation split") for p in problems)
+    labels = parse_recipe({"data": {"dataset": "npz", "root": _npz(tmp_path / "a.npz", np.arange(12) % 3 + 1,
+                                                                    np.arange(3) + 1)},
+                           "profile": {"targets": ["cpu-local"]}, "bundle": {"targets": ["cpu-local"]}})
+    assert recipe_model_problems(labels)[0].startswith("data: ") and "subtract 1" in recipe_model_problems(labels)[0]
