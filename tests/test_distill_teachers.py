@@ -230,7 +230,7 @@ def test_keras_teacher_file_and_savedmodel_nhwc_cached(tmp_path):
         load_teacher({"kind": "keras", "path": str(tmp_path / "junk.keras")})
 
 
-def test_renormalized_teacher_sees_its_own_normalization():
+def test_renormalized_teacher_sees_its_own_normalization(monkeypatch):
     from types import SimpleNamespace
 
     from edgekd.distill.teachers import RenormalizedTeacher
@@ -247,8 +247,7 @@ def test_renormalized_teacher_sees_its_own_normalization():
 
     from edgekd.distill.teachers import TEACHER_KINDS
 
-    if "probe" not in TEACHER_KINDS:
-        TEACHER_KINDS.register("probe")(lambda spec: Probe())
+    monkeypatch.setitem(TEACHER_KINDS._items, "probe", lambda spec: Probe())  # registered for this test only
     data = SimpleNamespace(mean=(100.0, 50.0, 10.0), std=(20.0, 10.0, 5.0), input_shape=(3, 2, 2), num_classes=3,
                            pixel_max=255.0)
     pixels = torch.rand(2, 3, 2, 2) * 255
