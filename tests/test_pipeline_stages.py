@@ -212,14 +212,17 @@ def test_fail_on_parity_false_records_the_failure_and_goes_on(failing_parity, tm
     assert metrics["files"][0]["parity_ok"] is False and metrics["files"][0]["path"] == "export/student_int8.onnx"
 
 
-def test_sensitivity_images_are_held_out_of_calibration():
-    from edgekd.quant.stage import sensitivity_split
+def test_sensitivity_images_are_the_validation_split():
+    from edgekd.data import load_dataset
+    from edgekd.quant.stage import held_out
 
-    x, y = torch.arange(100).float().view(100, 1), torch.arange(100)
-    x_held, y_held, x_rest, _ = sensitivity_split(x, y)
-    assert len(x_held) == 25 and len(x_rest) == 75
-    assert not set(x_held.flatten().tolist()) & set(x_rest.flatten().tolist())
-    assert len(sensitivity_split(torch.zeros(20000, 1), torch.zeros(20000))[0]) == 2048
+    ds = load_dataset("digits", val_fraction=0.2)
+    x_held, y_held = held_out(ds)
+    assert len(y_held) == len(ds.y_val) > 0
+    train_rows = {tuple(r) for r in ds.x_train.flatten(1).tolist()}
+    assert not {tuple(r) for r in x_held.flatten(1).tolist()} & train_rows
+    with pytest.raises(EdgeKDError, match="needs a validation split"):
+        held_out(load_dataset("digits"))
 
 
 def test_disk_full_while_a_training_stage_checkpoints(tmp_path, monkeypatch):

@@ -79,11 +79,11 @@ def archive_record(archive: str | Path, target: str, run_dir: str | Path) -> dic
 
 def _data_facts(run: RunRecord, labels: Any, mean: Any, std: Any) -> tuple[list[str], list[float], list[float]]:
     if (labels is None or mean is None or std is None) and run.recipe is not None:
-        from edgekd.data import load_dataset
+        from edgekd.data import dataset_from_config
 
         data = run.recipe.data
         try:
-            ds = load_dataset(data.dataset, data.root)
+            ds = dataset_from_config({**vars(data), "val_fraction": 0.0, "val_size": None})
         except EdgeKDError as e:
             raise EdgeKDError(f"cannot bundle {run.root.name}: labels/mean/std were not given and loading the "
                               f"recipe's data set failed: {e}") from e

@@ -17,7 +17,7 @@ def run_bundle(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     out, ds = ctx.stage_dir("bundle"), ctx.dataset
     archives, outputs = [], {}
     for target in ctx.recipe.bundle.targets:
-        path = bundle_run(ctx.run_dir, target, out, labels=ds.labels, mean=ds.mean, std=ds.std,
+        path = bundle_run(ctx.run_dir, target, out, labels=ds.labels, mean=ds.mean, std=ds.std, pixel_max=ds.pixel_max,
                           signing_key=ctx.recipe.bundle.signing_key)
         outputs[path.name] = path
         archives.append(archive_record(path, target, ctx.run_dir))

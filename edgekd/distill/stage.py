@@ -19,12 +19,9 @@ if TYPE_CHECKING:
 
 
 def teacher_spec(recipe: "Recipe") -> dict[str, Any]:
-    t = recipe.teacher
-    if t.kind == "torch":
-        return {"kind": "torch", "model": t.model, "kwargs": t.kwargs, "weights": t.weights}
-    if t.kind == "ensemble":
-        return {"kind": "ensemble", "members": t.members}
-    return {"kind": t.kind, "path": t.path}
+    from edgekd.distill.teachers import teacher_spec as spec_of
+
+    return spec_of(recipe.teacher)
 
 
 def teacher_inputs(recipe: "Recipe") -> dict[str, Any]:
@@ -40,36 +37,37 @@ def teacher_inputs(recipe: "Recipe") -> dict[str, Any]:
 def run_teacher(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     """Load the teacher (weights, TorchScript, ONNX, ensemble) or train it; record its test accuracy."""
     from edgekd.distill import load_teacher
+    from edgekd.models import build_for_data, count_params, save_model_file
     from edgekd.train import evaluate, train
-    from edgekd.models import build_model, count_params, save_model_file
 
     r, ds, out = ctx.recipe, ctx.dataset, ctx.stage_dir("teacher")
     t = r.teacher
-    if t.kind == "torch" and not t.weights:
+    if t.kind == "torch" and (not t.weights or t.finetune):
         torch.manual_seed(r.seed)
-        kwargs = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **t.kwargs}
-        model = build_model(t.model, **kwargs)
+        built = build_for_data(t.model, t.kwargs, input_shape=ds.input_shape, num_classes=ds.num_classes,
+                               weights=t.weights, import_path=t.import_path)
+        model = built.module
+        for note in built.notes:
+            ctx.log(f"teacher: {note}")
         ctx.log(f"teacher: training {t.model} ({count_params(model):,} params) for {t.train.epochs} epochs")
         result = train(model, ds.x_train, ds.y_train, t.train, seed=r.seed, x_test=ds.x_test, y_test=ds.y_test,
                        batch_size=r.data.batch_size, checkpoint=ctx.checkpoint("teacher"),
                        checkpoint_key=ctx.checkpoint_key, progress=ctx.progress,
                        desc="teacher")
-        path = save_model_file(model, t.model, kwargs, out / "teacher.pt")
+        path = save_model_file(model, t.model, built.kwargs, out / "teacher.pt", **built.file_info())
         acc = evaluate(model, ds.x_test, ds.y_test, r.data.eval_batch_size)
         return {"model": path}, {"params": count_params(model), "test_accuracy": acc, "history": result.history,
                                  "curve": result.curve, "source": "trained"}
     spec = teacher_spec(r)
-    if t.kind == "torch":
-        spec["kwargs"] = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **t.kwargs}
-    teacher = load_teacher(spec)
+    teacher = load_teacher(spec, data=ds)
     logits = torch.cat([teacher.logits(ds.x_test[i:i + 1000]) for i in range(0, len(ds.x_test), 1000)])
     acc = (logits.argmax(-1) == ds.y_test).float().mean().item()
     outputs: dict[str, Path] = {}
     params = None
     if t.kind == "torch":
-        module = teacher.module
+        module, built = teacher.module, teacher.built
         params = count_params(module)
-        outputs["model"] = save_model_file(module, t.model, spec["kwargs"], out / "teacher.pt")
+        outputs["model"] = save_model_file(module, t.model, built.kwargs, out / "teacher.pt", **built.file_info())
     ctx.log(f"teacher: loaded ({t.kind}), test accuracy {acc:.4f}")
     return outputs, {"params": params, "test_accuracy": acc, "history": [], "source": spec,
                      "fingerprint": teacher.fingerprint()}
@@ -81,27 +79,36 @@ def load_run_teacher(ctx: "RunContext"):
     from edgekd.models import load_model_file
 
     rec = ctx.record("teacher")
+    spec = teacher_spec(ctx.recipe)
+    if rec.metrics.get("source") != "trained" and ("mean" in spec or "std" in spec):
+        return load_teacher(spec, data=ctx.dataset)  # its input normalization wraps the module
     if "model" in rec.outputs:
         module, _ = load_model_file(rec.path(ctx.run_dir, "model"))
         return TorchTeacher(module)
-    return load_teacher(teacher_spec(ctx.recipe))
+    return load_teacher(spec, data=ctx.dataset)
 
 
-def student_kwargs(ctx: "RunContext") -> dict[str, Any]:
-    ds = ctx.dataset
-    return {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **ctx.recipe.student.kwargs}
+def build_student(ctx: "RunContext"):
+    """The student built for the data (edgekd.models.build_for_data: kwargs as written, head fitted, input checked)."""
+    from edgekd.models import build_for_data
+
+    s, ds = ctx.recipe.student, ctx.dataset
+    return build_for_data(s.model, s.kwargs, input_shape=ds.input_shape, num_classes=ds.num_classes,
+                          weights=s.weights, import_path=s.import_path)
 
 
 def run_distill(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     """Train the student from the teacher with the recipe's losses (or from labels alone when disabled)."""
     from edgekd.distill import build_objective
+    from edgekd.models import count_params, save_model_file
     from edgekd.train import TeacherSignal, evaluate, train
-    from edgekd.models import build_model, count_params, save_model_file
 
     r, ds, out = ctx.recipe, ctx.dataset, ctx.stage_dir("distill")
     torch.manual_seed(r.seed)
-    kwargs = student_kwargs(ctx)
-    student = build_model(r.student.model, **kwargs)
+    built = build_student(ctx)
+    student = built.module
+    for note in built.notes:
+        ctx.log(f"distill: {note}")
     terms = r.distill.losses if r.distill.enabled else [{"name": "ce", "weight": 1.0}]
     objective = build_objective(terms)
     mode = r.distill.mode if r.distill.enabled else "teacher"
@@ -116,14 +123,14 @@ def run_distill(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     if mode == "mutual":
         from edgekd.distill.mutual import train_mutual
 
-        peers = [student] + [build_model(r.student.model, **kwargs) for _ in range(r.distill.peers - 1)]
+        peers = [student] + [build_student(ctx).module for _ in range(r.distill.peers - 1)]
         result = train_mutual(peers, ds.x_train, ds.y_train, r.distill.train, kl_weight=r.distill.mutual_kl_weight,
                               checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key, desc="mutual",
                               **common)
     elif mode == "born_again":
         from edgekd.distill.mutual import born_again
 
-        generations = born_again(lambda: build_model(r.student.model, **kwargs), signal.teacher,
+        generations = born_again(lambda: build_student(ctx).module, signal.teacher,
                                  r.distill.generations, ds.x_train, ds.y_train, r.distill.train, terms, **common)
         student, result = generations[-1]
         result.history = [dict(h, generation=g + 1) for g, (_, res) in enumerate(generations) for h in res.history]
@@ -132,10 +139,10 @@ def run_distill(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
                        checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key, desc="distill",
                        **common)
     acc = evaluate(student, ds.x_test, ds.y_test, r.data.eval_batch_size)
-    path = save_model_file(student, r.student.model, kwargs, out / "student.pt")
+    path = save_model_file(student, r.student.model, built.kwargs, out / "student.pt", **built.file_info())
     return {"model": path}, {"params": count_params(student), "teacher_params": teacher_params,
                              "test_accuracy": acc, "history": result.history, "curve": result.curve,
-                             "losses": terms, "mode": mode,
+                             "losses": terms, "mode": mode, "data_split": ds.split,
                              "resumed_from_step": result.resumed_from_step,
                              "teacher_signal": "cache" if signal.cached is not None else
                              ("online" if signal.teacher is not None else "none")}

@@ -74,28 +74,29 @@ def run_quantize(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     return {"model": path}, metrics
 
 
-def sensitivity_split(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                 torch.Tensor]:
-    """(x_held, y_held, x_rest, y_rest): the images that judge int8 sensitivity, and those left for calibration.
+def held_out(ds, limit: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images that guide choices: the validation split (at most `limit`), never trained on, never the test set."""
+    from edgekd.errors import EdgeKDError
 
-    The last quarter of the training set, at most 2048 images: never the test set, since the result guides a choice.
-    """
-    n = min(2048, len(x) // 4)
-    return x[-n:], y[-n:], x[:-n], y[:-n]
+    if len(ds.y_val) == 0:
+        raise EdgeKDError("the sensitivity analysis needs a validation split, but data.val_fraction is 0 and "
+                          "data.val_size is not set; set data.val_fraction (e.g. 0.1) or quantize.sensitivity: false")
+    return ds.x_val[:limit], ds.y_val[:limit]
 
 
 def sensitivity_analysis(ctx: "RunContext", student: torch.nn.Module, scheme) -> dict[str, Any]:
     """Per-layer int8 cost (PTQ min-max, one layer kept in float at a time) and the k=1 float fallback.
 
-    Measured on held-out images (`sensitivity_split`).
+    Measured on the validation split carved from the training data (`held_out`), never the test set since it
+    guides a choice; calibration images come from the training remainder.
     """
     from edgekd.quant import (calibration_batches, layer_sensitivity, load_calibration_recipe,
                               mixed_precision_fallback, select_calibration)
 
     ds, q = ctx.dataset, ctx.recipe.quantize
-    x, y, x_rest, y_rest = sensitivity_split(ds.x_train, ds.y_train)
-    n = len(x)
-    calib = select_calibration(x_rest, y_rest, load_calibration_recipe(q.calibration))
+    x, y = held_out(ds)
+    n = len(y)
+    calib = select_calibration(ds.x_train, ds.y_train, load_calibration_recipe(q.calibration))
     batches = calibration_batches(calib, 64)
     example = ctx.example_input(2)
     sens = layer_sensitivity(student, example, scheme, batches, x, y)
@@ -103,7 +104,7 @@ def sensitivity_analysis(ctx: "RunContext", student: torch.nn.Module, scheme) ->
     worst = sens["table"][0] if sens["table"] else None
     if worst:
         ctx.log(f"quantize: most int8-sensitive layer {worst['layer']} (keeping it float: "
-                f"{fallback['int8_accuracy']:.4f} -> {fallback['accuracy']:.4f} on {n} held-out training images)")
+                f"{fallback['int8_accuracy']:.4f} -> {fallback['accuracy']:.4f} on {n} validation images)")
     return {"sensitivity": sens,
             "fallback": {k: v for k, v in fallback.items() if k != "model"}, "sensitivity_samples": n}
 
