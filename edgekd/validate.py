@@ -4,7 +4,8 @@
 schemes, PTQ methods, export formats, targets: every target YAML is loaded) and builds the distillation and QAT
 objectives, so a misspelt loss option (`temprature`) is reported with the valid options. `parse_recipe` runs it
 on every recipe; `dry_run` adds what depends on files beside the recipe (teacher weights and files, the
-calibration recipe), which `load_recipe` resolves after parsing. `edgekd validate` and `edgekd run` call `dry_run`.
+calibration recipe), which `load_recipe` resolves after parsing, and then loads the data and builds the student
+and teacher to check that they fit it (label range, image size, class count: `edgekd.models.recipe_model_problems`). `edgekd validate` and `edgekd run` call `dry_run`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ def dry_run(recipe: Recipe | str | Path) -> None:
         problems = file_problems(recipe)
     else:
         problems = range_problems(recipe) + recipe_problems(recipe) + file_problems(recipe)
+    if not problems:  # names resolve: load the data and build the models to check that they fit each other
+        from edgekd.models import recipe_model_problems
+
+        problems = recipe_model_problems(recipe)
     if problems:
         raise ConfigError(problems, f"recipe {recipe.name!r}")
 
