@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from edgekd.errors import ConfigError, EdgeKDError
+from edgekd.resources import shipped_path
 
 
 # Default KD objectives, chosen by measurement on Fashion-MNIST with students of 6k-24k parameters (README):
@@ -342,7 +343,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     return recipe
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = shipped_path(".")  # the repository checkout, or the wheel's copy of targets/ and calibration/
 
 
 def resolve_path(value: str | None, base: Path) -> str | None:

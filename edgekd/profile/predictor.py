@@ -41,6 +41,7 @@ from edgekd.errors import EdgeKDError
 from edgekd.profile.layers import KINDS, Layer, OrtNode, model_layers, model_ort_nodes
 from edgekd.profile.result import LatencyResult
 from edgekd.profile.targets import Target, load_target
+from edgekd.resources import shipped_path
 
 MAC_KINDS = ("conv", "convlarge", "pwconv", "dwconv", "gemm")
 # Assumed fractions of peak reached by each op kind before calibration (typical of XNNPACK / MLAS on small
@@ -62,7 +63,7 @@ CACHE_GRID_MB = (0.5, 1, 2, 4, 8, 16, 32)
 def calibration_dir() -> Path:
     """Where latency calibrations live: $EDGEKD_CALIBRATION_DIR, else the repository's calibration/latency/."""
     env = os.environ.get("EDGEKD_CALIBRATION_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "calibration" / "latency"
+    return Path(env) if env else shipped_path("calibration/latency")
 
 
 def calibration_path(target: str, runtime: str, precision: str, root: Path | None = None) -> Path:

@@ -19,8 +19,9 @@ from edgekd.errors import EdgeKDError
 from edgekd.fileio import existing_model_file
 from edgekd.profile.result import LatencyResult, detect_precision, file_bytes, model_files
 from edgekd.profile.stats import summarize
+from edgekd.resources import shipped_path
 
-REMOTE_SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "remote_ort_bench.py"
+REMOTE_SCRIPT = shipped_path("tools/remote_ort_bench.py")
 TRTEXEC_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import ConfigError, EdgeKDError
+from edgekd.resources import shipped_path
 
 KINDS = ("cpu", "android", "jetson", "linux")
 TARGET_RUNTIMES = ("onnxruntime", "litert", "torch", "tensorrt")
@@ -26,7 +27,7 @@ TARGET_KEYS = {"name", "kind", "description", "connect", "runtimes", "threads", 
 def targets_dir() -> Path:
     """The folder of bundled target YAMLs: $EDGEKD_TARGETS_DIR, else the repository's targets/."""
     env = os.environ.get("EDGEKD_TARGETS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "targets"
+    return Path(env) if env else shipped_path("targets")
 
 
 @dataclass(frozen=True)
