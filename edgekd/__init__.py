@@ -6,7 +6,9 @@
     edgekd.profile(["student_int8.tflite"], target="pixel-8")
 
 The public operations live in `edgekd.api` (same names and arguments as the CLI commands) and are loaded on
-first use, so `import edgekd` stays fast.
+first use, so `import edgekd` stays fast. Where an operation shares its name with a subpackage (export, verify,
+profile, bundle, report), `edgekd.<name>` is that subpackage, made callable as the operation
+(edgekd.callable_modules), so both `edgekd.export(...)` and `edgekd.export.onnx` keep working.
 """
 __version__ = "0.1.0"
 
@@ -18,6 +20,11 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name: str):
     if name in _API:
+        import importlib
+        import importlib.util
+
+        if importlib.util.find_spec(f"edgekd.{name}") is not None:
+            return importlib.import_module(f"edgekd.{name}")  # a callable module (edgekd.callable_modules)
         from edgekd import api
 
         return getattr(api, name)
