@@ -1,4 +1,4 @@
-"""Optional extras: a feature whose extra is missing is one line naming the extra; pyproject declares each extra."""
+"""Packaging: optional extras (a missing one is one line naming it), pyproject declarations, test tiers."""
 from __future__ import annotations
 
 import tomllib
@@ -60,3 +60,16 @@ def test_every_extra_named_in_code_is_declared_and_all_holds_them():
     for heavy in ("tensorflow", "litert", "torchvision", "timm", "transformers"):
         assert heavy not in core, f"{heavy} is in the core install"
     assert meta["requires-python"] == ">=3.11,<3.13"
+
+
+def test_test_tiers_are_consistent():
+    """`make test` skips slow, export and device tests; `make test-all` runs everything that needs no device."""
+    import re
+
+    ini = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "-m 'not slow and not export and not device'" in ini["addopts"]
+    assert {m.split(":")[0] for m in ini["markers"]} == {"slow", "export", "device"}
+    make = (REPO / "Makefile").read_text()
+    targets = dict(re.findall(r"^(test[\w-]*):.*\n\t\$\(PYTEST\) -q(.*)$", make, flags=re.M))
+    assert targets == {"test": "", "test-export": " -m export", "test-slow": " -m slow", "test-device": " -m device",
+                       "test-all": ' -m "not device"'}, targets
