@@ -11,6 +11,3 @@ __all__ = ["BUNDLE_FORMAT", "MANIFEST", "ModelFile", "app_layouts", "make_bundle
            "card_markdown", "archive_record", "bundle_run", "card_from_run", "model_files", "Normalization",
            "read_onnx_metadata", "read_tflite_metadata", "write_onnx_metadata", "write_tflite_metadata",
            "ExtractLimits", "safe_extract", "BundleReport", "verify_bundle"]
-
-from edgekd.callable_modules import make_callable  # noqa: E402  (last: edgekd.bundle(...) calls edgekd.api.bundle)
-make_callable(__name__)

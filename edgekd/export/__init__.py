@@ -10,6 +10,3 @@ EXPORTERS.register("tflite")(export_tflite)
 
 __all__ = ["EXPORTERS", "ExportedFile", "describe_file", "INT8_ORT_OPS", "export_onnx", "export_tflite", "onnx_op_types",
            "tflite_tensor_quantization"]
-
-from edgekd.callable_modules import make_callable  # noqa: E402  (last: edgekd.export(...) calls edgekd.api.export)
-make_callable(__name__)

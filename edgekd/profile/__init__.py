@@ -16,6 +16,3 @@ __all__ = ["Calibration", "LatencyResult", "LatencyStats", "Layer", "Peak", "Pre
            "list_targets", "load_target", "micro_models", "model_layers", "parse_benchmark_model_output",
            "parse_trtexec_output", "predict", "profile_android", "profile_file", "profile_files", "profile_metrics",
            "profile_ssh", "summarize", "verdict_text", "verdicts"]
-
-from edgekd.callable_modules import make_callable  # noqa: E402  (last: edgekd.profile(...) calls edgekd.api.profile)
-make_callable(__name__)

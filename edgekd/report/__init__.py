@@ -5,6 +5,3 @@ from edgekd.report.run import RunRecord, load_run
 
 __all__ = ["ReportPaths", "build_report", "choose_shipped", "collect_results", "pareto_front", "results_json",
            "RunRecord", "load_run"]
-
-from edgekd.callable_modules import make_callable  # noqa: E402  (last: edgekd.report(...) calls edgekd.api.report)
-make_callable(__name__)

@@ -5,6 +5,3 @@ from edgekd.verify.parity import (FP32_MAX_ABS_DIFF, compare_logits, file_accura
 
 __all__ = ["FP32_MAX_ABS_DIFF", "INT8_MAX_ACCURACY_GAP", "INT8_MIN_TOP1_AGREEMENT", "compare_logits",
            "file_accuracy", "file_logits", "parity", "reference_logits", "verify_files"]
-
-from edgekd.callable_modules import make_callable  # noqa: E402  (last: edgekd.verify(...) calls edgekd.api.verify)
-make_callable(__name__)
