@@ -1,7 +1,7 @@
 """A normal (non-editable) install works: sdist -> wheel -> installed copy, used without the source tree.
 
 The repository keeps targets/, calibration/ and tools/remote_ort_bench.py at its top; the wheel carries them under
-edgekd/_shipped/ (setup.py). Here the sdist is built from this checkout, the wheel from the unpacked sdist (so both
+edgekd/_shipped/ (setup.py). Here the sdist is built from a copy of this checkout, the wheel from the unpacked sdist (so both
 must carry the files), the wheel is installed into a scratch folder, and the installed copy is run in a process whose
 import path holds only that folder and the environment's dependencies (`python -S`: no .pth files, so an editable
 install of edgekd cannot answer instead).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -38,9 +39,12 @@ def installed(tmp_path_factory) -> Path:
     major, minor = (int(p) for p in setuptools.__version__.split(".")[:2])
     assert (major, minor) >= (70, 1), f"setuptools {setuptools.__version__} < 70.1: pip install 'edgekd[test]'"
     tmp = tmp_path_factory.mktemp("wheel")
+    checkout = tmp / "checkout"  # a copy, so the build writes nothing into the repository
+    junk = (".git", ".venv", ".whl", ".gl", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.pyc")
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(*junk))
     dist = tmp / "dist"
     code = f"import setuptools.build_meta as b; print(b.build_sdist({str(dist)!r}))"
-    sdist = dist / _run([sys.executable, "-c", code], cwd=REPO).stdout.strip().splitlines()[-1]
+    sdist = dist / _run([sys.executable, "-c", code], cwd=checkout).stdout.strip().splitlines()[-1]
     with tarfile.open(sdist) as tar:
         tar.extractall(tmp / "src", filter="data")
     (src,) = (tmp / "src").iterdir()
