@@ -52,7 +52,7 @@ def parse_overrides(items: tuple[str, ...]) -> dict:
 
 
 def comma_list(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
-    """A repeatable option that also takes comma lists: --runtime litert,onnxruntime == --runtime litert --runtime ..."""
+    """A repeatable option that also takes comma lists (--runtime litert,onnxruntime --runtime torch)."""
     from edgekd.api import split_names
 
     return tuple(split_names(values))

@@ -1,8 +1,8 @@
 """A normal (non-editable) install works: sdist -> wheel -> installed copy, used without the source tree.
 
 The repository keeps targets/, calibration/ and tools/remote_ort_bench.py at its top; the wheel carries them under
-edgekd/_shipped/ (setup.py). Here the sdist is built from a copy of this checkout, the wheel from the unpacked sdist (so both
-must carry the files), the wheel is installed into a scratch folder, and the installed copy is run in a process whose
+edgekd/_shipped/ (setup.py). Here the sdist is built from a copy of this checkout, the wheel from the unpacked sdist
+(so both must carry the files), the wheel is installed into a scratch folder, and the installed copy is run in a process whose
 import path holds only that folder and the environment's dependencies (`python -S`: no .pth files, so an editable
 install of edgekd cannot answer instead).
 """
@@ -40,7 +40,8 @@ def installed(tmp_path_factory) -> Path:
     assert (major, minor) >= (70, 1), f"setuptools {setuptools.__version__} < 70.1: pip install 'edgekd[test]'"
     tmp = tmp_path_factory.mktemp("wheel")
     checkout = tmp / "checkout"  # a copy, so the build writes nothing into the repository
-    junk = (".git", ".venv", ".whl", ".gl", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.pyc")
+    junk = (".git", ".venv", ".whl", ".gl", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+            "*.pyc")
     shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(*junk))
     dist = tmp / "dist"
     code = f"import setuptools.build_meta as b; print(b.build_sdist({str(dist)!r}))"
