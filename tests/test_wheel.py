@@ -2,9 +2,9 @@
 
 The repository keeps targets/, calibration/ and tools/remote_ort_bench.py at its top; the wheel carries them under
 edgekd/_shipped/ (setup.py). Here the sdist is built from a copy of this checkout, the wheel from the unpacked sdist
-(so both must carry the files), the wheel is installed into a scratch folder, and the installed copy is run in a process whose
-import path holds only that folder and the environment's dependencies (`python -S`: no .pth files, so an editable
-install of edgekd cannot answer instead).
+(so both must carry the files), the wheel is installed into a scratch folder, and the installed copy is run in a
+process whose import path holds only that folder and the environment's dependencies (`python -S`: no .pth files,
+so an editable install of edgekd cannot answer instead).
 """
 from __future__ import annotations
 
