@@ -73,3 +73,17 @@ def test_test_tiers_are_consistent():
     targets = dict(re.findall(r"^(test[\w-]*):.*\n\t\$\(PYTEST\) -q(.*)$", make, flags=re.M))
     assert targets == {"test": "", "test-export": " -m export", "test-slow": " -m slow", "test-device": " -m device",
                        "test-all": ' -m "not device"'}, targets
+
+
+def test_default_calibration_recipe_resolves_from_any_directory(tmp_path, monkeypatch):
+    from edgekd.quant import load_calibration_recipe
+    from edgekd.resources import locate, shipped_path
+
+    monkeypatch.chdir(tmp_path)
+    assert load_calibration_recipe("calibration/default.yaml").size > 0
+    assert locate("calibration/default.yaml") == shipped_path("calibration/default.yaml")
+    (tmp_path / "calibration").mkdir()
+    (tmp_path / "calibration" / "default.yaml").write_text("size: 7\n")
+    assert load_calibration_recipe("calibration/default.yaml").size == 7  # the user's own file comes first
+    with pytest.raises(EdgeKDError, match=r"calibration recipe not found: calibration/nope\.yaml$"):
+        load_calibration_recipe("calibration/nope.yaml")
