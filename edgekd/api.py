@@ -13,8 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from edgekd.errors import EdgeKDError
-
 if TYPE_CHECKING:
     from edgekd.config import Recipe
     from edgekd.profile import Target
@@ -22,7 +20,7 @@ if TYPE_CHECKING:
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "fashion_mnist_demo.yaml"
 
 __all__ = ["run", "run_stage", "validate", "demo", "export", "verify", "profile", "quantize", "bundle",
-           "bundle_verify", "report", "targets", "target", "calibrate", "DEMO_RECIPE"]
+           "bundle_verify", "bundle_keygen", "report", "targets", "target", "calibrate", "DEMO_RECIPE"]
 
 
 def _recipe(recipe: str | Path | Recipe, overrides: dict[str, Any] | None) -> Recipe:
@@ -54,11 +52,14 @@ def run(recipe: str | Path | Recipe, *, run_dir: str | Path | None = None, until
                         progress=progress)
 
 
-def validate(recipe: str | Path) -> Recipe:
-    """Load and check a recipe; raises ConfigError listing every problem."""
-    from edgekd.config import load_recipe
+def validate(recipe: str | Path | Recipe) -> Recipe:
+    """Dry-run a recipe (edgekd.validate.dry_run): raises ConfigError listing every problem before anything trains."""
+    from edgekd.config import Recipe, load_recipe
+    from edgekd.validate import dry_run
 
-    return load_recipe(recipe)
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    dry_run(recipe)
+    return recipe
 
 
 def run_stage(recipe: str | Path | Recipe, stage: str, *, run_dir: str | Path | None = None,
@@ -90,19 +91,18 @@ def _load_any_model(path: Path, model: str | None = None):
 
 
 def export(model_path: str | Path, *, format: str, out: str | Path, model: str | None = None,
-           input_shape: Sequence[int] = (1, 1, 28, 28), opset: int = 18) -> Path:
-    """Export an edgekd model file (.pt fp32, or .pt2 quantized) to ONNX or TFLite."""
+           input_shape: Sequence[int] = (1, 1, 28, 28), opset: int | None = None) -> Path:
+    """Export an edgekd model file (.pt fp32, or .pt2 quantized) to a registered format (onnx, tflite, pt2).
+
+    `opset` is an ONNX option (default 18); formats that do not take it refuse it in one line.
+    """
     import torch
 
-    from edgekd.export import export_onnx, export_tflite
+    from edgekd.formats import export_model
 
     module = _load_any_model(Path(model_path), model)
     example = (torch.zeros(*input_shape),)
-    if format == "onnx":
-        return export_onnx(module, example, Path(out), opset=opset)
-    if format == "tflite":
-        return export_tflite(module, example, Path(out))
-    raise EdgeKDError(f"unknown format {format!r}; known: onnx, tflite")
+    return export_model(format, module, example, Path(out), **({} if opset is None else {"opset": opset}))
 
 
 def verify(files: Sequence[str | Path], *, reference: str | Path, dataset: str = "fashion_mnist",
@@ -110,7 +110,7 @@ def verify(files: Sequence[str | Path], *, reference: str | Path, dataset: str =
            test_subset: int | None = None) -> dict[str, Any]:
     """Parity of each file with `reference` (an edgekd model file) and each file's accuracy in its runtime."""
     from edgekd.data import load_dataset
-    from edgekd.export.files import describe_file
+    from edgekd.formats import describe_file
     from edgekd.verify import verify_files
 
     ds = load_dataset(dataset, data_dir, subset_test=test_subset)
@@ -123,18 +123,20 @@ def verify(files: Sequence[str | Path], *, reference: str | Path, dataset: str =
 
 
 def profile(files: Sequence[str | Path], *, target: str = "cpu-local", threads: int | None = None,
-            max_seconds: float = 2.0, min_runs: int = 50, remote: str = "auto", progress: bool = True
-            ) -> dict[str, Any]:
+            max_seconds: float = 2.0, min_runs: int = 50, remote: str = "auto", progress: bool = True,
+            timeout_s: float | None = None) -> dict[str, Any]:
     """Latency of each file on `target`: measured on this CPU, over adb/SSH when reachable, else predicted.
 
     remote: "auto" (measure when reachable, else predict), "measure" (fail when unreachable), "predict".
+    timeout_s: the longest one device command may take (default: the target's connect timeouts).
+    Raises EdgeKDError when the target runs none of the files.
     """
     from edgekd.fileio import existing_model_file
     from edgekd.profile.stage import profile_run_files
 
     paths = [existing_model_file(f) for f in files]
-    return profile_run_files(paths, [target], threads=threads, max_seconds=max_seconds,
-                             min_runs=min_runs, remote=remote, progress=progress)
+    return profile_run_files(paths, [target], threads=threads, max_seconds=max_seconds, min_runs=min_runs,
+                             remote=remote, progress=progress, timeout_s=timeout_s, require_runnable=True)
 
 
 def quantize(model_path: str | Path, *, out: str | Path, method: str = "minmax",
@@ -147,30 +149,38 @@ def quantize(model_path: str | Path, *, out: str | Path, method: str = "minmax",
     they choose the int8 scheme. calibration: a calibration recipe; the shipped ones resolve from any directory.
     """
     from edgekd.data import load_dataset
-    from edgekd.quant import (load_calibration_recipe, quantize_ptq, save_quantized, scheme_for_runtimes,
-                              select_calibration)
+    from edgekd.quant import (calibration_batches, load_calibration_recipe, quantize_ptq, save_quantized,
+                              scheme_for_runtimes, select_calibration)
 
     ds = load_dataset(dataset, data_dir)
     student = _load_any_model(Path(model_path), model)
     sch = scheme_for_runtimes(split_names(runtime), override=scheme)
     calib = select_calibration(ds.x_train, ds.y_train, load_calibration_recipe(calibration))
-    q = quantize_ptq(student, ds.x_test[:2], sch, [calib[i:i + 64] for i in range(0, len(calib), 64)], method=method)
+    q = quantize_ptq(student, ds.x_test[:2], sch, calibration_batches(calib, 64), method=method)
     return save_quantized(q, ds.x_test[:2], Path(out))
 
 
-def bundle(run_dir: str | Path, *, target: str = "cpu-local", out: str | Path | None = None) -> Path:
-    """Make the mobile-app archive for `target` from a finished run directory."""
+def bundle(run_dir: str | Path, *, target: str = "cpu-local", out: str | Path | None = None,
+           sign_key: str | Path | None = None) -> Path:
+    """Make the mobile-app archive for `target` from a finished run directory (signed with `sign_key` if given)."""
     from edgekd.bundle import bundle_run
 
     run_dir = Path(run_dir)
-    return bundle_run(run_dir, target, Path(out) if out else run_dir / "bundle")
+    return bundle_run(run_dir, target, Path(out) if out else run_dir / "bundle", signing_key=sign_key)
 
 
-def bundle_verify(archive: str | Path, *, run_models: bool = True):
-    """Check an archive's checksums and metadata and run each model once."""
+def bundle_verify(archive: str | Path, *, run_models: bool = True, key: str | Path | None = None):
+    """Check an archive's checksums, signature (with `key`, an Ed25519 public key PEM) and metadata; run each model."""
     from edgekd.bundle import verify_bundle
 
-    return verify_bundle(Path(archive), run_models=run_models)
+    return verify_bundle(Path(archive), run_models=run_models, key=key)
+
+
+def bundle_keygen(key: str | Path) -> tuple[Path, Path]:
+    """Write an Ed25519 signing key pair: `key` (private, mode 0600) and KEY.pub.pem beside it."""
+    from edgekd.bundle.signing import generate_keypair
+
+    return generate_keypair(key)
 
 
 def report(run_dir: str | Path):

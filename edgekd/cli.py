@@ -10,7 +10,26 @@ import click
 
 from edgekd.errors import EdgeKDError
 
-STAGES = ("teacher", "distill", "quantize", "export", "verify", "profile", "bundle", "report")
+
+
+class StageChoice(click.Choice):
+    """The stage names of edgekd.stages, read when first needed (so `edgekd --help` imports no stage)."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self):
+        from edgekd.stages import STAGES as REGISTRY
+
+        return tuple(dict.fromkeys(n for task in (None, *REGISTRY.tasks()) for n in REGISTRY.names(task)))
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+
+STAGES = StageChoice()
 
 
 def user_errors(fn):
@@ -40,15 +59,9 @@ def user_errors(fn):
 
 
 def parse_overrides(items: tuple[str, ...]) -> dict:
-    import yaml
+    from edgekd.config import parse_overrides as parse  # one parser: plain YAML values, tags refused in one line
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise EdgeKDError(f"--set takes KEY=VALUE (e.g. distill.train.epochs=2), got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
+    return parse(items)
 
 
 def comma_list(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -110,8 +123,8 @@ def demo(run_dir: Path | None, overrides: tuple[str, ...], no_progress: bool) ->
 @main.command("run")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--run-dir", type=click.Path(path_type=Path), help="Run directory (default runs/<recipe name>).")
-@click.option("--until", type=click.Choice(STAGES), help="Stop after this stage.")
-@click.option("--only", type=click.Choice(STAGES), multiple=True, help="Run only these stages (others must be done).")
+@click.option("--until", type=STAGES, help="Stop after this stage.")
+@click.option("--only", type=STAGES, multiple=True, help="Run only these stages (others must be done).")
 @click.option("--force", is_flag=True, help="Re-run stages even when their inputs are unchanged.")
 @click.option("--set", "overrides", multiple=True, help="Override a recipe value, e.g. --set seed=1.")
 @click.option("--no-progress", is_flag=True)
@@ -226,10 +239,15 @@ def verify(files, reference, dataset, data_dir, model, tolerance, test_subset, a
                      tolerance=tolerance, test_subset=test_subset)
     if as_json:
         click.echo(json.dumps(res, indent=2, default=str))
-        return
-    for f in res["files"]:
-        click.echo(f"{f['name']:<28} {f['runtime']:<12} acc {f['accuracy']:.4f}  max|diff| {f['max_abs_diff']:.2e}  "
-                   f"top-1 agree {f['top1_agreement']:.4f}  {'ok' if f['parity_ok'] else 'PARITY FAILED'}")
+    else:
+        for f in res["files"]:
+            click.echo(f"{f['name']:<28} {f['runtime']:<12} acc {f['accuracy']:.4f}  max|diff| "
+                       f"{f['max_abs_diff']:.2e}  top-1 agree {f['top1_agreement']:.4f}  "
+                       f"{'ok' if f['parity_ok'] else 'PARITY FAILED'}")
+    if not res["ok"]:  # exit 1: the files were checked and failed (2 is a usage/input error)
+        failed = [f["name"] for f in res["files"] if not f["parity_ok"]]
+        click.echo(f"verify failed: {', '.join(failed) or 'no files'}", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -240,41 +258,57 @@ def verify(files, reference, dataset, data_dir, model, tolerance, test_subset, a
 @click.option("--min-runs", default=50, show_default=True)
 @click.option("--remote", type=click.Choice(["auto", "measure", "predict"]), default="auto", show_default=True,
               help="Remote targets: measure when reachable else predict, always measure, or only predict.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds one device command may take (default: the target's connect timeouts).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (never drawn when output is not a terminal).")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def profile(files, target, threads, max_seconds, min_runs, remote, as_json) -> None:
+def profile(files, target, threads, max_seconds, min_runs, remote, timeout_s, no_progress, as_json) -> None:
     """Latency of FILES on TARGET (measured when reachable, else predicted and labelled so)."""
     from edgekd import api
     from edgekd.profile.stage import format_profile
 
     res = api.profile(files, target=target, threads=threads, max_seconds=max_seconds, min_runs=min_runs,
-                      remote=remote, progress=not as_json)
+                      remote=remote, progress=not (as_json or no_progress), timeout_s=timeout_s)
     click.echo(json.dumps(res, indent=2, default=str) if as_json else format_profile(res))
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
-@click.argument("args", nargs=-1, required=True, metavar="RUN_DIR | verify ARCHIVE")
+@click.argument("args", nargs=-1, required=True, metavar="RUN_DIR | verify ARCHIVE | keygen KEY.pem")
 @click.option("--target", default="cpu-local", show_default=True, help="Target whose archive to make.")
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for the archive (default RUN_DIR/bundle).")
+@click.option("--sign-key", type=click.Path(path_type=Path),
+              help="Ed25519 private key (PEM): sign the manifest (manifest.sig in the archive).")
+@click.option("--key", type=click.Path(path_type=Path),
+              help="verify: Ed25519 public key (PEM) the archive must be signed with.")
 @click.option("--no-run", is_flag=True, help="verify: check checksums and metadata only; do not load the models.")
 @user_errors
-def bundle(args: tuple[str, ...], target: str, out: Path | None, no_run: bool) -> None:
-    """Make the app archive for TARGET from RUN_DIR, or `bundle verify ARCHIVE` to check one.
+def bundle(args: tuple[str, ...], target: str, out: Path | None, sign_key: Path | None, key: Path | None,
+           no_run: bool) -> None:
+    """Make the app archive for TARGET from RUN_DIR, `bundle verify ARCHIVE` to check one, or `bundle keygen
+    KEY.pem` to make a signing key pair (KEY.pem private, KEY.pub.pem public).
 
-    verify checks every checksum against the manifest, reads the TFLite metadata back, and runs each model once
-    in its runtime; a tampered, truncated or mismatched archive exits with status 2.
+    verify checks every checksum against the manifest (and, with --key, the manifest's signature), reads the model
+    metadata back, and runs each model once in its runtime; a tampered, truncated or mismatched archive exits
+    with status 2. Without a signature the checksums catch damage, not deliberate tampering.
     """
     from edgekd import api
 
     if args[0] == "verify":
         if len(args) != 2:
-            raise EdgeKDError("usage: edgekd bundle verify ARCHIVE.zip")
-        report = api.bundle_verify(Path(args[1]), run_models=not no_run)
+            raise EdgeKDError("usage: edgekd bundle verify ARCHIVE.zip [--key PUBLIC.pem]")
+        report = api.bundle_verify(Path(args[1]), run_models=not no_run, key=key)
         click.echo(report.summary())
+        return
+    if args[0] == "keygen":
+        if len(args) != 2:
+            raise EdgeKDError("usage: edgekd bundle keygen KEY.pem")
+        private, public = api.bundle_keygen(Path(args[1]))
+        click.echo(f"private key {private} (keep it secret), public key {public} (give it to whoever verifies)")
         return
     if len(args) != 1:
         raise EdgeKDError("usage: edgekd bundle RUN_DIR [--target NAME] (or: edgekd bundle verify ARCHIVE.zip)")
-    click.echo(f"bundle: {api.bundle(Path(args[0]), target=target, out=out)}")
+    click.echo(f"bundle: {api.bundle(Path(args[0]), target=target, out=out, sign_key=sign_key)}")
 
 
 @main.command()
@@ -335,7 +369,7 @@ def calibrate(target: str, runtime: str, precision: str, threads: int | None, ro
               out: Path | None, no_progress: bool) -> None:
     """Fit the latency predictor for TARGET from micro-benchmarks measured on it (~8 minutes for cpu-local)."""
     from edgekd import api
-    from edgekd.profile.predictor import Calibration
+    from edgekd.profile.predict import Calibration
 
     path = api.calibrate(target, runtime=runtime, precision=precision, threads=threads, rounds=rounds,
                          time_cap=time_cap, out=out, progress=not no_progress)

@@ -1,7 +1,9 @@
 """Typed recipe: dataclasses per stage, YAML load, and validation that reports every problem at once.
 
-Strings from YAML are checked here (field names, types, ranges, registered names) and resolved to objects
-at the stage boundary; nothing inside the library looks at raw recipe dicts.
+Strings from YAML are checked here (field names, types, ranges) and by edgekd.validate (registered names, loss
+options, targets), and resolved to objects at the stage boundary; nothing inside the library looks at raw recipe
+dicts. Fields that name registered things (models, losses, schemes, PTQ methods, formats, targets) are plain
+strings checked against their registries, so that registering a new one needs no edit here.
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, Mapping
 
 import yaml
 
 from edgekd.errors import ConfigError, EdgeKDError
 from edgekd.resources import shipped_path
+from edgekd.train.config import TrainConfig
 
 
 # Default KD objectives, chosen by measurement on Fashion-MNIST with students of 6k-24k parameters (README):
@@ -28,44 +31,66 @@ QAT_KD_TERMS = ({"name": "ce", "weight": 0.5}, {"name": "kd_soft", "weight": 0.5
 
 @dataclass
 class DataConfig:
+    """The data set (docs/byo.md): source, its options, normalization, class names and the validation split.
+
+    mean/std: on the pixel scale (0..255 for 8-bit images), one per channel or one for all; "dataset" = the
+    training split's own statistics; "imagenet" = torchvision/timm ImageNet statistics. class_names: names in
+    label order, or a text file with one per line. val_fraction/val_size: the stratified, seeded validation split
+    carved from the training data (val_size, when set, wins; 0 disables).
+    """
+
     dataset: str = "fashion_mnist"
     root: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)     # the source's options, e.g. image_folder's size
     subset_train: int | None = None
     subset_test: int | None = None
+    mean: list[float] | str = "dataset"
+    std: list[float] | str = "dataset"
+    class_names: list[str] | str | None = None
+    val_fraction: float = 0.1
+    val_size: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 1000
 
 
 @dataclass
-class TrainConfig:
-    """Optimization settings shared by teacher training, distillation and QAT."""
-
-    epochs: float = 5
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    augment: bool = False
-    checkpoint_every: int = 200
-    grad_clip: float | None = None
-
-
-@dataclass
 class ModelSpec:
+    """A model by name (zoo, torchvision:NAME, timm:NAME, package.module:Callable; docs/models.md).
+
+    kwargs go to the constructor as written (zoo models also get num_classes/in_channels from the data);
+    weights: a local file to start from; import_path: folder searched first for package.module (default: the
+    recipe's folder).
+    """
+
     model: str = "mobilenet_student"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    import_path: str | None = None
 
 
 @dataclass
 class TeacherConfig:
-    """Where the teacher comes from: `weights` to load (torch), a file (torchscript/onnx), or train it."""
+    """Where the teacher comes from: `weights` to load (torch), a file (torchscript/onnx/keras), or train it.
 
-    kind: Literal["torch", "torchscript", "onnx", "ensemble"] = "torch"
+    mean/std: the normalization a loaded teacher expects (pixel scale, or "imagenet"); edgekd converts the data's
+    normalized images to it before the teacher sees them. None = the data's own (data.mean/std).
+    layout: a keras teacher's image layout ("auto" reads it from the model's input shape).
+    finetune: train a torch teacher starting from `weights` (its head replaced when the class count differs)
+    instead of using it as loaded.
+    """
+
+    kind: str = "torch"                                    # a registered teacher kind (distill.TEACHER_KINDS)
     model: str = "teacher_cnn"
     kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
     path: str | None = None
     members: list[dict[str, Any]] = field(default_factory=list)
+    import_path: str | None = None
+    mean: list[float] | str | None = None
+    std: list[float] | str | None = None
+    layout: Literal["auto", "nhwc", "nchw"] = "auto"
+    outputs: Literal["auto", "logits", "probabilities"] = "auto"
+    finetune: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, lr=3e-3, augment=True,
                                                                     weight_decay=5e-4))
 
@@ -96,7 +121,7 @@ class QuantizeConfig:
     scheme: str = "auto"
     freeze_observers_after: float | None = 0.6
     freeze_bn_after: float | None = 0.8
-    ptq_method: str = "minmax"
+    ptq_method: str = "minmax"                             # a registered calibration method
     calibration: str = "calibration/default.yaml"
     keep_float: list[str] = field(default_factory=list)   # module paths kept in float (mixed precision)
     sensitivity: bool = True                               # per-layer int8 cost table + k=1 float fallback
@@ -105,7 +130,7 @@ class QuantizeConfig:
 
 @dataclass
 class ExportConfig:
-    formats: list[Literal["onnx", "tflite"]] = field(default_factory=lambda: ["onnx", "tflite"])
+    formats: list[str] = field(default_factory=lambda: ["onnx", "tflite"])   # names in edgekd.formats.FORMATS
     precisions: list[Literal["fp32", "int8"]] = field(default_factory=lambda: ["fp32", "int8"])
     opset: int = 18
 
@@ -115,6 +140,7 @@ class VerifyConfig:
     parity_tolerance: float = 1e-4
     parity_samples: int = 256
     test_subset: int | None = None
+    fail_on_parity: bool = True      # a file that fails parity stops the run (false: record it and go on)
 
 
 @dataclass
@@ -134,6 +160,7 @@ class BundleConfig:
     author: str = "edgekd"
     license: str = "Apache-2.0"
     description: str = "Image classifier distilled and quantized with edgekd."
+    signing_key: str | None = None     # Ed25519 private key (PEM): archives carry manifest.sig (bundle.signing)
 
 
 @dataclass
@@ -238,7 +265,8 @@ def _build(cls: type, data: dict[str, Any], where: str, problems: list[str]) -> 
     return cls(**kwargs)
 
 
-def _range_checks(r: Recipe) -> list[str]:
+def range_problems(r: Recipe) -> list[str]:
+    """Ranges and combinations of values (no registry needed)."""
     p: list[str] = []
 
     def positive(value: float | None, where: str, allow_zero: bool = False) -> None:
@@ -255,6 +283,10 @@ def _range_checks(r: Recipe) -> list[str]:
     positive(r.data.eval_batch_size, "data.eval_batch_size")
     positive(r.data.subset_train, "data.subset_train")
     positive(r.data.subset_test, "data.subset_test")
+    positive(r.data.val_size, "data.val_size", allow_zero=True)
+    if isinstance(r.data.val_fraction, (int, float)) and not 0 <= r.data.val_fraction < 1:
+        p.append(f"data.val_fraction: a fraction in [0, 1) of the training images (0 = no validation split), "
+                 f"got {r.data.val_fraction}")
     positive(r.verify.parity_tolerance, "verify.parity_tolerance")
     positive(r.profile.threads, "profile.threads")
     positive(r.profile.max_seconds, "profile.max_seconds")
@@ -262,7 +294,7 @@ def _range_checks(r: Recipe) -> list[str]:
         v = getattr(r.quantize, key)
         if isinstance(v, (int, float)) and not 0 <= v <= 1:
             p.append(f"quantize.{key}: a fraction of the QAT steps in [0, 1], got {v}")
-    if r.teacher.kind in ("torchscript", "onnx") and not r.teacher.path:
+    if r.teacher.kind in ("torchscript", "onnx", "keras") and not r.teacher.path:
         p.append(f"teacher.path: a {r.teacher.kind} teacher needs the file's path")
     if r.teacher.kind == "ensemble" and not r.teacher.members:
         p.append("teacher.members: an ensemble teacher needs a list of member teacher specs")
@@ -272,43 +304,9 @@ def _range_checks(r: Recipe) -> list[str]:
         p.append(f"distill.generations: must be >= 1, got {r.distill.generations}")
     if r.distill.enabled and not r.distill.losses:
         p.append("distill.losses: distillation is enabled but no loss is listed")
-    return p
-
-
-def _name_checks(r: Recipe) -> list[str]:
-    """Registered names (datasets, models, losses, targets, schemes): unknown ones with the closest match."""
-    from edgekd.data import DATASETS
-    from edgekd.models import MODELS
-
-    p: list[str] = []
-
-    def check(registry, name: str, where: str) -> None:
-        if name not in registry:
-            p.append(f"{where}: {registry.unknown_message(name)}")
-
-    check(DATASETS, r.data.dataset, "data.dataset")
-    if ":" not in r.student.model:
-        check(MODELS, r.student.model, "student.model")
-    if r.teacher.kind == "torch" and ":" not in r.teacher.model:
-        check(MODELS, r.teacher.model, "teacher.model")
-    from edgekd.distill import LOSSES
-    from edgekd.profile import load_target
-    from edgekd.quant import SCHEMES
-
-    for section, terms in (("distill.losses", r.distill.losses), ("quantize.kd_losses", r.quantize.kd_losses)):
-        for i, term in enumerate(terms):
-            if not isinstance(term, dict) or "name" not in term:
-                p.append(f"{section}[{i}]: each loss is a mapping with a 'name', got {term!r}")
-            else:
-                check(LOSSES, term["name"], f"{section}[{i}].name")
-    for section, names in (("profile.targets", r.profile.targets), ("bundle.targets", r.bundle.targets)):
-        for i, t in enumerate(names):
-            try:
-                load_target(t)
-            except EdgeKDError as e:
-                p.append(f"{section}[{i}]: {e}")
-    if r.quantize.scheme != "auto":
-        check(SCHEMES, r.quantize.scheme, "quantize.scheme")
+    q = r.quantize
+    if q.enabled and q.method == "qat" and q.kd and not q.kd_losses:
+        p.append("quantize.kd_losses: QAT with kd: true needs at least one loss (or set kd: false)")
     return p
 
 
@@ -319,16 +317,22 @@ def parse_recipe(data: dict[str, Any] | None, source: str = "recipe") -> Recipe:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"the top level must be a mapping of sections, got {type(data).__name__}"], source)
+    from edgekd.validate import recipe_problems  # it imports the registries (losses, models, targets, ...)
+
     recipe = _build(Recipe, data, "", problems)
-    problems += _range_checks(recipe)
-    problems += _name_checks(recipe)
+    problems += range_problems(recipe)
+    problems += recipe_problems(recipe)
     if problems:
         raise ConfigError(problems, source)
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read a YAML recipe (with optional dotted-key overrides like {'distill.train.epochs': 1})."""
+def load_recipe(path: str | Path, overrides: Mapping[str, Any] | Iterable[str] | None = None) -> Recipe:
+    """Read a YAML recipe with optional dotted-key overrides.
+
+    overrides: a mapping like {'distill.train.epochs': 1}, or `--set` strings like ['distill.train.epochs=1']
+        (parsed by `parse_overrides`).
+    """
     path = Path(path)
     if not path.is_file():
         raise EdgeKDError(f"recipe not found: {path}")
@@ -336,6 +340,8 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise EdgeKDError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if overrides is not None and not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     recipe = parse_recipe(data, str(path))
@@ -359,9 +365,41 @@ def resolve_path(value: str | None, base: Path) -> str | None:
 def resolve_paths(recipe: Recipe, base: Path) -> None:
     recipe.teacher.weights = resolve_path(recipe.teacher.weights, base)
     recipe.teacher.path = resolve_path(recipe.teacher.path, base)
+    recipe.student.weights = resolve_path(recipe.student.weights, base)
+    for spec in (recipe.student, recipe.teacher):  # package.module:Callable is imported from the recipe's folder
+        if spec.import_path is not None:
+            spec.import_path = resolve_path(spec.import_path, base)
+        elif ":" in spec.model and spec.model.partition(":")[0] not in ("torchvision", "timm"):
+            spec.import_path = str(base.resolve())
+    if isinstance(recipe.data.class_names, str):
+        recipe.data.class_names = resolve_path(recipe.data.class_names, base)
     recipe.quantize.calibration = resolve_path(recipe.quantize.calibration, base) or recipe.quantize.calibration
     if recipe.data.root:
         recipe.data.root = resolve_path(recipe.data.root, base)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` strings -> {KEY: value}, each value read as plain YAML (number, string, list, mapping).
+
+    Raises:
+        EdgeKDError: an item without '=' or a value YAML cannot read plainly (a tag like !!python/object is no
+            plain value), in one line naming the item.
+    """
+    if isinstance(items, str):
+        items = [items]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise EdgeKDError(f"--set takes KEY=VALUE (e.g. distill.train.epochs=2), got {item!r}")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            why = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise EdgeKDError(f"--set {item!r}: the value is not plain YAML ({why}); give a number, a string, a "
+                              f"list or a mapping (YAML tags such as !!python/... are not accepted)") from None
+    return out
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -25,9 +25,11 @@ SHIPPED = ("targets/pixel-8.yaml", "targets/cpu-local.yaml", "calibration/defaul
            "calibration/latency/cpu-local/onnxruntime-fp32.json", "tools/remote_ort_bench.py")
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None, status: int = 0
+         ) -> subprocess.CompletedProcess:
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{args[:6]} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == status, (f"{args[:6]} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n"
+                                       f"{proc.stderr[-4000:]}")
     return proc
 
 
@@ -60,30 +62,30 @@ def installed(tmp_path_factory) -> Path:
     return scratch
 
 
-def _installed_python(scratch: Path, code: str, *args: str) -> subprocess.CompletedProcess:
+def _installed_python(scratch: Path, code: str, *args: str, status: int = 0) -> subprocess.CompletedProcess:
     """Run `code` with only the installed copy and the environment's dependencies importable, away from the repo."""
     site = sysconfig.get_paths()["purelib"]
     boot = (f"import sys; sys.path[:0] = [{str(scratch)!r}, {site!r}]; import edgekd; "
             f"assert edgekd.__file__.startswith({str(scratch)!r}), edgekd.__file__\n")
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "EDGEKD_TARGETS_DIR", "EDGEKD_CALIBRATION_DIR")}
-    return _run([sys.executable, "-S", "-c", boot + code, *args], cwd=scratch.parent, env=env)
+    return _run([sys.executable, "-S", "-c", boot + code, *args], cwd=scratch.parent, env=env, status=status)
 
 
-def _cli(scratch: Path, *args: str) -> str:
+def _cli(scratch: Path, *args: str, status: int = 0) -> subprocess.CompletedProcess:
     return _installed_python(scratch, "from edgekd.cli import main; main(sys.argv[1:], prog_name='edgekd')",
-                             *args).stdout
+                             *args, status=status)
 
 
 def test_installed_wheel_finds_its_shipped_files(installed):
     code = """
 import json
 from edgekd.config import PROJECT_ROOT, resolve_path
-from edgekd.profile.predictor import calibration_dir
-from edgekd.profile.ssh import REMOTE_SCRIPT
+from edgekd.profile.predict.predictor import calibration_dir
+from edgekd.profile.runners.ssh import remote_script
 from edgekd.profile.targets import targets_dir
 from edgekd.quant import load_calibration_recipe
-print(json.dumps({"targets": str(targets_dir()), "calibration": str(calibration_dir()), "script": str(REMOTE_SCRIPT),
+print(json.dumps({"targets": str(targets_dir()), "calibration": str(calibration_dir()), "script": str(remote_script()),
                   "root": str(PROJECT_ROOT), "recipe_default": resolve_path("calibration/default.yaml", PROJECT_ROOT),
                   "size": load_calibration_recipe("calibration/default.yaml").size}))
 """
@@ -97,16 +99,18 @@ print(json.dumps({"targets": str(targets_dir()), "calibration": str(calibration_
 
 
 def test_installed_cli_lists_shows_and_predicts(installed, tmp_path):
-    listing = _cli(installed, "targets")
+    listing = _cli(installed, "targets").stdout
     for name in ("cpu-local", "pixel-8", "raspberry-pi-5", "jetson-orin-nano"):
         assert f"\n{name} " in listing, listing
-    shown = _cli(installed, "targets", "show", "pixel-8")
+    shown = _cli(installed, "targets", "show", "pixel-8").stdout
     assert shown.startswith("pixel-8 (android)") and "peak:" in shown and "sources:" in shown, shown
 
     model = _tiny_onnx(tmp_path / "tiny.onnx")
-    _cli(installed, "profile", str(model), "--target", "pixel-8", "--remote", "predict")  # pixel-8 runs LiteRT only
+    # pixel-8 runs LiteRT only: an ONNX file is refused in one line (a .tflite would take a minute to convert here)
+    refused = _cli(installed, "profile", str(model), "--target", "pixel-8", "--remote", "predict", status=2).stderr
+    assert refused.startswith("edgekd: error: pixel-8 runs none of these files") and refused.count("\n") == 1
     report = json.loads(_cli(installed, "profile", str(model), "--target", "raspberry-pi-5", "--remote", "predict",
-                             "--json"))
+                             "--json").stdout)
     (row,) = report["targets"][0]["results"]
     assert row["runtime"] == "onnxruntime" and row["p50_ms"] > 0 and not row.get("measured"), row
 

@@ -12,15 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.bundle.archive import BUNDLE_FORMAT, MANIFEST
-from edgekd.bundle.metadata import LABELS_NAME, read_onnx_metadata, read_tflite_metadata
+from edgekd.bundle.archive import BUNDLE_FORMAT, MANIFEST, bundle_formats
+from edgekd.bundle.metadata import LABELS_NAME
 from edgekd.bundle.safe_zip import ExtractLimits, member_problems, safe_extract
+from edgekd.bundle.signing import SIGNATURE, check_signature
 from edgekd.errors import EdgeKDError
+from edgekd.formats import format_for, open_session
 
 
 @dataclass
 class BundleReport:
-    """What verify_bundle found: per-file checks, metadata read back, model runs, and every problem."""
+    """What verify_bundle found: per-file checks, signature, metadata read back, model runs, and every problem."""
 
     archive: Path
     name: str | None = None
@@ -28,6 +30,7 @@ class BundleReport:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     models: list[dict[str, Any]] = field(default_factory=list)
+    signature: str = "unsigned"   # "unsigned" | "signed, not checked" | "valid" | "invalid"
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -35,12 +38,15 @@ class BundleReport:
         return not self.problems
 
     def summary(self) -> str:
-        """One line per model run plus a verdict line (for the CLI)."""
+        """One line per model run, the signature's state, and a verdict line (for the CLI)."""
         lines = [f"{self.archive.name}: {self.name or '?'} for {self.target or '?'}; {len(self.files)} files match "
                  f"the manifest; metadata read back from {len(self.metadata)} model(s)"]
         for m in self.models:
             lines.append(f"  {m['name']:<40} {m.get('runtime', '?'):<12} "
                          f"{'ran ' + str(m.get('input_shape')) + ' -> ' + str(m.get('output_shape')) if m.get('ok') else 'FAILED'}")
+        lines.append(f"signature: {self.signature}" + {
+            "unsigned": " (checksums catch damage, not tampering: sign with --sign-key, check with --key)",
+            "signed, not checked": " (pass --key PUBLIC.pem to check who signed it)"}.get(self.signature, ""))
         lines.append("ok" if self.ok else f"{len(self.problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in self.problems))
         return "\n".join(lines)
 
@@ -51,15 +57,25 @@ class BundleReport:
         return self
 
 
+# Members kept in memory while checking: the manifest, its signature and the labels. Everything else is hashed in
+# chunks straight from the archive, so memory stays bounded by one model file (read back for its metadata).
+_SMALL_MEMBERS = (MANIFEST, SIGNATURE, LABELS_NAME)
+_SMALL_MAX = 16 * 2**20
+_CHUNK = 1 << 20
+
+
 def verify_bundle(archive_path: str | Path, *, run_models: bool = True, strict: bool = True,
-                  limits: ExtractLimits = ExtractLimits()) -> BundleReport:
-    """Verify a bundle zip; with strict (default) any problem raises EdgeKDError listing all of them, one per line."""
+                  key: str | Path | None = None, limits: ExtractLimits = ExtractLimits()) -> BundleReport:
+    """Verify a bundle zip; with strict (default) any problem raises EdgeKDError listing all of them, one per line.
+
+    key: an Ed25519 public key PEM; the archive must then carry a valid manifest.sig made with its private half.
+    """
     report = BundleReport(Path(archive_path))
-    _check(report, run_models, limits)
+    _check(report, run_models, limits, key)
     return report.raise_for_problems() if strict else report
 
 
-def _check(report: BundleReport, run_models: bool, limits: ExtractLimits) -> None:
+def _check(report: BundleReport, run_models: bool, limits: ExtractLimits, key: str | Path | None) -> None:
     path = report.archive
     if not path.is_file():
         report.problems.append(f"archive not found: {path}")
@@ -70,66 +86,108 @@ def _check(report: BundleReport, run_models: bool, limits: ExtractLimits) -> Non
         report.problems.append(f"{path.name} is not a readable zip archive ({e}): truncated or not a bundle")
         return
     with zf:
-        infos = zf.infolist()
-        unsafe = member_problems(infos, limits)
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        unsafe = member_problems(zf.infolist(), limits)
         if unsafe:
             report.problems.extend(unsafe)
             return
-        blobs: dict[str, bytes] = {}
-        for info in infos:
-            if info.is_dir():
-                continue
-            try:
-                blobs[info.filename] = _read_member(zf, info, limits)
-            except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, EdgeKDError) as e:
-                report.problems.append(f"member {info.filename!r} cannot be read back ({e}): corrupt or tampered")
-    manifest = _manifest(report, blobs)
-    if manifest is None:
-        return
-    listed = manifest.get("files", {})
-    for name, blob in sorted(blobs.items()):
-        if name == MANIFEST:
+        digests, small = _hash_members(report, zf, infos, limits)
+        manifest = _manifest(report, small)
+        if manifest is None:
+            return
+        _check_signature(report, small, key)
+        _compare_manifest(report, manifest, digests, {i.filename for i in infos})
+        labels = small.get(LABELS_NAME, b"").decode(errors="replace").splitlines()
+        if LABELS_NAME not in small:
+            report.problems.append(f"{LABELS_NAME} is missing")
+        suffixes = tuple(f.suffix for f in bundle_formats().values())
+        models = sorted(n for n in digests if n.startswith("models/") and n.lower().endswith(suffixes))
+        if not models:
+            report.problems.append("no model files under models/")
+        for name in models:  # one model in memory at a time
+            _check_metadata(report, name, _read_member(zf, zf.getinfo(name), limits), labels, manifest)
+    if run_models and models and not report.problems:
+        _run_models(report, models, labels, limits)
+
+
+def _hash_members(report: BundleReport, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], limits: ExtractLimits
+                  ) -> tuple[dict[str, tuple[str, int]], dict[str, bytes]]:
+    """sha256 and size of every readable member, streamed; the bytes of the few small members checks need."""
+    digests: dict[str, tuple[str, int]] = {}
+    small: dict[str, bytes] = {}
+    for info in infos:
+        h, size, keep = hashlib.sha256(), 0, info.filename in _SMALL_MEMBERS
+        kept = bytearray()
+        try:
+            with zf.open(info) as f:
+                while block := f.read(_CHUNK):
+                    size += len(block)
+                    if size > min(info.file_size, limits.max_member_bytes):
+                        raise EdgeKDError("decompresses past its declared size (zip bomb?)")
+                    h.update(block)
+                    if keep:
+                        if size > _SMALL_MAX:
+                            raise EdgeKDError(f"is over {_SMALL_MAX >> 20} MiB, too large for a {info.filename}")
+                        kept += block
+        except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, EdgeKDError) as e:
+            report.problems.append(f"member {info.filename!r} cannot be read back ({e}): corrupt or tampered")
             continue
-        digest = hashlib.sha256(blob).hexdigest()
+        digests[info.filename] = (h.hexdigest(), size)
+        if keep:
+            small[info.filename] = bytes(kept)
+    return digests, small
+
+
+def _compare_manifest(report: BundleReport, manifest: dict[str, Any], digests: dict[str, tuple[str, int]],
+                      members: set[str]) -> None:
+    listed = manifest.get("files", {})
+    for name, (digest, size) in sorted(digests.items()):
+        if name in (MANIFEST, SIGNATURE):
+            continue
         entry = listed.get(name)
-        ok = isinstance(entry, dict) and entry.get("sha256") == digest and entry.get("bytes") == len(blob)
-        report.files[name] = {"sha256": digest, "bytes": len(blob), "ok": ok}
+        ok = isinstance(entry, dict) and entry.get("sha256") == digest and entry.get("bytes") == size
+        report.files[name] = {"sha256": digest, "bytes": size, "ok": ok}
         if entry is None:
             report.problems.append(f"{name}: in the archive but not in {MANIFEST} (extra file)")
         elif not ok:
-            report.problems.append(f"{name}: sha256/size differ from {MANIFEST} ({len(blob)} B, {digest[:12]}... vs "
+            report.problems.append(f"{name}: sha256/size differ from {MANIFEST} ({size} B, {digest[:12]}... vs "
                                    f"{entry.get('bytes')} B, {str(entry.get('sha256'))[:12]}...): tampered or replaced")
-    unreadable = {i.filename for i in infos} - set(blobs)
-    for name in sorted(set(listed) - set(blobs) - unreadable):
+    unreadable = members - set(digests)
+    for name in sorted(set(listed) - set(digests) - unreadable):
         report.problems.append(f"{name}: listed in {MANIFEST} but missing from the archive")
-    labels = blobs.get(LABELS_NAME, b"").decode(errors="replace").splitlines()
-    if LABELS_NAME not in blobs:
-        report.problems.append(f"{LABELS_NAME} is missing")
-    models = sorted(n for n in blobs if n.startswith("models/") and n.endswith((".tflite", ".onnx")))
-    if not models:
-        report.problems.append("no model files under models/")
-    for name in models:
-        _check_metadata(report, name, blobs[name], labels, manifest)
-    if run_models and models and not report.problems:
-        _run_models(report, models, labels, limits)
+
+
+def _check_signature(report: BundleReport, small: dict[str, bytes], key: str | Path | None) -> None:
+    signature = small.get(SIGNATURE)
+    if key is None:
+        report.signature = "unsigned" if signature is None else "signed, not checked"
+        return
+    if signature is None:
+        report.signature = "invalid"
+        report.problems.append(f"{SIGNATURE} is missing: the archive is unsigned, but a key was given to check it")
+        return
+    problem = check_signature(small[MANIFEST], signature, key)
+    report.signature = "valid" if problem is None else "invalid"
+    if problem:
+        report.problems.append(problem)
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ExtractLimits) -> bytes:
     out = bytearray()
     with zf.open(info) as f:
-        while block := f.read(1 << 16):
+        while block := f.read(_CHUNK):
             out += block
             if len(out) > min(info.file_size, limits.max_member_bytes):
                 raise EdgeKDError("decompresses past its declared size (zip bomb?)")
     return bytes(out)
 
 
-def _manifest(report: BundleReport, blobs: dict[str, bytes]) -> dict[str, Any] | None:
-    if MANIFEST not in blobs:
+def _manifest(report: BundleReport, small: dict[str, bytes]) -> dict[str, Any] | None:
+    if MANIFEST not in small:
         report.problems.append(f"{MANIFEST} is missing: not an edgekd bundle, or damaged")
         return None
     try:
-        manifest = json.loads(blobs[MANIFEST])
+        manifest = json.loads(small[MANIFEST])
     except ValueError as e:
         report.problems.append(f"{MANIFEST} is not valid JSON ({e})")
         return None
@@ -144,7 +202,7 @@ def _manifest(report: BundleReport, blobs: dict[str, bytes]) -> dict[str, Any] |
 
 def _check_metadata(report: BundleReport, name: str, blob: bytes, labels: list[str], manifest: dict) -> None:
     try:
-        md = read_tflite_metadata(blob) if name.endswith(".tflite") else read_onnx_metadata(blob)
+        md = format_for(name).read_metadata(blob)
     except EdgeKDError as e:
         report.problems.append(f"{name}: {e}")
         return
@@ -162,8 +220,6 @@ def _check_metadata(report: BundleReport, name: str, blob: bytes, labels: list[s
 
 
 def _run_models(report: BundleReport, models: list[str], labels: list[str], limits: ExtractLimits) -> None:
-    from edgekd.runtimes import open_session
-
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="edgekd-verify-") as tmp:
         root = Path(tmp) / "bundle"

@@ -1,8 +1,9 @@
 """Quantization-aware training with torchao PT2E: prepare, phase control (freeze observers / BN), convert, save.
 
-The trainer (KD or plain) only needs: `prepare_qat` -> train the returned graph like any module (through
-`train_mode`/`eval_mode`, since exported graphs reject .train()/.eval()), call `set_qat_phase` every step,
-checkpoint with `qat_state_dict`/`load_qat_state`, and `convert_qat` for the int8 Q/DQ simulation.
+These are the parts `edgekd.quant.qat_finetune` (quant/finetune.py) puts together: `prepare_qat` -> train the
+returned graph like any module (through `train_mode`/`eval_mode`, since exported graphs reject .train()/.eval()),
+call `set_qat_phase` every step, checkpoint with `qat_state_dict`/`load_qat_state`, and `convert_qat` for the int8
+Q/DQ simulation.
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgeKDError
-from edgekd.fileio import atomic_path
-from edgekd.quant.capture import capture, check_example_inputs, conversion_error
+from edgekd.quant.capture import capture, conversion_error, load_program, save_program
 from edgekd.quant.quantizer import build_quantizer, pt2e_patches
 from edgekd.quant.schemes import Scheme, get_scheme
 
@@ -133,8 +133,11 @@ def qat_state_dict(gm: torch.fx.GraphModule) -> dict[str, Any]:
     sd = gm.state_dict()
     copy_ = OrderedDict((k, v.detach().clone()) for k, v in sd.items())
     # Keep the per-module versions: torchao observers treat state without them as version 1 and reset `eps`.
-    copy_._metadata = getattr(sd, "_metadata", None)  # type: ignore[attr-defined]
-    return {"state_dict": copy_, "phase": dict(gm.meta.get(_PHASE, {})), "scheme": gm.meta.get("edgekd_scheme")}
+    # They are also stored as a plain mapping, so a checkpoint needs nothing but tensors and plain data.
+    metadata = {prefix: dict(meta) for prefix, meta in (getattr(sd, "_metadata", None) or {}).items()}
+    copy_._metadata = OrderedDict((p, dict(m)) for p, m in metadata.items())  # type: ignore[attr-defined]
+    return {"state_dict": copy_, "metadata": metadata, "phase": dict(gm.meta.get(_PHASE, {})),
+            "scheme": gm.meta.get("edgekd_scheme")}
 
 
 def load_qat_state(gm: torch.fx.GraphModule, state: dict[str, Any]) -> torch.fx.GraphModule:
@@ -144,7 +147,11 @@ def load_qat_state(gm: torch.fx.GraphModule, state: dict[str, Any]) -> torch.fx.
     if state.get("scheme") and gm.meta.get("edgekd_scheme") and state["scheme"] != gm.meta["edgekd_scheme"]:
         raise EdgeKDError(f"QAT state was saved with scheme {state['scheme'].get('name')!r} but the graph is "
                           f"prepared with {gm.meta['edgekd_scheme'].get('name')!r}; prepare with the saved scheme")
-    sd = state["state_dict"]
+    sd = OrderedDict(state["state_dict"])
+    if isinstance(state.get("metadata"), dict):  # the per-module versions (see qat_state_dict)
+        sd._metadata = OrderedDict((p, dict(m)) for p, m in state["metadata"].items())  # type: ignore[attr-defined]
+    else:
+        sd._metadata = getattr(state["state_dict"], "_metadata", None)  # type: ignore[attr-defined]
     # Per-channel observers start with empty min/max buffers; size them to the saved ones before loading.
     own = gm.state_dict()
     for key, value in sd.items():
@@ -166,32 +173,16 @@ def load_qat_state(gm: torch.fx.GraphModule, state: dict[str, Any]) -> torch.fx.
 
 
 def save_quantized(model: nn.Module, example_inputs, path: str | os.PathLike) -> Path:
-    """Write a converted (Q/DQ) model as a torch.export .pt2 with a dynamic batch, atomically."""
-    inputs = check_example_inputs(example_inputs)
-    path = Path(path)
-    if path.suffix != ".pt2":
-        raise EdgeKDError(f"save_quantized writes a torch.export archive; use a .pt2 path, got {path.name!r}")
-    if inputs[0].shape[0] == 1:
-        inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) for t in inputs)
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    try:
-        ep = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
-    except Exception:
-        ep = torch.export.export(model, check_example_inputs(example_inputs))
-    with atomic_path(path) as tmp:
-        torch.export.save(ep, str(tmp))
-    return path
+    """Write a converted (Q/DQ) model as a torch.export .pt2 with a dynamic batch, atomically (reproducible bytes)."""
+    return save_program(model, example_inputs, path)
 
 
 def load_quantized(path: str | os.PathLike) -> torch.fx.GraphModule:
-    """Load a `save_quantized` .pt2 as a callable module (eval semantics; batch as saved)."""
+    """Load a `save_quantized` .pt2 as a callable module (eval semantics; batch as saved), in any process."""
     path = Path(path)
     if not path.is_file():
         raise EdgeKDError(f"quantized model file not found: {path}")
-    try:
-        return torch.export.load(str(path)).module()
-    except Exception as e:
-        raise EdgeKDError(f"cannot load {path.name} as a torch.export archive: {str(e).splitlines()[0]}") from e
+    return load_program(path)
 
 
 def is_quantized(model: nn.Module) -> bool:
