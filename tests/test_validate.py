@@ -113,7 +113,7 @@ def test_nan_labels_are_one_line_errors(tmp_path):
     y = np.array([0, 1, np.nan, 1, 0, 1, 0, 1])
     path = tmp_path / "nan.npz"
     np.savez(path, x_train=x, y_train=y, x_test=x, y_test=np.zeros(8, np.int64))
-    with pytest.raises(EdgeKDError, match=r"nan.npz: y_train must hold class indices 0..K-1 .*NaN"):
+    with pytest.raises(EdgeKDError, match=r"nan.npz: y_train labels hold NaN .* integer class index 0..K-1"):
         load_dataset("npz", str(path))
     with pytest.raises(EdgeKDError, match="must be an integer tensor of class indices, got torch.float"):
         train(build_model("tiny_cnn", width=4), torch.zeros(8, 1, 8, 8), torch.tensor(y), TrainConfig(),
