@@ -1,26 +1,60 @@
 """The public Python API: the same operations and argument names as the CLI commands.
 
     import edgekd
-    run_dir = edgekd.run("edgekd/recipes/fashion_mnist_demo.yaml")
-    edgekd.export("student.pt", format="tflite", precision="fp32", out="student.tflite")
+    run_dir = edgekd.run("my_recipe.yaml", until="export", overrides={"distill.train.epochs": 2})
+    edgekd.export("student.pt", format="tflite", out="student.tflite")
     edgekd.profile(["student.tflite"], target="cpu-local", threads=1)
+
+Each CLI command calls one function here whose keyword arguments are named like its options (`--set` is
+`overrides`, `--no-progress` is `progress=False`); tests/test_cli.py checks that they stay in step.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from edgekd.config import Recipe, load_recipe
-from edgekd.pipeline import run
+if TYPE_CHECKING:
+    from edgekd.config import Recipe
+    from edgekd.profile import Target
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "fashion_mnist_demo.yaml"
 
 __all__ = ["run", "run_stage", "validate", "demo", "export", "verify", "profile", "quantize", "bundle",
-           "bundle_verify", "bundle_keygen", "report", "DEMO_RECIPE"]
+           "bundle_verify", "bundle_keygen", "report", "targets", "target", "calibrate", "DEMO_RECIPE"]
+
+
+def _recipe(recipe: str | Path | Recipe, overrides: dict[str, Any] | None) -> Recipe:
+    """A Recipe from a YAML path or a Recipe, with dotted-key overrides ({"distill.train.epochs": 2}) applied."""
+    from edgekd.config import Recipe, load_recipe, parse_recipe, resolve_paths, set_dotted
+
+    if not isinstance(recipe, Recipe):
+        return load_recipe(recipe, overrides)
+    if not overrides:
+        return recipe
+    data = recipe.to_dict()
+    for key, value in overrides.items():
+        set_dotted(data, key, value)
+    out = parse_recipe(data, f"recipe {recipe.name!r} with overrides")
+    resolve_paths(out, Path.cwd())
+    return out
+
+
+def run(recipe: str | Path | Recipe, *, run_dir: str | Path | None = None, until: str | None = None,
+        only: Sequence[str] = (), force: bool = False, overrides: dict[str, Any] | None = None,
+        progress: bool = True) -> Path:
+    """Run every stage of `recipe` (finished, unchanged stages are skipped; training resumes); returns the run dir.
+
+    overrides: recipe values by dotted key, as `edgekd run --set distill.train.epochs=2` gives them.
+    """
+    from edgekd import pipeline
+
+    return pipeline.run(_recipe(recipe, overrides), run_dir=run_dir, until=until, only=list(only), force=force,
+                        progress=progress)
 
 
 def validate(recipe: str | Path | Recipe) -> Recipe:
     """Dry-run a recipe (edgekd.validate.dry_run): raises ConfigError listing every problem before anything trains."""
+    from edgekd.config import Recipe, load_recipe
     from edgekd.validate import dry_run
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -29,15 +63,21 @@ def validate(recipe: str | Path | Recipe) -> Recipe:
 
 
 def run_stage(recipe: str | Path | Recipe, stage: str, *, run_dir: str | Path | None = None,
-              force: bool = False, progress: bool = True) -> Path:
+              force: bool = False, overrides: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """Run the recipe up to and including `stage` (earlier stages are reused when unchanged)."""
-    return run(recipe, run_dir=run_dir, until=stage, force=force, progress=progress)
+    return run(recipe, run_dir=run_dir, until=stage, force=force, overrides=overrides, progress=progress)
 
 
 def demo(*, run_dir: str | Path | None = None, overrides: dict[str, Any] | None = None,
          progress: bool = True) -> Path:
     """Run the shipped Fashion-MNIST recipe end to end."""
-    return run(load_recipe(DEMO_RECIPE, overrides), run_dir=run_dir, progress=progress)
+    return run(DEMO_RECIPE, run_dir=run_dir, overrides=overrides, progress=progress)
+
+
+def split_names(values: str | Sequence[str]) -> list[str]:
+    """Names given as a comma list, repeats, or both: "a,b" / ["a", "b"] / ["a,b", "c"] -> ["a", "b", "c"]."""
+    items = [values] if isinstance(values, str) else list(values)
+    return [name.strip() for item in items for name in str(item).split(",") if name.strip()]
 
 
 def _load_any_model(path: Path, model: str | None = None):
@@ -99,17 +139,22 @@ def profile(files: Sequence[str | Path], *, target: str = "cpu-local", threads: 
                              remote=remote, progress=progress, timeout_s=timeout_s, require_runnable=True)
 
 
-def quantize(model_path: str | Path, *, out: str | Path, method: str = "minmax", runtime: Sequence[str] = ("litert",),
+def quantize(model_path: str | Path, *, out: str | Path, method: str = "minmax",
+             runtime: str | Sequence[str] = ("litert",),
              scheme: str | None = None, dataset: str = "fashion_mnist", data_dir: str | None = None,
              calibration: str | Path = "calibration/default.yaml", model: str | None = None) -> Path:
-    """Post-training quantization of an fp32 edgekd model file with a calibration recipe; writes a .pt2."""
+    """Post-training quantization of an fp32 edgekd model file with a calibration recipe; writes a .pt2.
+
+    runtime: the runtime(s) that will run the file ("litert", ["litert", "onnxruntime"] or "litert,onnxruntime");
+    they choose the int8 scheme. calibration: a calibration recipe; the shipped ones resolve from any directory.
+    """
     from edgekd.data import load_dataset
     from edgekd.quant import (calibration_batches, load_calibration_recipe, quantize_ptq, save_quantized,
                               scheme_for_runtimes, select_calibration)
 
     ds = load_dataset(dataset, data_dir)
     student = _load_any_model(Path(model_path), model)
-    sch = scheme_for_runtimes(list(runtime), override=scheme)
+    sch = scheme_for_runtimes(split_names(runtime), override=scheme)
     calib = select_calibration(ds.x_train, ds.y_train, load_calibration_recipe(calibration))
     q = quantize_ptq(student, ds.x_test[:2], sch, calibration_batches(calib, 64), method=method)
     return save_quantized(q, ds.x_test[:2], Path(out))
@@ -143,3 +188,31 @@ def report(run_dir: str | Path):
     from edgekd.report import build_report
 
     return build_report(Path(run_dir))
+
+
+def targets() -> list[Target]:
+    """Every bundled target (targets/*.yaml, or $EDGEKD_TARGETS_DIR), loaded."""
+    from edgekd.profile import list_targets, load_target
+
+    return [load_target(name) for name in list_targets()]
+
+
+def target(name: str | Path) -> Target:
+    """One target by name (`pixel-8`) or a YAML path; an unknown name suggests the closest."""
+    from edgekd.profile import load_target
+
+    return load_target(name)
+
+
+def calibrate(target: str = "cpu-local", *, runtime: str = "onnxruntime", precision: str = "fp32",
+              threads: int | None = None, rounds: int = 5, time_cap: float = 2.0, out: str | Path | None = None,
+              progress: bool = True) -> Path:
+    """Fit the latency predictor for `target` from micro-benchmarks measured on it; returns the calibration file.
+
+    rounds: interleaved passes over the micro-models (each keeps its lowest median); time_cap: seconds at most per
+    micro-model and pass; out: default calibration/latency/<target>/<runtime>-<precision>.json.
+    """
+    from edgekd.profile import calibrate_target
+
+    return calibrate_target(target, runtime=runtime, precision=precision, threads=threads, rounds=rounds,
+                            time_cap_s=time_cap, out_path=Path(out) if out else None, progress=progress, log=None)

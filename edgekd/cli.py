@@ -33,7 +33,7 @@ STAGES = StageChoice()
 
 
 def user_errors(fn):
-    """Turn EdgeKDError into one clear line on stderr and exit status 2 (no traceback)."""
+    """Turn EdgeKDError (and a missing optional package) into one clear line on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -41,6 +41,14 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except EdgeKDError as e:
             click.echo(f"edgekd: error: {e}", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as e:
+            from edgekd.extras import missing_extra
+
+            hint = missing_extra(e)
+            if hint is None:
+                raise
+            click.echo(f"edgekd: error: {hint}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("edgekd: interrupted; finished stages and the last checkpoint are kept, re-run to resume",
@@ -54,6 +62,13 @@ def parse_overrides(items: tuple[str, ...]) -> dict:
     from edgekd.config import parse_overrides as parse  # one parser: plain YAML values, tags refused in one line
 
     return parse(items)
+
+
+def comma_list(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    """A repeatable option that also takes comma lists (--runtime litert,onnxruntime --runtime torch)."""
+    from edgekd.api import split_names
+
+    return tuple(split_names(values))
 
 
 def print_summary(run_dir: Path) -> None:
@@ -117,11 +132,10 @@ def demo(run_dir: Path | None, overrides: tuple[str, ...], no_progress: bool) ->
 def run_cmd(recipe: Path, run_dir: Path | None, until: str | None, only: tuple[str, ...], force: bool,
             overrides: tuple[str, ...], no_progress: bool) -> None:
     """Run every stage of RECIPE (finished, unchanged stages are skipped; training resumes)."""
-    from edgekd.config import load_recipe
-    from edgekd.pipeline import run
+    from edgekd import api
 
-    out = run(load_recipe(recipe, parse_overrides(overrides)), run_dir=run_dir, until=until, only=list(only),
-              force=force, progress=not no_progress)
+    out = api.run(recipe, run_dir=run_dir, until=until, only=only, force=force, overrides=parse_overrides(overrides),
+                  progress=not no_progress)
     if (out / "report" / "stage.json").exists():
         print_summary(out)
     else:
@@ -147,11 +161,10 @@ def _stage_command(stage: str, doc: str):
     @click.option("--no-progress", is_flag=True)
     @user_errors
     def command(recipe: Path, run_dir: Path | None, force: bool, overrides: tuple[str, ...], no_progress: bool):
-        from edgekd.config import load_recipe
-        from edgekd.pipeline import run
+        from edgekd import api
 
-        out = run(load_recipe(recipe, parse_overrides(overrides)), run_dir=run_dir, until=stage, force=force,
-                  progress=not no_progress)
+        out = api.run_stage(recipe, stage, run_dir=run_dir, force=force, overrides=parse_overrides(overrides),
+                            progress=not no_progress)
         click.echo(f"{stage}: done in {out}")
 
     command.__doc__ = doc
@@ -166,12 +179,13 @@ _stage_command("distill", "Distill the student of RECIPE from its teacher (runs 
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="PTQ: where to write the quantized .pt2.")
 @click.option("--method", default="minmax", show_default=True, help="PTQ calibration: minmax, percentile, mse.")
-@click.option("--runtime", multiple=True, default=("litert",), show_default=True,
-              help="Runtime(s) that will run the file; they choose the int8 scheme.")
+@click.option("--runtime", multiple=True, default=("litert",), show_default=True, callback=comma_list,
+              help="Runtime(s) that will run the file, repeated or comma-separated; they choose the int8 scheme.")
 @click.option("--scheme", default=None, help="Override the scheme by name.")
 @click.option("--dataset", default="fashion_mnist", show_default=True)
 @click.option("--data-dir", default=None)
-@click.option("--calibration", default="calibration/default.yaml", show_default=True)
+@click.option("--calibration", default="calibration/default.yaml", show_default=True,
+              help="Calibration recipe (the shipped ones resolve from any directory).")
 @click.option("--model", default=None, help="Architecture of a bare state_dict.")
 @click.option("--run-dir", type=click.Path(path_type=Path))
 @user_errors
@@ -212,16 +226,17 @@ def export(model_path: Path, format_: str, out: Path, model: str | None, input_s
               help="The trained model: student.pt (fp32) or student_int8.pt2 (fake-quant).")
 @click.option("--dataset", default="fashion_mnist", show_default=True)
 @click.option("--data-dir", default=None)
+@click.option("--model", default=None, help="Architecture of a bare state_dict reference.")
 @click.option("--tolerance", default=1e-4, show_default=True)
 @click.option("--test-subset", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def verify(files, reference, dataset, data_dir, tolerance, test_subset, as_json) -> None:
+def verify(files, reference, dataset, data_dir, model, tolerance, test_subset, as_json) -> None:
     """Parity and accuracy of exported FILES, each run in its own runtime."""
     from edgekd import api
 
-    res = api.verify(files, reference=reference, dataset=dataset, data_dir=data_dir, tolerance=tolerance,
-                     test_subset=test_subset)
+    res = api.verify(files, reference=reference, dataset=dataset, data_dir=data_dir, model=model,
+                     tolerance=tolerance, test_subset=test_subset)
     if as_json:
         click.echo(json.dumps(res, indent=2, default=str))
     else:
@@ -320,9 +335,10 @@ def report(run_dir: Path, as_json: bool) -> None:
 def targets(ctx) -> None:
     """List targets; `edgekd targets show NAME` prints one."""
     if ctx.invoked_subcommand is None:
+        from edgekd import api
         from edgekd.profile import format_targets_table
 
-        click.echo(format_targets_table())
+        click.echo(format_targets_table(api.targets()))
 
 
 @targets.command("show")
@@ -330,9 +346,10 @@ def targets(ctx) -> None:
 @user_errors
 def targets_show(name: str) -> None:
     """Print target NAME (a name from targets/ or a YAML path)."""
-    from edgekd.profile import format_target, load_target
+    from edgekd import api
+    from edgekd.profile import format_target
 
-    click.echo(format_target(load_target(name)))
+    click.echo(format_target(api.target(name)))
 
 
 @main.command()
@@ -344,17 +361,18 @@ def targets_show(name: str) -> None:
               help="interleaved passes over the micro-models; each keeps its lowest median")
 @click.option("--time-cap", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
               help="seconds at most per micro-model and pass")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="where to write the fit [default: calibration/latency/TARGET/RUNTIME-PRECISION.json]")
+@click.option("--no-progress", is_flag=True)
 @user_errors
 def calibrate(target: str, runtime: str, precision: str, threads: int | None, rounds: int, time_cap: float,
-              out_path: Path | None) -> None:
+              out: Path | None, no_progress: bool) -> None:
     """Fit the latency predictor for TARGET from micro-benchmarks measured on it (~8 minutes for cpu-local)."""
-    from edgekd.profile import calibrate_target
+    from edgekd import api
     from edgekd.profile.predict import Calibration
 
-    path = calibrate_target(target, runtime=runtime, precision=precision, threads=threads, rounds=rounds,
-                            time_cap_s=time_cap, out_path=out_path, progress=True, log=None)
+    path = api.calibrate(target, runtime=runtime, precision=precision, threads=threads, rounds=rounds,
+                         time_cap=time_cap, out=out, progress=not no_progress)
     calib = Calibration.load(path)
     model = "ONNX Runtime node model" if calib.node_costs else "per-layer model"
     click.echo(f"calibration written: {path} ({len(calib.residuals)} micro-models, {model}, "

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Literal, Mapping
 import yaml
 
 from edgekd.errors import ConfigError, EdgeKDError
+from edgekd.resources import shipped_path
 from edgekd.train.config import TrainConfig
 
 
@@ -348,7 +349,7 @@ def load_recipe(path: str | Path, overrides: Mapping[str, Any] | Iterable[str] |
     return recipe
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = shipped_path(".")  # the repository checkout, or the wheel's copy of targets/ and calibration/
 
 
 def resolve_path(value: str | None, base: Path) -> str | None:

@@ -6,6 +6,7 @@ an editable install and a wheel install behave the same.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -19,3 +20,16 @@ def shipped_path(relative: str) -> Path:
     if inside.exists():
         return inside
     return _CHECKOUT / relative
+
+
+def locate(path: str | os.PathLike) -> Path:
+    """`path` as given when it exists (or is absolute), else its shipped copy when there is one, else `path`.
+
+    So the default "calibration/default.yaml" resolves from any working directory and from a wheel install, while
+    a user's own relative path keeps meaning "from here" (and a missing one is reported as the user wrote it).
+    """
+    given = Path(path)
+    if given.exists() or given.is_absolute():
+        return given
+    shipped = shipped_path(str(given))
+    return shipped if shipped.exists() else given

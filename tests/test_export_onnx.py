@@ -46,6 +46,7 @@ def test_int8_onnx_is_qdq_with_int8_weights_and_runs_int8_kernels(trained, tmp_p
     assert cmp["top1_agreement"] >= 0.98 and cmp["max_abs_diff"] < 0.5
 
 
+@pytest.mark.export  # a converter error path (pyproject.toml: markers)
 def test_unconvertible_op_names_layer_and_leaves_no_file(tmp_path):
     target = tmp_path / "bad.onnx"
     with pytest.raises(ConversionError, match=r"layer 'gaussianize' \(Erfinv\), op (aten|prims)\.erf_?inv.*Way out"):

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Creates .venv with everything edgekd needs; re-running reuses it. Called by `make env`.
-# Order matters: torch==2.13.0 first (CPU build on local disk), then the project, then --no-deps extras.
+# Creates .venv with everything edgekd needs (the project with its `all` extra); re-running reuses it. Called by
+# `make env`. Order matters: torch==2.13.0 first (CPU build on local disk), then the project, then --no-deps extras.
+# A smaller install: `pip install torch==2.13.0 && pip install .` is the core (distillation, ONNX); see pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${EDGEKD_VENV:-.venv}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 STAMP="$VENV/.edgekd-env-ok"
-REQ_HASH=$(cat pyproject.toml tools/setup_env.sh requirements-nodeps.txt | sha256sum | cut -c1-16)
+REQ_HASH=$(cat pyproject.toml setup.py tools/setup_env.sh requirements-nodeps.txt | sha256sum | cut -c1-16)
 
 apt_install() {  # Debian packages: libusb for tflite-support, the offline Fashion-MNIST set, ssh server, chromium.
     local pkgs=(libusb-1.0-0 dataset-fashion-mnist openssh-server openssh-client chromium)
@@ -30,7 +31,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install torch==2.13.0
-$PIP install -e ".[test]"
+$PIP install -e ".[all]"
 $PIP install --no-deps -r requirements-nodeps.txt
 "$VENV/bin/python" -c "import torch, torchao, litert_torch, onnxruntime, ai_edge_litert, tensorflow_lite_support.metadata.python.metadata_writers.image_classifier" \
     || { echo "edgekd setup: environment check failed (see above)" >&2; exit 1; }

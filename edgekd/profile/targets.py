@@ -155,11 +155,10 @@ def load_target(name_or_path: "str | os.PathLike[str] | Target") -> Target:
     return Target.from_dict(data, source=str(path))
 
 
-def format_targets_table() -> str:
-    """The `edgekd targets` listing: one line per bundled target."""
+def format_targets_table(targets: "list[Target] | None" = None) -> str:
+    """The `edgekd targets` listing: one line per target (default: the bundled ones)."""
     rows = [("name", "kind", "runtimes", "threads", "fp32 GFLOPS", "int8 GOPS", "mem GB/s")]
-    for name in list_targets():
-        t = load_target(name)
+    for t in targets if targets is not None else [load_target(name) for name in list_targets()]:
         rows.append((t.name, t.kind, ",".join(t.runtimes), str(t.threads), f"{t.peak.fp32_gflops:g}",
                      f"{t.peak.int8_gops:g}", f"{t.peak.mem_gbps:g}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -14,6 +13,7 @@ from edgekd.quant.capture import capture, conversion_error
 from edgekd.quant.quantizer import build_quantizer, pt2e_patches
 from edgekd.quant.schemes import Scheme, get_scheme
 from edgekd.registry import Registry
+from edgekd.resources import locate
 
 CALIBRATION_METHODS: Registry = Registry("calibration method")
 
@@ -194,7 +194,7 @@ def load_calibration_recipe(path: str | os.PathLike) -> CalibrationRecipe:
     """Read a calibration/*.yaml recipe; unknown keys and bad values are reported all at once."""
     import yaml
 
-    path = Path(path)
+    path = locate(path)  # the shipped calibration/*.yaml from any working directory
     if not path.is_file():
         raise EdgeKDError(f"calibration recipe not found: {path}")
     data = yaml.safe_load(path.read_text()) or {}
