@@ -3,7 +3,7 @@
 For each seed: train the fp32 student, quantize it every way, export each model to TFLite and ONNX, and measure
 each file's test accuracy in its own runtime, its size and its CPU latency (batch 1, 1 thread, median). Writes JSON
 with per-seed rows and a mean/std summary per (variant, format). Ratios within one run are comparable; absolute
-times across runs are not (DESIGN §5).
+times across runs are not (docs/design.md §5).
 
     .venv/bin/python tools/bench_quant.py --out runs/bench/quant.json              # full (hours on 2 cores)
     .venv/bin/python tools/bench_quant.py --quick --out /tmp/bench_quant.json      # smoke: minutes

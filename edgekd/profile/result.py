@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The keys the "profile" stage metrics contract names (COMMON.md); to_metrics() always writes all of them.
+# The keys the "profile" stage metrics (docs/design.md §5); to_metrics() always writes all of them.
 METRIC_KEYS = ("name", "runtime", "precision", "threads", "measured", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
                "std_ms", "cv", "cv_flag", "init_ms", "first_ms", "peak_mem_mb", "bytes", "runs",
                "runtime_version", "device", "uncertainty")

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-CV_FLAG = 0.05  # DESIGN §5: flag a coefficient of variation above 5%
+CV_FLAG = 0.05  # docs/design.md §5: flag a coefficient of variation above 5%
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Edge targets: one YAML per device naming how to reach it, its runtimes and its peak figures (DESIGN §4)."""
+"""Edge targets: one YAML per device naming how to reach it, its runtimes and its peak figures (docs/design.md §4)."""
 from __future__ import annotations
 
 import difflib

@@ -1,4 +1,4 @@
-"""Quantization schemes: the integer ranges a runtime executes faithfully, chosen per target runtime (DESIGN §4)."""
+"""Quantization schemes: the integer ranges a runtime executes faithfully, chosen per target runtime (docs/design.md §4)."""
 from __future__ import annotations
 
 import dataclasses

@@ -25,7 +25,7 @@ def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: n
                  max_accuracy_gap: float = INT8_MAX_ACCURACY_GAP,
                  min_top1_agreement: float = INT8_MIN_TOP1_AGREEMENT, batch_size: int = 256,
                  root: str | os.PathLike | None = None, progress: bool = False) -> dict:
-    """Metrics of the "verify" stage (DESIGN §3) for `files` (describe_file dicts or ExportedFile) on (x, y).
+    """Metrics of the "verify" stage (docs/design.md §3) for `files` (describe_file dicts or ExportedFile) on (x, y).
 
     fp32 files are compared with `torch_model`: parity_ok when max|file - torch| <= max(tolerance, rtol *
     max|torch|) over the parity rows, i.e. an absolute floor (`tolerance`, default 1e-4) that grows with the output
