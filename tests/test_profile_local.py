@@ -56,6 +56,15 @@ def test_peak_memory_sees_a_16_mb_weight(tmp_path):
     assert big.peak_mem_mb >= 16 > small.peak_mem_mb
 
 
+def test_peak_memory_counts_a_model_loaded_into_freed_heap(tmp_path):
+    import torch
+
+    junk = [torch.ones(1000) for _ in range(20000)]  # ~80 MB of small heap blocks, then freed: still resident
+    del junk
+    big = profile_file(conv_relu_onnx(tmp_path / "big.onnx", weight_elems=4 * 64 * 16384), **FAST)  # 16 MiB
+    assert big.peak_mem_mb >= 16
+
+
 def test_precision_detection(tmp_path):
     assert detect_precision(conv_relu_onnx(tmp_path / "q.onnx", qdq=True)) == "int8"
     assert detect_precision(conv_relu_onnx(tmp_path / "f.onnx")) == "fp32"
