@@ -45,7 +45,10 @@ def parse_terms(spec: list[dict[str, Any]] | str) -> list[Term]:
         if name == "ce" and item:
             raise EdgeKDError(f"LM loss 'ce' takes no options, got {sorted(item)}")
         if name != "ce":
-            LOSSES.get(name)(**item)  # validates option names and values now, with the loss's own message
+            try:  # validates option names and values now, with the loss's own message
+                LOSSES.get(name)(**item)
+            except (TypeError, ValueError) as e:
+                raise EdgeKDError(f"LM loss {name!r}: {e}") from e
         terms.append(Term(name, float(weight), item))
     if not terms:
         raise EdgeKDError("an LM objective needs at least one loss term")

@@ -66,13 +66,14 @@ class TopKCache:
 @torch.no_grad()
 def build_topk_cache(teacher, blocks: Tensor, k: int, root: Path, *, teacher_fp: str, tokenizer_fp: str,
                      batch_size: int = 8, dtype: torch.dtype = torch.float32, log_fn=log.info) -> TopKCache:
-    """Open the cache for (teacher, tokenizer, blocks, k) under `root`, running the teacher only if it is missing."""
-    if not 1 <= k <= teacher.config.vocab_size:
-        raise EdgeKDError(f"teacher top-k must be between 1 and the vocabulary size {teacher.config.vocab_size}, got {k}")
+    """Open the cache for (teacher, tokenizer, blocks, k) under `root`, running the teacher only if it is missing
+    (so `teacher` may be None when the cache exists)."""
     key = cache_key(teacher_fp, tokenizer_fp, blocks, k)
     path = Path(root) / key
     if (path / "meta.json").is_file():
         return TopKCache.open(path)
+    if not 1 <= k <= teacher.config.vocab_size:
+        raise EdgeKDError(f"teacher top-k must be between 1 and the vocabulary size {teacher.config.vocab_size}, got {k}")
     tmp = Path(root) / f".{key}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

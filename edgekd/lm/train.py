@@ -69,9 +69,9 @@ def train_lm(student, blocks: Tensor, objective: TokenObjective, cfg: LMTrainCon
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
         opt.step()
-        curve.append(round(float(loss), 4))
+        curve.append(round(float(loss.detach()), 4))
         if log_fn and (step % log_every == 0 or step == cfg.steps - 1):
-            log_fn(f"step {step}/{cfg.steps} loss {float(loss):.3f} {parts}")
+            log_fn(f"step {step}/{cfg.steps} loss {curve[-1]:.3f} {parts}")
     seconds = time.perf_counter() - start
     tokens = cfg.steps * cfg.batch_size * blocks.shape[1]
     student.eval()
