@@ -10,7 +10,26 @@ import click
 
 from edgekd.errors import EdgeKDError
 
-STAGES = ("teacher", "distill", "quantize", "export", "verify", "profile", "bundle", "report")
+
+
+class StageChoice(click.Choice):
+    """The stage names of edgekd.stages, read when first needed (so `edgekd --help` imports no stage)."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self):
+        from edgekd.stages import STAGES as REGISTRY
+
+        return tuple(dict.fromkeys(n for task in (None, *REGISTRY.tasks()) for n in REGISTRY.names(task)))
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+
+STAGES = StageChoice()
 
 
 def user_errors(fn):
@@ -95,8 +114,8 @@ def demo(run_dir: Path | None, overrides: tuple[str, ...], no_progress: bool) ->
 @main.command("run")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--run-dir", type=click.Path(path_type=Path), help="Run directory (default runs/<recipe name>).")
-@click.option("--until", type=click.Choice(STAGES), help="Stop after this stage.")
-@click.option("--only", type=click.Choice(STAGES), multiple=True, help="Run only these stages (others must be done).")
+@click.option("--until", type=STAGES, help="Stop after this stage.")
+@click.option("--only", type=STAGES, multiple=True, help="Run only these stages (others must be done).")
 @click.option("--force", is_flag=True, help="Re-run stages even when their inputs are unchanged.")
 @click.option("--set", "overrides", multiple=True, help="Override a recipe value, e.g. --set seed=1.")
 @click.option("--no-progress", is_flag=True)

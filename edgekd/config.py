@@ -114,6 +114,7 @@ class VerifyConfig:
     parity_tolerance: float = 1e-4
     parity_samples: int = 256
     test_subset: int | None = None
+    fail_on_parity: bool = True      # a file that fails parity stops the run (false: record it and go on)
 
 
 @dataclass

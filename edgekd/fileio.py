@@ -51,7 +51,19 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Strict JSON: NaN and infinities are written as null (bare NaN is not JSON, and strict readers reject it)."""
+    return write_text(path, json.dumps(finite(obj), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
+
+
+def finite(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, inf) replaced by None, through dicts, lists and tuples."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -78,7 +78,7 @@ def test_model_card_has_accuracy_latency_kinds_recipe_and_limits(archive):
     assert card["normalization"]["mean"] == [72.93] and card["params"] == {"teacher": 480000, "student": 406}
     assert "| student_int8.onnx | onnxruntime | int8 | 86.10% | FAILED (max diff 2.9 vs fake_quant) |" in md
     assert "No latency figures: the run was not profiled for this target." in md
-    assert "## Limitations" in md and "## Intended use" in md and "`distill.epochs`: 6" in md
+    assert "## Limitations" in md and "## Intended use" in md and "`distill.train.epochs`: 6" in md
 
 
 def test_measured_target_card_marks_measured_and_noisy_figures(onnx_run, tmp_path):
@@ -91,10 +91,11 @@ def test_measured_target_card_marks_measured_and_noisy_figures(onnx_run, tmp_pat
 
 def test_predicted_figures_are_marked_with_their_uncertainty(tiny_onnx_models, tmp_path):
     run = write_run(tmp_path / "r" / "tiny", tiny_onnx_models, files=ONNX_FILES)
-    stage = json.loads((run / "profile/cpu-local/stage.json").read_text())
-    for r in stage["metrics"]["results"]:
+    stage = json.loads((run / "profile/stage.json").read_text())
+    cpu = next(t for t in stage["metrics"]["targets"] if t["target"] == "cpu-local")
+    for r in cpu["results"]:
         r.update(measured=False, uncertainty=0.25)
-    (run / "profile/cpu-local/stage.json").write_text(json.dumps(stage))
+    (run / "profile/stage.json").write_text(json.dumps(stage))
     md = zipfile.ZipFile(bundle_run(run, "cpu-local", tmp_path, labels=LABELS, mean=MEAN, std=STD)).read(
         "model_card.md").decode()
     assert md.count("| predicted ±25%") == 2 and "measured on x86_64" not in md
@@ -169,14 +170,17 @@ def test_records_validate_themselves(make, match):
         make()
 
 
-def test_bundle_run_needs_labels_or_recorded_data_facts(onnx_run, tmp_path):
+def test_bundle_run_needs_labels_or_a_loadable_data_set(onnx_run, tmp_path):
+    text = (onnx_run / "recipe.yaml").read_text().replace(
+        "data: {dataset: fashion_mnist, batch_size: 128}", f"data: {{dataset: fashion_mnist, root: {tmp_path}}}")
+    (onnx_run / "recipe.yaml").write_text(text)
+    with pytest.raises(EdgeKDError, match="cannot bundle tiny: labels/mean/std were not given and loading the "
+                                          "recipe's data set failed"):
+        bundle_run(onnx_run, "pixel-8", tmp_path)
+    (onnx_run / "recipe.yaml").unlink()  # no recipe: nothing says where the labels are
     with pytest.raises(EdgeKDError, match="labels, mean, std not given and not recorded in the run"):
         bundle_run(onnx_run, "pixel-8", tmp_path)
-    text = (onnx_run / "recipe.yaml").read_text().replace(
-        "data: {name: fashion_mnist, batch_size: 128}",
-        "data: {name: fashion_mnist, labels: [" + ", ".join(LABELS) + "], mean: [72.93], std: [90.015]}")
-    (onnx_run / "recipe.yaml").write_text(text)
-    archive = bundle_run(onnx_run, "pixel-8", tmp_path)
+    archive = bundle_run(onnx_run, "pixel-8", tmp_path, labels=LABELS, mean=MEAN, std=STD)
     assert json.loads(zipfile.ZipFile(archive).read("model_card.json"))["labels"] == LABELS
 
 
@@ -191,9 +195,11 @@ def test_unit_scale_normalization_converts_to_the_pixel_scale():
 def test_bundle_run_takes_labels_and_normalization_from_the_recipe_data_set(onnx_run, tmp_path):
     from edgekd.data import load_dataset
 
-    text = (onnx_run / "recipe.yaml").read_text().replace("data: {name: fashion_mnist, batch_size: 128}",
+    text = (onnx_run / "recipe.yaml").read_text().replace("data: {dataset: fashion_mnist, batch_size: 128}",
                                                            "data: {dataset: digits}")
-    (onnx_run / "recipe.yaml").write_text(text + "bundle: {model_name: Digits, version: 2.1.0, author: me}\n")
+    text = text.replace("bundle: {targets: [pixel-8], model_name: tiny-fmnist, version: 0.1.0}",
+                        "bundle: {model_name: Digits, version: 2.1.0, author: me}")
+    (onnx_run / "recipe.yaml").write_text(text)
     archive = bundle_run(onnx_run, "pixel-8", tmp_path)
     digits = load_dataset("digits")
     card = json.loads(zipfile.ZipFile(archive).read("model_card.json"))

@@ -86,8 +86,10 @@ def test_killed_training_resumes_with_the_same_result(tmp_path):
 
 
 def test_a_failing_stage_leaves_the_previous_outputs_untouched(tmp_path, monkeypatch):
-    import edgekd.pipeline as pipeline
+    import dataclasses
+
     from edgekd.errors import EdgeKDError
+    from edgekd.stages import STAGES
 
     recipe = write_recipe(tmp_path)
     run_dir = run(recipe, run_dir=tmp_path / "run", until="distill", progress=False, log=lambda m: None)
@@ -98,17 +100,21 @@ def test_a_failing_stage_leaves_the_previous_outputs_untouched(tmp_path, monkeyp
         (ctx.stage_dir("distill") / "student.pt").write_bytes(b"half-written")
         raise EdgeKDError("boom")
 
-    monkeypatch.setitem(pipeline.STAGES, "distill", failing)
+    monkeypatch.setitem(STAGES._stages, (None, "distill"), dataclasses.replace(STAGES.get("distill"), run=failing))
     with pytest.raises(EdgeKDError, match="boom"):
         run(recipe, run_dir=run_dir, until="distill", force=True, progress=False, log=lambda m: None)
     assert (run_dir / "distill" / "student.pt").read_bytes() == before
     assert (run_dir / "distill" / "stage.json").read_text() == record
+    assert not (run_dir / ".distill.staging").exists()  # the failed stage's half-written files are gone
 
 
-def test_unknown_stage_name_suggests_the_closest():
+def test_unknown_stage_name_suggests_the_closest(tmp_path):
     from edgekd.errors import EdgeKDError
 
-    from edgekd.pipeline import STAGE_NAMES
+    from edgekd.stages import STAGES
 
     with pytest.raises(EdgeKDError, match="unknown stage 'distil'; did you mean 'distill'"):
-        STAGE_NAMES.get("distil")
+        STAGES.get("distil")
+    with pytest.raises(EdgeKDError, match="unknown stage 'distil'; did you mean 'distill'"):
+        run(write_recipe(tmp_path), until="distil", run_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()

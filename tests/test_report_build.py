@@ -102,11 +102,43 @@ def test_a_run_with_only_a_teacher_still_reports(tmp_path):
 
 def test_an_empty_run_directory_and_a_missing_one(tmp_path):
     (tmp_path / "empty").mkdir()
-    assert results_json(tmp_path / "empty")["missing_stages"] == [
-        "teacher", "distill", "quantize", "export", "verify", "profile", "bundle"]
-    assert build_report(tmp_path / "empty").plots == {}
+    with pytest.raises(EdgeKDError, match="empty is not an edgekd run directory .no recipe.yaml, no <stage>/stage"):
+        results_json(tmp_path / "empty")
+    with pytest.raises(EdgeKDError, match="not an edgekd run directory"):
+        build_report(tmp_path / "empty")
+    assert not (tmp_path / "empty" / "report").exists()
     with pytest.raises(EdgeKDError, match="run directory not found: .*nope"):
         build_report(tmp_path / "nope")
+
+
+def test_a_run_with_only_a_recipe_lists_every_stage_missing(tmp_path):
+    run = tmp_path / "fresh"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("name: fresh\nbundle: {enabled: false}\n")
+    assert results_json(run)["missing_stages"] == ["teacher", "distill", "quantize", "export", "verify", "profile"]
+    assert build_report(run).plots == {}
+
+
+def test_a_recipe_that_no_longer_loads_is_a_problem_line(report_run):
+    (report_run / "recipe.yaml").write_text("name: t\nprofile: {targets: [no-such-target]}\n")
+    r = results_json(report_run)
+    assert r["problems"][0].startswith("recipe.yaml does not load (") and "no-such-target" in r["problems"][0]
+    assert list(r["latency"]) == ["cpu-local", "pixel-8"]  # without the recipe's order: sorted
+
+
+def test_report_cli_on_an_empty_directory_is_one_line_and_exit_2(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    for folder in ("empty", "photos"):
+        result = CliRunner().invoke(main, ["report", str(tmp_path / folder)])
+        assert result.exit_code == 2
+        assert result.output.count("\n") == 1 and f"{folder} is not an edgekd run directory" in result.output
+        assert not (tmp_path / folder / "report").exists()
 
 
 def test_an_unreadable_stage_json_is_a_problem_line_not_a_crash(report_run):
@@ -185,34 +217,27 @@ def _profile_rows(target):
              "measured": True, "target": target}]
 
 
-@pytest.mark.parametrize("metrics", [
-    {"targets": [{"target": "cpu-local", "results": _profile_rows("cpu-local")},
-                 {"target": "pixel-8", "results": _profile_rows("pixel-8")}],
-     "verdicts": [{"target": "pixel-8", "text": "pixel verdict"}]},
-    {"results": _profile_rows("cpu-local") + _profile_rows("pixel-8"),
-     "verdicts": [{"target": "pixel-8", "text": "pixel verdict"}]},
-])
-def test_one_profile_stage_json_for_several_targets(report_run, metrics):
+def test_one_profile_stage_json_for_several_targets(report_run):
     import shutil as _shutil
 
+    metrics = {"targets": [{"target": "cpu-local", "results": _profile_rows("cpu-local"), "verdicts": []},
+                           {"target": "pixel-8", "results": _profile_rows("pixel-8"),
+                            "verdicts": [{"target": "pixel-8", "text": "pixel verdict"}]}]}
     _shutil.rmtree(report_run / "profile")
     (report_run / "profile").mkdir()
-    (report_run / "profile" / "stage.json").write_text(json.dumps({"stage": "profile", "metrics": metrics}))
+    (report_run / "profile" / "stage.json").write_text(json.dumps({"stage": "profile", "fingerprint": "f",
+                                                                   "metrics": metrics}))
     r = results_json(report_run)
     assert list(r["latency"]) == ["cpu-local", "pixel-8"]
     assert [x["p50_ms"] for x in r["latency"]["pixel-8"]] == [1.0]
     assert r["verdicts"] == [{"target": "pixel-8", "text": "pixel verdict"}]
 
 
-def test_a_profile_without_target_names_takes_the_recipe_single_target(report_run):
-    import shutil as _shutil
-
-    _shutil.rmtree(report_run / "profile")
-    (report_run / "profile").mkdir()
-    rows = [{k: v for k, v in row.items() if k != "target"} for row in _profile_rows("x")]
-    (report_run / "profile" / "stage.json").write_text(json.dumps({"stage": "profile", "metrics": {"results": rows}}))
-    (report_run / "recipe.yaml").write_text("name: t\nprofile: {targets: [jetson-orin-nano]}\n")
-    assert list(results_json(report_run)["latency"]) == ["jetson-orin-nano"]
+def test_stage_json_is_strict_json_and_not_a_record_is_a_problem(report_run):
+    (report_run / "profile" / "stage.json").write_text(json.dumps({"stage": "profile", "metrics": {}}))
+    r = results_json(report_run)  # no fingerprint: not a stage record
+    assert "profile" in r["missing_stages"] and r["latency"] == {}
+    assert r["problems"][0].startswith("profile/stage.json is unreadable")
 
 
 def test_report_paths_list_every_written_file(built):

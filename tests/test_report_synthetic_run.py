@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edgekd.fileio import sha256_file
-from edgekd.report.run import load_run
+from edgekd.runs import load_run
 
 LABELS = [f"class_{i}" for i in range(10)]
 MEAN, STD = (72.93,), (90.015,)  # pixel scale, as edgekd.data.ImageDataset stores them
@@ -94,6 +94,15 @@ def tiny_onnx_files(root: Path) -> dict[str, Path]:
     return paths
 
 
+# A recipe as the pipeline writes it into the run directory (edgekd.config.load_recipe reads it back).
+RECIPE = ("name: tiny-fmnist\ndata: {dataset: fashion_mnist, batch_size: 128}\n"
+          "teacher: {model: teacher_cnn, train: {epochs: 5}}\nstudent: {model: tiny_cnn}\n"
+          "distill: {losses: [{name: kd_soft, weight: 0.9, temperature: 4.0}, {name: ce, weight: 0.1}], "
+          "train: {epochs: 6}}\n"
+          "quantize: {method: qat, train: {epochs: 2}}\nprofile: {targets: [cpu-local, pixel-8]}\n"
+          "bundle: {targets: [pixel-8], model_name: tiny-fmnist, version: 0.1.0}\n")
+
+
 def _history(epochs: int, parts: list[str], start_acc: float, end_acc: float) -> list[dict]:
     rows = []
     for e in range(epochs):
@@ -124,11 +133,7 @@ def write_run(run: Path, models: dict[str, Path] | None, *, until: str = "profil
     order = ["teacher", "distill", "quantize", "export", "verify", "profile"]
     stages = set(order[:order.index(until) + 1])
     run.mkdir(parents=True, exist_ok=True)
-    (run / "recipe.yaml").write_text(
-        "name: tiny-fmnist\ndata: {name: fashion_mnist, batch_size: 128}\n"
-        "teacher: {model: resnet_small, epochs: 5}\nstudent: {model: tiny_cnn}\n"
-        "distill: {losses: [{name: kd_soft, weight: 0.9, temperature: 4.0}, {name: ce, weight: 0.1}], epochs: 6}\n"
-        "quantize: {method: qat_kd, epochs: 2}\ntargets: [cpu-local, pixel-8]\n")
+    (run / "recipe.yaml").write_text(RECIPE)
     if "teacher" in stages:
         _stage(run, "teacher", "teacher", {"params": 480_000, "test_accuracy": 0.912,
                                            "history": _history(5, ["ce"], 0.78, 0.912)})
@@ -163,6 +168,7 @@ def write_run(run: Path, models: dict[str, Path] | None, *, until: str = "profil
              "max_abs_diff": 6e-6 if p == "fp32" else (0.04 if ok else 2.9), "top1_agreement": 1.0 if ok else 0.93,
              "parity_ok": ok} for n, (f, p, r, a, ok) in files_spec.items()]})
     if "profile" in stages:
+        targets = []
         for target, measured, scale in (("cpu-local", True, 1.0), ("pixel-8", False, 0.6)):
             results = []
             for n, (f, p, r, _, _) in files_spec.items():
@@ -182,7 +188,8 @@ def write_run(run: Path, models: dict[str, Path] | None, *, until: str = "profil
                          "text": f"On {target}, {rt} int8 is 1.25x faster than fp32 "
                                  f"({'measured' if measured else 'predicted'})."}
                         for rt in sorted({x["runtime"] for x in results})]
-            _stage(run, f"profile/{target}", "profile", {"target": target, "results": results, "verdicts": verdicts})
+            targets.append({"target": target, "results": results, "verdicts": verdicts})
+        _stage(run, "profile", "profile", {"targets": targets})
     return run
 
 
@@ -242,4 +249,6 @@ def test_synthetic_run_follows_the_contract(report_run):
     assert run.missing() == ["bundle"]
     assert sorted(run.profiles) == ["cpu-local", "pixel-8"]
     assert [f["name"] for f in run.metrics("export")["files"]] == list(FILES)
-    assert run.resolve("export", "export/student_int8.tflite").is_file()
+    assert run.file("export/student_int8.tflite").is_file()
+    assert run.recipe.name == "tiny-fmnist" and run.recipe.profile.targets == ["cpu-local", "pixel-8"]
+    assert run.problems == []

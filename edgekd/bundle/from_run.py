@@ -8,8 +8,8 @@ from typing import Any, Sequence
 from edgekd.bundle.archive import ModelFile, make_bundle
 from edgekd.bundle.card import ModelCard
 from edgekd.errors import EdgeKDError
-from edgekd.report.results import accuracy_table, choose_shipped, file_table, latency_table
-from edgekd.report.run import RunRecord, load_run, recipe_summary
+from edgekd.runs import RunRecord, load_run
+from edgekd.summary import accuracy_table, choose_shipped, file_table, latency_table, recipe_summary
 
 
 def bundle_run(run_dir: str | Path, target: str, out_dir: str | Path, *, labels: Sequence[str] | None = None,
@@ -18,9 +18,9 @@ def bundle_run(run_dir: str | Path, target: str, out_dir: str | Path, *, labels:
     """Bundle a run's exported files for `target` into out_dir/<name>-<target>.zip and return its path.
 
     mean/std are on the pixel scale (0..pixel_max), as edgekd.data.ImageDataset stores them. When labels/mean/std
-    are not given they come from recipe.yaml (`data.labels`/`mean`/`std`), else from loading the recipe's
-    `data.dataset` (its normalization is computed on the full training split, as in training).
-    Name, version, author, license and description come from the recipe's `bundle` section when present.
+    are not given they come from loading the recipe's `data.dataset` (its normalization is computed on the full
+    training split, as in training). Name, version, author, license and description come from the recipe's
+    `bundle` section.
     """
     run = load_run(run_dir)
     files = model_files(run)
@@ -36,7 +36,7 @@ def model_files(run: RunRecord) -> list[ModelFile]:
     if not exported:
         raise EdgeKDError(f"{run.root} has no export stage results (export/stage.json): run the export stage first")
     try:
-        return [ModelFile(f["name"], run.resolve("export", f["path"]), f["format"], f["precision"], f["runtime"])
+        return [ModelFile(f["name"], run.file(f["path"]), f["format"], f["precision"], f["runtime"])
                 for f in exported]
     except (KeyError, ValueError) as e:
         raise EdgeKDError(f"export/stage.json lists a malformed file entry ({e}); re-run the export stage") from e
@@ -50,14 +50,14 @@ def card_from_run(run: RunRecord, target: str, *, name: str | None = None, versi
     reference = {"teacher": trained.get("teacher"), "student_fp32": trained.get("student"),
                  "fake_quant": next((v for k, v in trained.items() if k.startswith("student fake-quant")), None)}
     shipped = choose_shipped(files, latency)
-    recipe = run.recipe or {}
-    section = recipe.get("bundle") if isinstance(recipe.get("bundle"), dict) else {}
-    card_name = name or _safe_name(str(section.get("model_name") or recipe.get("name") or run.name))
-    facts = {k: str(section[k]) for k in ("author", "license", "description") if section.get(k)}
+    section = run.recipe.bundle if run.recipe is not None else None
+    card_name = name or _safe_name(section.model_name if section else run.name)
+    facts = {k: str(getattr(section, k)) for k in ("author", "license", "description") if getattr(section, k, None)}
     keep = ("name", "runtime", "precision", "threads", "p50_ms", "p90_ms", "p99_ms", "cv", "cv_flag", "measured",
             "uncertainty", "device", "runtime_version", "bytes", "target")
     return ModelCard(
-        name=card_name, version=str(version or section.get("version") or "0.1.0"), **facts, recipe=recipe_summary(run.recipe), reference_accuracy=reference,
+        name=card_name, version=str(version or (section.version if section else "0.1.0")), **facts,
+        recipe=recipe_summary(run.recipe), reference_accuracy=reference,
         accuracy={f["name"]: {k: f[k] for k in ("accuracy", "reference", "parity_ok", "max_abs_diff",
                                                  "top1_agreement")} for f in files},
         latency=[{k: r.get(k) for k in keep} for r in latency],
@@ -78,18 +78,12 @@ def archive_record(archive: str | Path, target: str, run_dir: str | Path) -> dic
 
 
 def _data_facts(run: RunRecord, labels: Any, mean: Any, std: Any) -> tuple[list[str], list[float], list[float]]:
-    sources = [run.metrics("data"), *(((run.recipe or {}).get(k) or {}) for k in ("data", "dataset"))]
-    for src in sources:
-        if isinstance(src, dict):
-            labels = labels if labels is not None else src.get("labels")
-            mean = mean if mean is not None else src.get("mean")
-            std = std if std is not None else src.get("std")
-    data = (run.recipe or {}).get("data")
-    if (labels is None or mean is None or std is None) and isinstance(data, dict) and data.get("dataset"):
+    if (labels is None or mean is None or std is None) and run.recipe is not None:
         from edgekd.data import load_dataset
 
+        data = run.recipe.data
         try:
-            ds = load_dataset(str(data["dataset"]), data.get("root"))
+            ds = load_dataset(data.dataset, data.root)
         except EdgeKDError as e:
             raise EdgeKDError(f"cannot bundle {run.root.name}: labels/mean/std were not given and loading the "
                               f"recipe's data set failed: {e}") from e

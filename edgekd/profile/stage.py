@@ -98,3 +98,27 @@ def format_profile(metrics: dict[str, Any]) -> str:
         for v in t.get("verdicts", []):
             lines.append(f"  {v.get('text', v)}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- the stage
+# Declared by the pipeline's stage registry (edgekd.stages); the functions above are the profile package's own.
+
+
+def run_profile(ctx) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Latency of every exported file on each recipe target (measured locally, predicted elsewhere)."""
+    r = ctx.recipe
+    files = [ctx.run_dir / f["path"] for f in ctx.record("export").metrics["files"]]
+    metrics = profile_run_files(files, r.profile.targets, threads=r.profile.threads,
+                                max_seconds=r.profile.max_seconds, min_runs=r.profile.min_runs,
+                                input_shape=(1, *ctx.dataset.input_shape), progress=ctx.progress, log=ctx.log)
+    return {}, metrics
+
+
+def _register_profile_stage() -> None:
+    from edgekd.stages import Stage, register_stage
+
+    register_stage(Stage("profile", run_profile, sections=("profile",), upstream=("export",),
+                         missing="no latency: no latency tables, accuracy-vs-latency or int8-vs-fp32 plots"))
+
+
+_register_profile_stage()

@@ -8,7 +8,7 @@ from edgekd.fileio import write_json, write_text
 from edgekd.report.plots import accuracy_vs_latency, int8_vs_fp32, training_curves
 from edgekd.report.render import render_html, render_markdown
 from edgekd.report.results import collect_results
-from edgekd.report.run import load_run
+from edgekd.runs import load_run
 
 PLOTS = {"accuracy_vs_latency": accuracy_vs_latency, "training_curves": training_curves,
          "int8_vs_fp32": int8_vs_fp32}

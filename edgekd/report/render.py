@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekd.report.results import MISSING_EFFECT, _num, format_bytes
+from edgekd.report.results import _num, format_bytes, missing_effect
 
 PLOT_TITLES = {"accuracy_vs_latency": "Accuracy vs latency per target (Pareto front marked)",
                "training_curves": "Training curves: total loss and each part, accuracy",
@@ -113,7 +113,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Path]) -> str:
         lines += ["**No exported file to ship yet.**", ""]
     if results["missing_stages"] or results["problems"]:
         lines += ["## Missing", ""]
-        lines += [f"- **{s}** did not run: {MISSING_EFFECT.get(s, 'its figures are absent')}."
+        lines += [f"- **{s}** did not run: {missing_effect(s) or 'its figures are absent'}."
                   for s in results["missing_stages"]]
         lines += [f"- {p}" for p in results["problems"]]
         lines.append("")
@@ -201,7 +201,7 @@ def render_html(results: dict[str, Any], plots: dict[str, Path]) -> str:
         parts.append("<section class=\"headline\" id=\"headline\"><div class=\"ship\">No exported file to ship yet."
                      "</div></section>")
     if results["missing_stages"] or results["problems"]:
-        items = [f"<li><b>{e(s)}</b> did not run: {e(MISSING_EFFECT.get(s, 'its figures are absent'))}.</li>"
+        items = [f"<li><b>{e(s)}</b> did not run: {e(missing_effect(s) or 'its figures are absent')}.</li>"
                  for s in results["missing_stages"]] + [f"<li>{e(p)}</li>" for p in results["problems"]]
         parts.append(f"<h2>Missing</h2><div class=\"missing\" id=\"missing\"><ul>{''.join(items)}</ul></div>")
     if results["summary"]:

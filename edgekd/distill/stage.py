@@ -1,0 +1,169 @@
+"""The teacher and distill stages: load or train the teacher, then train the student from it.
+
+Also the two things later stages need from them: the teacher as the teacher stage recorded it, and the teacher's
+signal (cached logits or the teacher online) for KD during QAT.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from edgekd.errors import EdgeKDError
+from edgekd.stages import Stage, register_stage
+
+if TYPE_CHECKING:
+    from edgekd.config import Recipe, TrainConfig
+    from edgekd.pipeline import RunContext
+
+
+def teacher_spec(recipe: "Recipe") -> dict[str, Any]:
+    t = recipe.teacher
+    if t.kind == "torch":
+        return {"kind": "torch", "model": t.model, "kwargs": t.kwargs, "weights": t.weights}
+    if t.kind == "ensemble":
+        return {"kind": "ensemble", "members": t.members}
+    return {"kind": t.kind, "path": t.path}
+
+
+def teacher_inputs(recipe: "Recipe") -> dict[str, Any]:
+    """The teacher weights file's sha256 (a new file under the same name re-runs the stage)."""
+    if not recipe.teacher.weights:
+        return {}
+    from edgekd.fileio import sha256_file
+
+    w = Path(recipe.teacher.weights)
+    return {"weights": sha256_file(w) if w.exists() else str(w)}
+
+
+def run_teacher(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
+    """Load the teacher (weights, TorchScript, ONNX, ensemble) or train it; record its test accuracy."""
+    from edgekd.distill import load_teacher
+    from edgekd.distill.trainer import evaluate, train
+    from edgekd.models import build_model, count_params, save_model_file
+
+    r, ds, out = ctx.recipe, ctx.dataset, ctx.stage_dir("teacher")
+    t = r.teacher
+    if t.kind == "torch" and not t.weights:
+        torch.manual_seed(r.seed)
+        kwargs = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **t.kwargs}
+        model = build_model(t.model, **kwargs)
+        ctx.log(f"teacher: training {t.model} ({count_params(model):,} params) for {t.train.epochs} epochs")
+        result = train(model, ds.x_train, ds.y_train, t.train, seed=r.seed, x_test=ds.x_test, y_test=ds.y_test,
+                       batch_size=r.data.batch_size, checkpoint=ctx.checkpoint("teacher"),
+                       checkpoint_key=ctx.checkpoint_key, progress=ctx.progress,
+                       desc="teacher")
+        path = save_model_file(model, t.model, kwargs, out / "teacher.pt")
+        acc = evaluate(model, ds.x_test, ds.y_test, r.data.eval_batch_size)
+        return {"model": path}, {"params": count_params(model), "test_accuracy": acc, "history": result.history,
+                                 "curve": result.curve, "source": "trained"}
+    spec = teacher_spec(r)
+    if t.kind == "torch":
+        spec["kwargs"] = {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **t.kwargs}
+    teacher = load_teacher(spec)
+    logits = torch.cat([teacher.logits(ds.x_test[i:i + 1000]) for i in range(0, len(ds.x_test), 1000)])
+    acc = (logits.argmax(-1) == ds.y_test).float().mean().item()
+    outputs: dict[str, Path] = {}
+    params = None
+    if t.kind == "torch":
+        module = teacher.module
+        params = count_params(module)
+        outputs["model"] = save_model_file(module, t.model, spec["kwargs"], out / "teacher.pt")
+    ctx.log(f"teacher: loaded ({t.kind}), test accuracy {acc:.4f}")
+    return outputs, {"params": params, "test_accuracy": acc, "history": [], "source": spec,
+                     "fingerprint": teacher.fingerprint()}
+
+
+def load_run_teacher(ctx: "RunContext"):
+    """The teacher as the teacher stage recorded it."""
+    from edgekd.distill import TorchTeacher, load_teacher
+    from edgekd.models import load_model_file
+
+    rec = ctx.record("teacher")
+    if "model" in rec.outputs:
+        module, _ = load_model_file(rec.path(ctx.run_dir, "model"))
+        return TorchTeacher(module)
+    return load_teacher(teacher_spec(ctx.recipe))
+
+
+def student_kwargs(ctx: "RunContext") -> dict[str, Any]:
+    ds = ctx.dataset
+    return {"num_classes": ds.num_classes, "in_channels": ds.input_shape[0], **ctx.recipe.student.kwargs}
+
+
+def run_distill(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
+    """Train the student from the teacher with the recipe's losses (or from labels alone when disabled)."""
+    from edgekd.distill import build_objective
+    from edgekd.distill.trainer import TeacherSignal, evaluate, train
+    from edgekd.models import build_model, count_params, save_model_file
+
+    r, ds, out = ctx.recipe, ctx.dataset, ctx.stage_dir("distill")
+    torch.manual_seed(r.seed)
+    kwargs = student_kwargs(ctx)
+    student = build_model(r.student.model, **kwargs)
+    terms = r.distill.losses if r.distill.enabled else [{"name": "ce", "weight": 1.0}]
+    objective = build_objective(terms)
+    mode = r.distill.mode if r.distill.enabled else "teacher"
+    offline = mode == "teacher"  # born-again generations change teachers, so only offline KD can use the cache
+    signal = TeacherSignal() if mode == "mutual" else teacher_signal(
+        ctx, objective, r.distill.train, r.distill.cache_teacher and offline, r.distill.cache_topk if offline else None)
+    teacher_params = ctx.record("teacher").metrics.get("params")
+    ctx.log(f"distill: {r.student.model} ({count_params(student):,} params; teacher {teacher_params or '?'}) "
+            f"with {', '.join(t['name'] for t in terms)} for {r.distill.train.epochs} epochs")
+    common = dict(seed=r.seed, x_test=ds.x_test, y_test=ds.y_test, batch_size=r.data.batch_size,
+                  eval_batch_size=r.data.eval_batch_size, progress=ctx.progress)
+    if mode == "mutual":
+        from edgekd.distill.mutual import train_mutual
+
+        peers = [student] + [build_model(r.student.model, **kwargs) for _ in range(r.distill.peers - 1)]
+        result = train_mutual(peers, ds.x_train, ds.y_train, r.distill.train, kl_weight=r.distill.mutual_kl_weight,
+                              checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key, desc="mutual",
+                              **common)
+    elif mode == "born_again":
+        from edgekd.distill.mutual import born_again
+
+        generations = born_again(lambda: build_model(r.student.model, **kwargs), signal.teacher,
+                                 r.distill.generations, ds.x_train, ds.y_train, r.distill.train, terms, **common)
+        student, result = generations[-1]
+        result.history = [dict(h, generation=g + 1) for g, (_, res) in enumerate(generations) for h in res.history]
+    else:
+        result = train(student, ds.x_train, ds.y_train, r.distill.train, objective=objective, teacher=signal,
+                       checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key, desc="distill",
+                       **common)
+    acc = evaluate(student, ds.x_test, ds.y_test, r.data.eval_batch_size)
+    path = save_model_file(student, r.student.model, kwargs, out / "student.pt")
+    return {"model": path}, {"params": count_params(student), "teacher_params": teacher_params,
+                             "test_accuracy": acc, "history": result.history, "curve": result.curve,
+                             "losses": terms, "mode": mode,
+                             "resumed_from_step": result.resumed_from_step,
+                             "teacher_signal": "cache" if signal.cached is not None else
+                             ("online" if signal.teacher is not None else "none")}
+
+
+def teacher_signal(ctx: "RunContext", objective, cfg: "TrainConfig", use_cache: bool, topk: int | None):
+    """Cached teacher logits when valid (no augmentation, no teacher features), else the teacher online."""
+    from edgekd.distill import load_or_build
+    from edgekd.distill.trainer import TeacherSignal
+
+    if not getattr(objective, "needs_teacher", False):
+        return TeacherSignal()
+    teacher = load_run_teacher(ctx)
+    if use_cache and not cfg.augment and not objective.teacher_taps:
+        if topk and not objective.accepts_topk:
+            raise EdgeKDError(f"distill.cache_topk={topk} stores top-k teacher logits, but a loss in the recipe "
+                              "needs full logits; set cache_topk: null or use losses that accept top-k")
+        cached = load_or_build(teacher, ctx.dataset.x_train, ctx.run_dir / "cache",
+                               preprocessing=f"{ctx.dataset.name}:{ctx.dataset.digest()}", topk=topk,
+                               progress=ctx.progress)
+        return TeacherSignal(teacher=teacher, cached=cached)
+    if use_cache:
+        why = "random augmentation changes every input" if cfg.augment else "feature losses need teacher features"
+        ctx.log(f"distill: teacher runs online ({why}; cached logits would be wrong)")
+    return TeacherSignal(teacher=teacher)
+
+
+register_stage(Stage("teacher", run_teacher, sections=("teacher",), inputs=teacher_inputs,
+                     missing="no teacher accuracy or training curve"))
+register_stage(Stage("distill", run_distill, sections=("student", "distill"), upstream=("teacher",),
+                     missing="no student fp32 accuracy or distillation curve"))
