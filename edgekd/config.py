@@ -319,6 +319,10 @@ def parse_recipe(data: dict[str, Any] | None, source: str = "recipe") -> Recipe:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"the top level must be a mapping of sections, got {type(data).__name__}"], source)
+    if data.get("task") == "causal_lm":  # the language-model task has its own sections (edgekd.lm.recipe)
+        from edgekd.lm.recipe import parse_lm_recipe
+
+        return parse_lm_recipe(data, source)
     recipe = _build(Recipe, data, "", problems)
     problems += _range_checks(recipe)
     problems += _name_checks(recipe)
@@ -357,6 +361,8 @@ def resolve_path(value: str | None, base: Path) -> str | None:
 
 
 def resolve_paths(recipe: Recipe, base: Path) -> None:
+    if hasattr(recipe, "resolve_paths"):  # a task recipe with its own path fields (edgekd.lm.recipe.LMRecipe)
+        return recipe.resolve_paths(base)
     recipe.teacher.weights = resolve_path(recipe.teacher.weights, base)
     recipe.teacher.path = resolve_path(recipe.teacher.path, base)
     recipe.quantize.calibration = resolve_path(recipe.quantize.calibration, base) or recipe.quantize.calibration
