@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 VOCAB = 61
+WORDS = "the people of this nation work build trade grow learn and hope for a better future together".split()
 
 
 def tiny_llama(layers: int = 4, hidden: int = 32, heads: int = 4, kv_heads: int = 2, inter: int = 64, seed: int = 0):
@@ -27,3 +28,16 @@ class WordTokenizer:
 
     def get_vocab(self):
         return {f"w{i}": i for i in range(VOCAB)}
+
+
+def tokenizer_folder(folder):
+    """Save a word-level HF tokenizer over WORDS (id 1 = </s>) into `folder`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from edgekd.lm.teacher import import_transformers
+
+    vocab = {"[UNK]": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = import_transformers().PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", eos_token="</s>")
+    fast.save_pretrained(folder)

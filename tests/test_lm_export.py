@@ -7,7 +7,7 @@ import torch
 
 from edgekd.lm.decoder import CachedLM, FixedLengthLM
 from edgekd.lm.runtime import TorchSession, greedy_generate
-from tests.lm_fixtures import VOCAB, tiny_llama
+from tests.lm_fixtures import VOCAB, tiny_llama, tokenizer_folder
 
 
 def test_fixed_and_cached_decoders_match_transformers():
@@ -78,3 +78,7 @@ def test_tflite_files_fixed_kv_signatures_and_int8(tmp_path):
     assert r["max_abs_logit_diff"] < 1e-4 and r["greedy_agreement"] == 1.0
     r = verify_file(open_lm_session(fixed), TorchSession(FixedLengthLM(model, 12), "fixed"), blocks, new_tokens=2)
     assert r["max_abs_logit_diff"] < 1e-4
+    tokenizer_folder(tmp_path / "tok")
+    bundle = ex.package_litertlm(kv, tmp_path / "tok" / "tokenizer.json", tmp_path / "s.litertlm", context_length=16,
+                                 stop_token_ids=[1])
+    assert bundle.stat().st_size > kv.stat().st_size

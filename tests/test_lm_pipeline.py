@@ -6,21 +6,7 @@ import json
 import pytest
 
 from edgekd.errors import ConfigError
-from tests.lm_fixtures import tiny_llama
-
-WORDS = "the people of this nation work build trade grow learn and hope for a better future together".split()
-
-
-def _tokenizer_folder(folder):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    from edgekd.lm.teacher import import_transformers
-
-    vocab = {"[UNK]": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = import_transformers().PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", eos_token="</s>")
-    fast.save_pretrained(folder)
+from tests.lm_fixtures import WORDS, tiny_llama, tokenizer_folder
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +14,7 @@ def lm_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm")
     teacher = root / "teacher"
     tiny_llama(layers=2).save_pretrained(teacher)
-    _tokenizer_folder(teacher)
+    tokenizer_folder(teacher)
     texts = root / "texts"
     texts.mkdir()
     for i in range(6):

@@ -29,7 +29,8 @@ from edgekd.lm.methods import get_method  # noqa: E402
 from edgekd.lm.student import StudentSpec  # noqa: E402
 from edgekd.lm.train import LMTrainConfig  # noqa: E402
 
-METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "fkl_ce", "teacher_init_fkl_ce"]
+METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "fkl_ce", "teacher_init_ce", "teacher_init_fkl_ce"]
+QUICK_METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "teacher_init_fkl_ce"]
 QUICK = dict(seq_len=64, train_blocks=32, eval_blocks=6, steps=20, batch_size=4, topk=32, seqkd_prompt=16, seeds=1)
 FULL = dict(seq_len=128, train_blocks=256, eval_blocks=16, steps=300, batch_size=8, topk=64, seqkd_prompt=32, seeds=2)
 LR = {"scratch": 3e-3, "teacher": 5e-4}  # a pretrained init is destroyed by the scratch learning rate
@@ -39,9 +40,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--teacher", default="smollm2")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", help=f"comma-separated (default: all; --quick: {','.join(QUICK_METHODS)})")
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=256, help="student width; 0 = the teacher's (layer selection only)")
     p.add_argument("--steps", type=int)
     p.add_argument("--seeds", type=int)
     p.add_argument("--threads", type=int, default=2)
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
     teacher, tok, fp = load_teacher(args.teacher)
     log(f"teacher {args.teacher} loaded ({fp})")
     data = load_lm_data(tok, seq_len=cfg["seq_len"], train_blocks=cfg["train_blocks"], eval_blocks=cfg["eval_blocks"])
-    methods = [get_method(m) for m in args.methods.split(",")]
+    names = args.methods.split(",") if args.methods else (QUICK_METHODS if args.quick else METHODS)
+    methods = [get_method(m) for m in names]
     signals = teacher_signals(teacher, tok, fp, data, topk=cfg["topk"], cache_root=work_cache() / "lm-topk",
                               seqkd_prompt=cfg["seqkd_prompt"] if any(m.text == "teacher" for m in methods) else None,
                               log=log)
@@ -107,7 +109,7 @@ def main(argv=None) -> int:
     teacher_ppl = {"ppl_heldout": perplexity(teacher, data.heldout), "ppl_ood": perplexity(teacher, data.ood),
                    "eval_seconds": round(time.perf_counter() - t0, 1)}
     log(f"teacher perplexity {teacher_ppl}")
-    spec = StudentSpec(layers=args.layers, hidden=args.hidden)
+    spec = StudentSpec(layers=args.layers, hidden=args.hidden or None)
     runs, best = [], None
     for seed in range(cfg["seeds"]):
         for m in methods:

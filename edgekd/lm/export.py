@@ -98,3 +98,26 @@ def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     with atomic_path(dst) as tmp, _quiet():
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
     return Path(dst)
+
+
+def package_litertlm(kv_tflite: str | os.PathLike, tokenizer_json: str | os.PathLike, path: str | os.PathLike, *,
+                     context_length: int, stop_token_ids: list[int], start_token_id: int | None = None) -> Path:
+    """A `.litertlm` (LiteRT-LM container: the KV-cache .tflite, the HF tokenizer.json and LLM metadata) built with
+    litert-lm-builder through litert_torch.generative. `litert-lm-peek` reads it back. Its signatures keep
+    edgekd's input order (ids, positions, k_cache, v_cache), not litert_torch.generative's per-layer cache names,
+    so the LiteRT-LM runtime's own loader is not expected to drive it as is (that runtime is not installed here)."""
+    import tempfile
+
+    from litert_torch.generative.utilities.litertlm_builder import build_litertlm
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="edgekd-litertlm-") as work, _quiet():
+        out_dir = Path(work) / "out"
+        out_dir.mkdir()
+        build_litertlm(tflite_model_path=str(kv_tflite), workdir=work, output_path=str(out_dir),
+                       context_length=context_length, hf_tokenizer_model_path=str(tokenizer_json),
+                       start_token_id=start_token_id, stop_token_ids=list(stop_token_ids), llm_model_type="generic")
+        (built,) = out_dir.glob("*.litertlm")
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(built.read_bytes())
+    return path

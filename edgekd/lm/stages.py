@@ -151,6 +151,17 @@ def run_export(ctx: "RunContext") -> Result:
         files.append({"name": name, "bytes": path.stat().st_size, "seconds": round(time.perf_counter() - t0, 1),
                       "precision": "int8" if ".int8." in name else "fp32", "kv_cache": ".kv." in name})
         ctx.log(f"export: {name} ({path.stat().st_size / 1e6:.1f} MB)")
+    if "student.kv.tflite" in outputs:
+        try:
+            tok = ctx.record("teacher").path(ctx.run_dir, "tokenizer")
+            eos = student.config.eos_token_id
+            outputs["student.litertlm"] = ex.package_litertlm(
+                outputs["student.kv.tflite"], tok, out / "student.litertlm", context_length=e.cache_len,
+                stop_token_ids=[eos] if isinstance(eos, int) else list(eos or []))
+            files.append({"name": "student.litertlm", "bytes": outputs["student.litertlm"].stat().st_size,
+                          "precision": "fp32", "kv_cache": True})
+        except Exception as err:
+            errors["student.litertlm"] = f"{type(err).__name__}: {err}"[:4000]
     return outputs, {"files": files, "errors": errors}
 
 
@@ -163,13 +174,18 @@ def _reference(student, session, r):
     return TorchSession(FixedLengthLM(student, r.data.seq_len), "fixed")
 
 
+def runnable(outputs) -> list[str]:
+    """Exported files a runtime here executes (the .litertlm container is for LiteRT-LM on the device)."""
+    return [n for n in outputs if n.endswith((".onnx", ".tflite"))]
+
+
 def run_verify(ctx: "RunContext") -> Result:
     from edgekd.lm.runtime import open_lm_session
     from edgekd.lm.verify import verify_file
 
     r, student, heldout = ctx.recipe, load_student(ctx), _blocks(ctx, "heldout")
     rec, results = ctx.record("export"), {}
-    for name in rec.outputs:
+    for name in runnable(rec.outputs):
         session = open_lm_session(rec.path(ctx.run_dir, name))
         results[name] = verify_file(session, _reference(student, session, r), heldout, new_tokens=r.verify.new_tokens,
                                     prompt_len=r.verify.prompt_len)
@@ -194,7 +210,7 @@ def run_profile(ctx: "RunContext") -> Result:
     torch.set_num_threads(p.threads)
     results = {"torch": profile_session(TorchSession(FixedLengthLM(load_student(ctx), r.data.seq_len), "fixed"),
                                         p.prompt_len, p.decode_tokens, p.repeats)}
-    for name in rec.outputs:
+    for name in runnable(rec.outputs):
         session = open_lm_session(rec.path(ctx.run_dir, name), threads=p.threads)
         results[name] = profile_session(session, p.prompt_len, p.decode_tokens, p.repeats)
         ctx.log(f"profile: {name} TTFT {results[name]['ttft_ms']['p50']:.1f} ms, decode "
