@@ -126,9 +126,11 @@ def run_cmd(recipe: Path, run_dir: Path | None, until: str | None, only: tuple[s
     from edgekd.config import load_recipe
     from edgekd.pipeline import run
 
-    out = run(load_recipe(recipe, parse_overrides(overrides)), run_dir=run_dir, until=until, only=list(only),
-              force=force, progress=not no_progress)
-    if (out / "report" / "stage.json").exists():
+    r = load_recipe(recipe, parse_overrides(overrides))
+    out = run(r, run_dir=run_dir, until=until, only=list(only), force=force, progress=not no_progress)
+    if getattr(r, "task", None) == "causal_lm" and (out / "report" / "report.md").exists():
+        click.echo((out / "report" / "report.md").read_text())  # the LM report (edgekd.lm.report)
+    elif (out / "report" / "stage.json").exists():
         print_summary(out)
     else:
         click.echo(f"run directory: {out}")
@@ -142,6 +144,8 @@ def validate(recipe: Path) -> None:
     from edgekd import api
 
     r = api.validate(recipe)
+    if hasattr(r, "describe"):  # a task recipe with its own sections (edgekd.lm.recipe.LMRecipe)
+        return click.echo(f"{recipe}: ok ({r.describe()})")
     click.echo(f"{recipe}: ok ({r.name}: {r.data.dataset}, teacher {r.teacher.model}, student {r.student.model})")
 
 

@@ -66,3 +66,19 @@ def test_causal_lm_run_end_to_end_and_resume(lm_project, tmp_path, monkeypatch):
     logs.clear()
     run(recipe, progress=False, log=logs.append)
     assert any("distill: up to date" in line for line in logs)
+
+
+def test_cli_validate_and_run_print_the_lm_recipe_and_report(lm_project, tmp_path, monkeypatch):
+    import yaml
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(_recipe(lm_project).to_dict()))
+    res = CliRunner().invoke(main, ["validate", str(path)])
+    assert res.exit_code == 0 and "causal_lm" in res.output, res.output
+    res = CliRunner().invoke(main, ["run", str(path), "--no-progress", "--set", "distill.steps=2"])
+    assert res.exit_code == 0, res.output
+    assert "| student.onnx |" in res.output

@@ -112,6 +112,12 @@ class LMRecipe(Recipe):
     profile: LMProfileConfig = field(default_factory=LMProfileConfig)     # type: ignore[assignment]
     bundle: LMBundleConfig = field(default_factory=LMBundleConfig)        # type: ignore[assignment]
 
+    def describe(self) -> str:
+        """One line for `edgekd validate`."""
+        s = self.student
+        return (f"{self.name}: causal_lm on {self.data.source}, teacher {self.teacher.path}, student {s.layers} layers "
+                f"x {s.hidden or 'teacher'} wide (init {s.init})")
+
     def resolve_paths(self, base: Path) -> None:
         """Relative teacher and text paths are read beside the recipe (then the working directory)."""
         if self.teacher.path != "smollm2":
@@ -139,13 +145,17 @@ def _checks(r: LMRecipe) -> list[str]:
                               ("distill.batch_size", r.distill.batch_size, 1)):
         if isinstance(value, int) and value < low:
             problems.append(f"{where}: must be >= {low}, got {value}")
+    try:
+        text = method_of(r).text
+    except EdgeKDError as e:
+        problems.append(f"distill: {e}")
+        text = None
+    if text == "teacher" and not 0 < r.teacher.seqkd_prompt < r.data.seq_len:
+        problems.append(f"teacher.seqkd_prompt must be between 1 and data.seq_len - 1 ({r.data.seq_len - 1}), "
+                        f"got {r.teacher.seqkd_prompt}")
     if r.export.kv_cache and r.export.prefill_len + r.verify.new_tokens > r.export.cache_len:
         problems.append(f"export.cache_len ({r.export.cache_len}) must hold prefill_len ({r.export.prefill_len}) "
                         f"+ verify.new_tokens ({r.verify.new_tokens})")
-    try:
-        method_of(r)
-    except EdgeKDError as e:
-        problems.append(f"distill: {e}")
     return problems
 
 
