@@ -92,3 +92,15 @@ def test_methods_resolve_and_reject_unknown():
     assert method_from_dict({"losses": [{"name": "reverse_kl"}]}).needs_cache
     with pytest.raises(EdgeKDError, match="choose from"):
         get_method("nope")
+
+
+def test_seqkd_greedy_matches_transformers_generate():
+    teacher = tiny_llama()
+    blocks = torch.randint(2, VOCAB, (2, 10))
+    ours, _ = teacher_continuations(teacher, blocks, prompt_len=4)
+    with torch.no_grad():
+        ref = teacher.generate(blocks[:, :4], attention_mask=torch.ones(2, 4, dtype=torch.long), max_new_tokens=6,
+                               min_new_tokens=6, do_sample=False, pad_token_id=1)
+    assert torch.equal(ours, ref)
+    sampled, _ = teacher_continuations(teacher, blocks, prompt_len=4, temperature=1.0, seed=3)
+    assert torch.equal(sampled[:, :4], blocks[:, :4]) and sampled.shape == blocks.shape
