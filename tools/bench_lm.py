@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tflite", action="store_true", help="also export .tflite (slow to convert); default in full mode")
+    p.add_argument("--init-study", action="store_true",
+                   help="also train teacher_init_fkl_ce at the teacher's width (layer selection only) to compare "
+                        "with the projected student; default in full mode")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     return p.parse_args(argv)
 
@@ -122,13 +125,25 @@ def main(argv=None) -> int:
                 f"({rec['train']['tokens']} tokens, {rec['train']['tokens_per_s']} tokens/s)")
             if m.name != "scratch_ce" and (best is None or rec["ppl_heldout"] < best[1]["ppl_heldout"]):
                 best = (student, rec)
+    init_study = None
+    if args.init_study or not args.quick:
+        m = get_method("teacher_init_fkl_ce")
+        tc = LMTrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=LR["teacher"],
+                           warmup=max(1, cfg["steps"] // 10), seed=0)
+        _, wide = train_method(m, teacher, data, StudentSpec(layers=args.layers, hidden=None), tc,
+                               cache=signals["cache"], seqkd_blocks=None)
+        projected = next((r for r in runs if r["method"] == m.name and r["seed"] == 0), None)
+        init_study = {"layer_selection_teacher_width": wide, "projection": projected}
+        log(f"init study: layer selection at teacher width ({wide['params']} params) held-out ppl "
+            f"{wide['ppl_heldout']:.1f}; projected ({projected and projected['params']} params) "
+            f"{projected and round(projected['ppl_heldout'], 1)}")
     summary = summarize(runs)
     files = files_section(best[0], data, cfg["seq_len"], args.tflite or not args.quick, log) if best else {}
     result = {"bench": "lm", "quick": args.quick, "config": cfg, "teacher": {"spec": args.teacher, "fingerprint": fp,
               **teacher_ppl, "params": sum(p.numel() for p in teacher.parameters())},
               "student": spec.to_dict(), "lr": LR, "data": data.describe,
               "teacher_cache": signals["cache_meta"], "seqkd_tokens_per_s": signals.get("seqkd_tokens_per_s"),
-              "runs": runs, "summary": summary, "best": best[1]["method"] if best else None, "files": files,
+              "runs": runs, "summary": summary, "init_study": init_study, "best": best[1]["method"] if best else None, "files": files,
               "targets": targets(summary, files), "wall_seconds": round(time.perf_counter() - start, 1),
               "threads": args.threads}
     out = Path(args.out)
