@@ -50,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--init-study", action="store_true",
                    help="also train teacher_init_fkl_ce at the teacher's width (layer selection only) to compare "
                         "with the projected student; default in full mode")
+    p.add_argument("--no-files", action="store_true", help="skip exporting/verifying/profiling the best student")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     return p.parse_args(argv)
 
@@ -138,7 +139,9 @@ def main(argv=None) -> int:
             f"{wide['ppl_heldout']:.1f}; projected ({projected and projected['params']} params) "
             f"{projected and round(projected['ppl_heldout'], 1)}")
     summary = summarize(runs)
-    files = files_section(best[0], data, cfg["seq_len"], args.tflite or not args.quick, log) if best else {}
+    files = {}
+    if best and not args.no_files:
+        files = files_section(best[0], data, cfg["seq_len"], args.tflite or not args.quick, log)
     result = {"bench": "lm", "quick": args.quick, "config": cfg, "teacher": {"spec": args.teacher, "fingerprint": fp,
               **teacher_ppl, "params": sum(p.numel() for p in teacher.parameters())},
               "student": spec.to_dict(), "lr": LR, "data": data.describe,
