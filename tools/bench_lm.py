@@ -29,7 +29,8 @@ from edgekd.lm.methods import get_method  # noqa: E402
 from edgekd.lm.student import StudentSpec  # noqa: E402
 from edgekd.lm.train import LMTrainConfig  # noqa: E402
 
-METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "fkl_ce", "teacher_init_ce", "teacher_init_fkl_ce"]
+METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "fkl_ce", "teacher_init_ce",
+           "teacher_init_fkl_ce"]
 QUICK_METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "teacher_init_fkl_ce"]
 QUICK = dict(seq_len=64, train_blocks=32, eval_blocks=6, steps=20, batch_size=4, topk=32, seqkd_prompt=16, seeds=1)
 FULL = dict(seq_len=128, train_blocks=256, eval_blocks=16, steps=300, batch_size=8, topk=64, seqkd_prompt=32, seeds=2)
@@ -83,7 +84,8 @@ def files_section(student, data, seq_len: int, tflite: bool, log) -> dict:
                **verify_file(session, ref, data.heldout, new_tokens=16, prompt_len=seq_len // 2),
                "profile": profile_session(session, seq_len, decode_tokens=8, repeats=5)}
         out[name] = rec
-        log(f"{name}: {rec['bytes'] / 1e6:.1f} MB ppl {rec['perplexity']:.2f} (torch {rec['reference_perplexity']:.2f}) "
+        log(f"{name}: {rec['bytes'] / 1e6:.1f} MB ppl {rec['perplexity']:.2f} "
+            f"(torch {rec['reference_perplexity']:.2f}) "
             f"max|dlogit| {rec['max_abs_logit_diff']:.2e} greedy {rec['greedy_agreement']:.2f}")
     out["torch"] = {"profile": profile_session(ref, seq_len, decode_tokens=8, repeats=5)}
     return out
@@ -126,18 +128,8 @@ def main(argv=None) -> int:
                 f"({rec['train']['tokens']} tokens, {rec['train']['tokens_per_s']} tokens/s)")
             if m.name != "scratch_ce" and (best is None or rec["ppl_heldout"] < best[1]["ppl_heldout"]):
                 best = (student, rec)
-    init_study = None
-    if args.init_study or not args.quick:
-        m = get_method("teacher_init_fkl_ce")
-        tc = LMTrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=LR["teacher"],
-                           warmup=max(1, cfg["steps"] // 10), seed=0)
-        _, wide = train_method(m, teacher, data, StudentSpec(layers=args.layers, hidden=None), tc,
-                               cache=signals["cache"], seqkd_blocks=None)
-        projected = next((r for r in runs if r["method"] == m.name and r["seed"] == 0), None)
-        init_study = {"layer_selection_teacher_width": wide, "projection": projected}
-        log(f"init study: layer selection at teacher width ({wide['params']} params) held-out ppl "
-            f"{wide['ppl_heldout']:.1f}; projected ({projected and projected['params']} params) "
-            f"{projected and round(projected['ppl_heldout'], 1)}")
+    init_study = run_init_study(teacher, data, signals, cfg, args, runs, log) \
+        if args.init_study or not args.quick else None
     summary = summarize(runs)
     files = {}
     if best and not args.no_files:
@@ -146,7 +138,8 @@ def main(argv=None) -> int:
               **teacher_ppl, "params": sum(p.numel() for p in teacher.parameters())},
               "student": spec.to_dict(), "lr": LR, "data": data.describe,
               "teacher_cache": signals["cache_meta"], "seqkd_tokens_per_s": signals.get("seqkd_tokens_per_s"),
-              "runs": runs, "summary": summary, "init_study": init_study, "best": best[1]["method"] if best else None, "files": files,
+              "runs": runs, "summary": summary, "init_study": init_study,
+              "best": best[1]["method"] if best else None, "files": files,
               "targets": targets(summary, files), "wall_seconds": round(time.perf_counter() - start, 1),
               "threads": args.threads}
     out = Path(args.out)
@@ -156,6 +149,21 @@ def main(argv=None) -> int:
     log(f"wrote {path}")
     print(json.dumps({"summary": summary, "targets": result["targets"]}, indent=2))
     return 0
+
+
+def run_init_study(teacher, data, signals, cfg, args, runs, log) -> dict:
+    """teacher_init_fkl_ce at the teacher's width (layer selection only) beside the projected student's run."""
+    from edgekd.lm.workflow import train_method
+
+    m = get_method("teacher_init_fkl_ce")
+    tc = LMTrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=LR["teacher"],
+                       warmup=max(1, cfg["steps"] // 10), seed=0)
+    _, wide = train_method(m, teacher, data, StudentSpec(layers=args.layers, hidden=None), tc,
+                           cache=signals["cache"], seqkd_blocks=None)
+    projected = next((r for r in runs if r["method"] == m.name and r["seed"] == 0), None)
+    log(f"init study: layer selection at teacher width ({wide['params']} params) held-out ppl "
+        f"{wide['ppl_heldout']:.1f}; projected {projected and round(projected['ppl_heldout'], 1)}")
+    return {"layer_selection_teacher_width": wide, "projection": projected}
 
 
 def summarize(runs: list[dict]) -> dict:

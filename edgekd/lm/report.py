@@ -37,8 +37,9 @@ def write_report(out: Path, recipe, metrics: dict[str, dict]) -> tuple[dict[str,
         lines += ["", "## Files that did not convert", ""] + [f"- `{k}`: {v}" for k, v in errors.items()]
     curve = d.get("train", {}).get("curve", [])
     if curve:
+        every = max(1, len(curve) // 10)
         lines += ["", "## Training loss", "", "step " + " ".join(f"{i}:{c:.2f}" for i, c in
-                                                                    list(enumerate(curve))[:: max(1, len(curve) // 10)])]
+                                                                    list(enumerate(curve))[::every])]
     for s in d.get("samples", []):
         lines += ["", f"**Prompt** {s['prompt']!r}", f"- teacher: {s['teacher']!r}", f"- student: {s['student']!r}"]
     summary = {"teacher": {k: t.get(k) for k in ("teacher", "ppl_heldout", "ppl_ood", "params")},

@@ -55,7 +55,8 @@ def student_config(teacher_config, spec: StudentSpec):
     cfg = t.to_dict()
     cfg.update(hidden_size=hidden, num_hidden_layers=spec.layers, num_attention_heads=heads,
                num_key_value_heads=kv, intermediate_size=inter, head_dim=head_dim)
-    for key in ("_name_or_path", "architectures", "quantization_config", "torch_dtype", "dtype", "transformers_version"):
+    for key in ("_name_or_path", "architectures", "quantization_config", "torch_dtype", "dtype",
+                "transformers_version"):
         cfg.pop(key, None)
     return tf.LlamaConfig(**cfg)
 

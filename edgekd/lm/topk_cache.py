@@ -73,7 +73,8 @@ def build_topk_cache(teacher, blocks: Tensor, k: int, root: Path, *, teacher_fp:
     if (path / "meta.json").is_file():
         return TopKCache.open(path)
     if not 1 <= k <= teacher.config.vocab_size:
-        raise EdgeKDError(f"teacher top-k must be between 1 and the vocabulary size {teacher.config.vocab_size}, got {k}")
+        raise EdgeKDError(f"teacher top-k must be between 1 and the vocabulary size {teacher.config.vocab_size}, "
+                          f"got {k}")
     tmp = Path(root) / f".{key}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -52,4 +52,5 @@ def verify_file(session, reference: TorchSession, blocks: torch.Tensor, *, new_t
     return {"runtime": session.runtime, "kind": session.kind, "blocks": list(data.shape),
             "max_abs_logit_diff": max(diffs), "greedy_agreement": float(np.mean(agree)),
             "greedy_prefix": float(np.mean(prefix)), "new_tokens": new_tokens,
-            "perplexity": session_perplexity(session, data), "reference_perplexity": session_perplexity(reference, data)}
+            "perplexity": session_perplexity(session, data),
+            "reference_perplexity": session_perplexity(reference, data)}
