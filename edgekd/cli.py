@@ -129,6 +129,17 @@ def demo(run_dir: Path | None, overrides: tuple[str, ...], no_progress: bool) ->
 @click.option("--set", "overrides", multiple=True, help="Override a recipe value, e.g. --set seed=1.")
 @click.option("--no-progress", is_flag=True)
 @user_errors
+def _run_task(run_dir: Path) -> str | None:
+    """The task a run directory's recipe.yaml names (None for the default image task)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data.get("task") if isinstance(data, dict) else None
+
+
 def run_cmd(recipe: Path, run_dir: Path | None, until: str | None, only: tuple[str, ...], force: bool,
             overrides: tuple[str, ...], no_progress: bool) -> None:
     """Run every stage of RECIPE (finished, unchanged stages are skipped; training resumes)."""
@@ -136,7 +147,9 @@ def run_cmd(recipe: Path, run_dir: Path | None, until: str | None, only: tuple[s
 
     out = api.run(recipe, run_dir=run_dir, until=until, only=only, force=force, overrides=parse_overrides(overrides),
                   progress=not no_progress)
-    if (out / "report" / "stage.json").exists():
+    if _run_task(out) == "causal_lm" and (out / "report" / "report.md").exists():
+        click.echo((out / "report" / "report.md").read_text())  # the LM report (edgekd.lm.report)
+    elif (out / "report" / "stage.json").exists():
         print_summary(out)
     else:
         click.echo(f"run directory: {out}")
@@ -150,6 +163,8 @@ def validate(recipe: Path) -> None:
     from edgekd import api
 
     r = api.validate(recipe)
+    if hasattr(r, "describe"):  # a task recipe with its own sections (edgekd.lm.recipe.LMRecipe)
+        return click.echo(f"{recipe}: ok ({r.describe()})")
     click.echo(f"{recipe}: ok ({r.name}: {r.data.dataset}, teacher {r.teacher.model}, student {r.student.model})")
 
 

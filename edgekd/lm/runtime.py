@@ -1,0 +1,137 @@
+"""Run an exported student LM in its own runtime behind one small interface, so verify and profile treat
+.tflite (LiteRT), .onnx (onnxruntime) and the torch reference alike.
+
+A session is either fixed-length (`kind == "fixed"`: `forward(ids (1, T)) -> logits (1, T, V)`) or a KV-cache step
+(`kind == "kv"`: `step(ids (1, S), positions (S,), k, v) -> (logits (1, S, V), k, v)`; `prefill_len` is the S its
+prefill accepts, None when any S works). Inputs and outputs are numpy arrays.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.errors import EdgeKDError
+
+
+class TorchSession:
+    """The torch reference: a FixedLengthLM or CachedLM module."""
+
+    runtime = "torch"
+
+    def __init__(self, module, kind: str, prefill_len: int | None = None):
+        self.module, self.kind, self.prefill_len = module.eval(), kind, prefill_len
+        self.seq_len = getattr(module, "seq_len", None)
+        self.cache_shape = module.cache_shape() if kind == "kv" else None
+
+    @torch.no_grad()
+    def forward(self, ids):
+        return self.module(torch.as_tensor(ids, dtype=torch.long)).numpy()
+
+    @torch.no_grad()
+    def step(self, ids, positions, k, v):
+        out = self.module(torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(positions, dtype=torch.long),
+                          torch.as_tensor(k), torch.as_tensor(v))
+        return tuple(t.numpy() for t in out)
+
+
+class LiteRTSession:
+    runtime = "litert"
+
+    def __init__(self, path: Path, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interp = Interpreter(str(path), num_threads=threads)
+        sigs = self.interp.get_signature_list()
+        if "decode" in sigs:
+            self.kind = "kv"
+            self.runners = {n: self.interp.get_signature_runner(n) for n in ("prefill", "decode")}
+            details = self.runners["prefill"].get_input_details()
+            self.prefill_len = int(details["args_0"]["shape"][1])
+            self.cache_shape = tuple(int(d) for d in details["args_2"]["shape"])
+            self.seq_len = None
+        else:
+            self.kind = "fixed"
+            self.runner = self.interp.get_signature_runner()
+            self.seq_len = int(self.runner.get_input_details()["args_0"]["shape"][1])
+            self.prefill_len = self.cache_shape = None
+
+    def forward(self, ids):
+        return self.runner(args_0=np.asarray(ids, np.int32))["output_0"]
+
+    def step(self, ids, positions, k, v):
+        runner = self.runners["decode" if np.shape(ids)[1] == 1 else "prefill"]
+        out = runner(args_0=np.asarray(ids, np.int32), args_1=np.asarray(positions, np.int32),
+                     args_2=np.asarray(k, np.float32), args_3=np.asarray(v, np.float32))
+        return out["output_0"], out["output_1"], out["output_2"]
+
+
+class OrtSession:
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inputs = {i.name: i for i in self.sess.get_inputs()}
+        self.kind = "kv" if "k_cache" in inputs else "fixed"
+        self.prefill_len = None
+        self.cache_shape = tuple(inputs["k_cache"].shape) if self.kind == "kv" else None
+        self.seq_len = inputs["ids"].shape[1] if self.kind == "fixed" else None
+
+    def forward(self, ids):
+        return self.sess.run(["logits"], {"ids": np.asarray(ids, np.int64)})[0]
+
+    def step(self, ids, positions, k, v):
+        return tuple(self.sess.run(None, {"ids": np.asarray(ids, np.int64),
+                                          "positions": np.asarray(positions, np.int64),
+                                          "k_cache": np.asarray(k, np.float32), "v_cache": np.asarray(v, np.float32)}))
+
+
+def open_lm_session(path: str | Path, threads: int = 1):
+    """A session for an exported LM file, chosen by suffix."""
+    path = Path(path)
+    if path.suffix == ".tflite":
+        return LiteRTSession(path, threads)
+    if path.suffix == ".onnx":
+        return OrtSession(path, threads)
+    raise EdgeKDError(f"no LM runtime for {path.name}: expected .tflite or .onnx")
+
+
+def empty_cache(session) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(session.cache_shape, np.float32), np.zeros(session.cache_shape, np.float32)
+
+
+def block_logits(session, block: np.ndarray) -> np.ndarray:
+    """(T, V) next-token logits for one block of T ids: one forward (fixed), or prefill of the whole block (kv)."""
+    block = np.asarray(block)[None]
+    if session.kind == "fixed":
+        return session.forward(block)[0]
+    k, v = empty_cache(session)
+    return session.step(block, np.arange(block.shape[1]), k, v)[0][0]
+
+
+def greedy_generate(session, prompt: np.ndarray, new_tokens: int, pad_id: int = 0) -> list[int]:
+    """Greedy continuation of a 1-D `prompt`: a KV-cache loop (prefill then decode) or, for a fixed-length
+    file, one full forward per new token over the right-padded window (causal attention ignores the padding)."""
+    tokens = [int(t) for t in prompt]
+    if session.kind == "fixed":
+        t = session.seq_len
+        for _ in range(new_tokens):
+            window = tokens[-t:]
+            ids = np.full((1, t), pad_id, np.int64)
+            ids[0, :len(window)] = window
+            tokens.append(int(session.forward(ids)[0, len(window) - 1].argmax()))
+        return tokens[len(prompt):]
+    k, v = empty_cache(session)
+    logits, k, v = session.step(np.asarray(tokens)[None], np.arange(len(tokens)), k, v)
+    tokens.append(int(logits[0, -1].argmax()))
+    for _ in range(new_tokens - 1):
+        pos = len(tokens) - 1
+        logits, k, v = session.step(np.asarray([[tokens[-1]]]), np.asarray([pos]), k, v)
+        tokens.append(int(logits[0, -1].argmax()))
+    return tokens[len(prompt):]

@@ -1,0 +1,44 @@
+"""Sequence-level KD (Kim & Rush 2016; the SFT form used by today's distilled LLMs): the teacher writes
+continuations of prompts taken from the training text, and the student is trained with CE on the result."""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+
+@torch.no_grad()
+def _continue(teacher, prompt: Tensor, new: int, temperature: float, gen: torch.Generator) -> Tensor:
+    """(b, new) tokens: one prefill, then one cached step per token (greedy, or sampled at `temperature`)."""
+    out = teacher(prompt, use_cache=True)
+    past, tokens = out.past_key_values, []
+    logits = out.logits[:, -1].float()
+    for i in range(new):
+        if temperature:
+            nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen)
+        else:
+            nxt = logits.argmax(-1, keepdim=True)
+        tokens.append(nxt)
+        if i + 1 < new:
+            out = teacher(nxt, past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[:, -1].float()
+    return torch.cat(tokens, 1)
+
+
+@torch.no_grad()
+def teacher_continuations(teacher, blocks: Tensor, prompt_len: int, *, batch_size: int = 16,
+                          temperature: float = 0.0, seed: int = 0) -> tuple[Tensor, float]:
+    """Blocks of the same shape as `blocks`: the first `prompt_len` tokens kept, the rest written by the teacher
+    (greedy at temperature 0, else sampled). Returns (blocks, teacher tokens generated per second)."""
+    teacher.eval()
+    n, t = blocks.shape
+    new = t - prompt_len
+    out = blocks.clone()
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    for i in range(0, n, batch_size):
+        out[i:i + batch_size, prompt_len:] = _continue(teacher, blocks[i:i + batch_size, :prompt_len], new,
+                                                       temperature, gen)
+    seconds = time.perf_counter() - start
+    return out, n * new / max(seconds, 1e-9)

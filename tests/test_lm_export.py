@@ -1,0 +1,84 @@
+"""The export-friendly decoder matches transformers; exported files verify and profile in their own runtime."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.lm.decoder import CachedLM, FixedLengthLM
+from edgekd.lm.runtime import TorchSession, greedy_generate
+from tests.lm_fixtures import VOCAB, tiny_llama, tokenizer_folder
+
+
+def test_fixed_and_cached_decoders_match_transformers():
+    model = tiny_llama(layers=2)
+    x = torch.randint(0, VOCAB, (2, 12))
+    with torch.no_grad():
+        ref = model(x).logits
+        assert torch.allclose(FixedLengthLM(model, 12)(x), ref, atol=1e-5)
+        step = CachedLM(model, 16)
+        k = torch.zeros(step.cache_shape())
+        logits, k, v = step(x[:1, :8], torch.arange(8), k, torch.zeros_like(k))
+        assert torch.allclose(logits, ref[:1, :8], atol=1e-5)
+        for p in range(8, 12):
+            logits, k, v = step(x[:1, p:p + 1], torch.tensor([p]), k, v)
+            assert torch.allclose(logits[0, 0], ref[0, p], atol=1e-5)
+
+
+def test_greedy_generation_agrees_between_fixed_and_cached_torch_sessions():
+    model = tiny_llama(layers=2)
+    prompt = np.arange(2, 8)
+    fixed = greedy_generate(TorchSession(FixedLengthLM(model, 16), "fixed"), prompt, 6)
+    cached = greedy_generate(TorchSession(CachedLM(model, 16), "kv"), prompt, 6)
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=1)[0, 6:]
+    assert fixed == cached == ref.tolist()
+
+
+@pytest.mark.export
+def test_onnx_files_fixed_kv_and_int8_verify_and_profile(tmp_path):
+    from edgekd.lm import export as ex
+    from edgekd.lm.profile import profile_session
+    from edgekd.lm.runtime import open_lm_session
+    from edgekd.lm.verify import verify_file
+
+    model = tiny_llama(layers=2)
+    blocks = torch.randint(0, VOCAB, (3, 12))
+    fixed = ex.export_onnx(model, 12, tmp_path / "s.onnx")
+    files = {"fixed": fixed, "kv": ex.export_onnx_kv(model, 16, tmp_path / "s.kv.onnx"),
+             "int8": ex.quantize_onnx_int8(fixed, tmp_path / "s.int8.onnx")}
+    for name, path in files.items():
+        session = open_lm_session(path)
+        ref = TorchSession(FixedLengthLM(model, 12), "fixed") if session.kind == "fixed" else \
+            TorchSession(CachedLM(model, 16), "kv")
+        r = verify_file(session, ref, blocks, new_tokens=4, prompt_len=8)
+        assert r["max_abs_logit_diff"] < (0.05 if name == "int8" else 1e-4), name
+        assert r["perplexity"] == pytest.approx(r["reference_perplexity"], rel=0.03 if name == "int8" else 1e-4)
+        if name != "int8":
+            assert r["greedy_agreement"] == 1.0
+        p = profile_session(session, 8, decode_tokens=2, repeats=2)
+        assert p["decode_tokens_per_s"]["p50"] > 0 and p["ttft_ms"]["p50"] > 0
+
+
+@pytest.mark.export
+def test_tflite_files_fixed_kv_signatures_and_int8(tmp_path):
+    from edgekd.lm import export as ex
+    from edgekd.lm.runtime import open_lm_session
+    from edgekd.lm.verify import verify_file
+
+    model = tiny_llama(layers=1)
+    blocks = torch.randint(0, VOCAB, (2, 12))
+    fixed = ex.export_tflite(model, 12, tmp_path / "s.tflite")
+    kv = ex.export_tflite_kv(model, 16, 8, tmp_path / "s.kv.tflite")
+    int8 = ex.quantize_tflite_int8(fixed, tmp_path / "s.int8.tflite")
+    assert int8.stat().st_size < fixed.stat().st_size
+    session = open_lm_session(kv)
+    assert (session.kind, session.prefill_len) == ("kv", 8)
+    r = verify_file(session, TorchSession(CachedLM(model, 16), "kv"), blocks, new_tokens=4)
+    assert r["max_abs_logit_diff"] < 1e-4 and r["greedy_agreement"] == 1.0
+    r = verify_file(open_lm_session(fixed), TorchSession(FixedLengthLM(model, 12), "fixed"), blocks, new_tokens=2)
+    assert r["max_abs_logit_diff"] < 1e-4
+    tokenizer_folder(tmp_path / "tok")
+    bundle = ex.package_litertlm(kv, tmp_path / "tok" / "tokenizer.json", tmp_path / "s.litertlm", context_length=16,
+                                 stop_token_ids=[1])
+    assert bundle.stat().st_size > kv.stat().st_size

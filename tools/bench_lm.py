@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""Causal-LM distillation benchmark: SmolLM2-135M (dequantized GGUF) teacher -> small Llama student on the
+State-of-the-Union corpus, every method with the same student shape and the same token budget.
+
+Reports held-out (last addresses by year) and Moby-Dick perplexity per method and seed, the teacher's perplexity
+on the same blocks, training and teacher-cache tokens/s, and for the best KD student its ONNX (and with --tflite,
+.tflite) files: fp32 and int8 dynamic-range perplexity in their own runtime, parity, greedy agreement, TTFT and
+tokens/s. Writes runs/bench/lm[-quick]-<time>.json.
+
+    PYTHONPATH=. python tools/bench_lm.py --quick          # 1 seed, tiny budget (<= 10 min on 2 free cores)
+    PYTHONPATH=. python tools/bench_lm.py                  # 2 seeds, larger budget, .tflite files too
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgekd.lm.assets import work_cache  # noqa: E402
+from edgekd.lm.methods import get_method  # noqa: E402
+from edgekd.lm.student import StudentSpec  # noqa: E402
+from edgekd.lm.train import LMTrainConfig  # noqa: E402
+
+METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "fkl_ce", "teacher_init_ce",
+           "teacher_init_fkl_ce"]
+QUICK_METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "teacher_init_fkl_ce"]
+QUICK = dict(seq_len=64, train_blocks=32, eval_blocks=6, steps=20, batch_size=4, topk=32, seqkd_prompt=16, seeds=1)
+FULL = dict(seq_len=128, train_blocks=256, eval_blocks=16, steps=300, batch_size=8, topk=64, seqkd_prompt=32, seeds=2)
+LR = {"scratch": 3e-3, "teacher": 5e-4}  # a pretrained init is destroyed by the scratch learning rate
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--teacher", default="smollm2")
+    p.add_argument("--methods", help=f"comma-separated (default: all; --quick: {','.join(QUICK_METHODS)})")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=256, help="student width; 0 = the teacher's (layer selection only)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tflite", action="store_true", help="also export .tflite (slow to convert); default in full mode")
+    p.add_argument("--init-study", action="store_true",
+                   help="also train teacher_init_fkl_ce at the teacher's width (layer selection only) to compare "
+                        "with the projected student; default in full mode")
+    p.add_argument("--no-files", action="store_true", help="skip exporting/verifying/profiling the best student")
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    return p.parse_args(argv)
+
+
+def files_section(student, data, seq_len: int, tflite: bool, log) -> dict:
+    """Export the student, quantize, and verify + profile every file in its runtime."""
+    from edgekd.lm import export as ex
+    from edgekd.lm.decoder import FixedLengthLM
+    from edgekd.lm.profile import profile_session
+    from edgekd.lm.runtime import TorchSession, open_lm_session
+    from edgekd.lm.verify import verify_file
+
+    out, tmp = {}, Path(tempfile.mkdtemp(prefix="edgekd-lm-"))
+    ref = TorchSession(FixedLengthLM(student, seq_len), "fixed")
+    makers = {"student.onnx": lambda p: ex.export_onnx(student, seq_len, p),
+              "student.int8.onnx": lambda p: ex.quantize_onnx_int8(tmp / "student.onnx", p)}
+    if tflite:
+        makers.update({"student.tflite": lambda p: ex.export_tflite(student, seq_len, p),
+                       "student.int8.tflite": lambda p: ex.quantize_tflite_int8(tmp / "student.tflite", p)})
+    for name, make in makers.items():
+        t0 = time.perf_counter()
+        try:
+            path = make(tmp / name)
+        except Exception as e:  # record the converter's exact error and go on with the other files
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            log(f"{name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+            continue
+        session = open_lm_session(path, threads=1)
+        rec = {"bytes": path.stat().st_size, "export_seconds": round(time.perf_counter() - t0, 1),
+               **verify_file(session, ref, data.heldout, new_tokens=16, prompt_len=seq_len // 2),
+               "profile": profile_session(session, seq_len, decode_tokens=8, repeats=5)}
+        out[name] = rec
+        log(f"{name}: {rec['bytes'] / 1e6:.1f} MB ppl {rec['perplexity']:.2f} "
+            f"(torch {rec['reference_perplexity']:.2f}) "
+            f"max|dlogit| {rec['max_abs_logit_diff']:.2e} greedy {rec['greedy_agreement']:.2f}")
+    out["torch"] = {"profile": profile_session(ref, seq_len, decode_tokens=8, repeats=5)}
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from edgekd.lm.evaluate import perplexity
+    from edgekd.lm.teacher import load_teacher
+    from edgekd.lm.workflow import load_lm_data, teacher_signals, train_method
+
+    cfg = dict(QUICK if args.quick else FULL)
+    cfg["steps"] = args.steps or cfg["steps"]
+    cfg["seeds"] = args.seeds or cfg["seeds"]
+    start = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - start:6.1f}s] {msg}", flush=True)  # noqa: E731
+    teacher, tok, fp = load_teacher(args.teacher)
+    log(f"teacher {args.teacher} loaded ({fp})")
+    data = load_lm_data(tok, seq_len=cfg["seq_len"], train_blocks=cfg["train_blocks"], eval_blocks=cfg["eval_blocks"])
+    names = args.methods.split(",") if args.methods else (QUICK_METHODS if args.quick else METHODS)
+    methods = [get_method(m) for m in names]
+    signals = teacher_signals(teacher, tok, fp, data, topk=cfg["topk"], cache_root=work_cache() / "lm-topk",
+                              seqkd_prompt=cfg["seqkd_prompt"] if any(m.text == "teacher" for m in methods) else None,
+                              log=log)
+    t0 = time.perf_counter()
+    teacher_ppl = {"ppl_heldout": perplexity(teacher, data.heldout), "ppl_ood": perplexity(teacher, data.ood),
+                   "eval_seconds": round(time.perf_counter() - t0, 1)}
+    log(f"teacher perplexity {teacher_ppl}")
+    spec = StudentSpec(layers=args.layers, hidden=args.hidden or None)
+    runs, best = [], None
+    for seed in range(cfg["seeds"]):
+        for m in methods:
+            tc = LMTrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=LR[m.init],
+                               warmup=max(1, cfg["steps"] // 10), seed=seed)
+            student, rec = train_method(m, teacher, data, spec, tc, cache=signals["cache"],
+                                        seqkd_blocks=signals["seqkd_blocks"])
+            runs.append(rec)
+            log(f"seed {seed} {m.name}: held-out ppl {rec['ppl_heldout']:.1f} ood {rec['ppl_ood']:.1f} "
+                f"({rec['train']['tokens']} tokens, {rec['train']['tokens_per_s']} tokens/s)")
+            if m.name != "scratch_ce" and (best is None or rec["ppl_heldout"] < best[1]["ppl_heldout"]):
+                best = (student, rec)
+    init_study = run_init_study(teacher, data, signals, cfg, args, runs, log) \
+        if args.init_study or not args.quick else None
+    summary = summarize(runs)
+    files = {}
+    if best and not args.no_files:
+        files = files_section(best[0], data, cfg["seq_len"], args.tflite or not args.quick, log)
+    result = {"bench": "lm", "quick": args.quick, "config": cfg, "teacher": {"spec": args.teacher, "fingerprint": fp,
+              **teacher_ppl, "params": sum(p.numel() for p in teacher.parameters())},
+              "student": spec.to_dict(), "lr": LR, "data": data.describe,
+              "teacher_cache": signals["cache_meta"], "seqkd_tokens_per_s": signals.get("seqkd_tokens_per_s"),
+              "runs": runs, "summary": summary, "init_study": init_study,
+              "best": best[1]["method"] if best else None, "files": files,
+              "targets": targets(summary, files), "wall_seconds": round(time.perf_counter() - start, 1),
+              "threads": args.threads}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"lm{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    log(f"wrote {path}")
+    print(json.dumps({"summary": summary, "targets": result["targets"]}, indent=2))
+    return 0
+
+
+def run_init_study(teacher, data, signals, cfg, args, runs, log) -> dict:
+    """teacher_init_fkl_ce at the teacher's width (layer selection only) beside the projected student's run."""
+    from edgekd.lm.workflow import train_method
+
+    m = get_method("teacher_init_fkl_ce")
+    tc = LMTrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=LR["teacher"],
+                       warmup=max(1, cfg["steps"] // 10), seed=0)
+    _, wide = train_method(m, teacher, data, StudentSpec(layers=args.layers, hidden=None), tc,
+                           cache=signals["cache"], seqkd_blocks=None)
+    projected = next((r for r in runs if r["method"] == m.name and r["seed"] == 0), None)
+    log(f"init study: layer selection at teacher width ({wide['params']} params) held-out ppl "
+        f"{wide['ppl_heldout']:.1f}; projected {projected and round(projected['ppl_heldout'], 1)}")
+    return {"layer_selection_teacher_width": wide, "projection": projected}
+
+
+def summarize(runs: list[dict]) -> dict:
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["method"], []).append(r)
+    return {m: {"ppl_heldout_mean": sum(r["ppl_heldout"] for r in rs) / len(rs),
+                "ppl_ood_mean": sum(r["ppl_ood"] for r in rs) / len(rs), "seeds": len(rs),
+                "train_tokens": rs[0]["train"]["tokens"],
+                "train_tokens_per_s": sum(r["train"]["tokens_per_s"] for r in rs) / len(rs)} for m, rs in by.items()}
+
+
+def targets(summary: dict, files: dict) -> dict:
+    out = {}
+    if "scratch_ce" in summary and len(summary) > 1:
+        scratch = summary["scratch_ce"]["ppl_heldout_mean"]
+        best_name = min((m for m in summary if m != "scratch_ce"), key=lambda m: summary[m]["ppl_heldout_mean"])
+        gain = 1 - summary[best_name]["ppl_heldout_mean"] / scratch
+        out["kd_vs_scratch"] = {"best": best_name, "reduction": round(gain, 4), "target": 0.15, "met": gain >= 0.15}
+    for fmt in ("onnx", "tflite"):
+        fp, q = files.get(f"student.{fmt}", {}), files.get(f"student.int8.{fmt}", {})
+        if "perplexity" in fp and "perplexity" in q:
+            rel = q["perplexity"] / fp["perplexity"] - 1
+            out[f"int8_{fmt}_vs_fp32"] = {"relative": round(rel, 4), "target": 0.03, "met": abs(rel) <= 0.03}
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
