@@ -120,15 +120,6 @@ def demo(run_dir: Path | None, overrides: tuple[str, ...], no_progress: bool) ->
     click.echo(f"demo wall time: {time.perf_counter() - t0:.0f} s")
 
 
-@main.command("run")
-@click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--run-dir", type=click.Path(path_type=Path), help="Run directory (default runs/<recipe name>).")
-@click.option("--until", type=STAGES, help="Stop after this stage.")
-@click.option("--only", type=STAGES, multiple=True, help="Run only these stages (others must be done).")
-@click.option("--force", is_flag=True, help="Re-run stages even when their inputs are unchanged.")
-@click.option("--set", "overrides", multiple=True, help="Override a recipe value, e.g. --set seed=1.")
-@click.option("--no-progress", is_flag=True)
-@user_errors
 def _run_task(run_dir: Path) -> str | None:
     """The task a run directory's recipe.yaml names (None for the default image task)."""
     import yaml
@@ -140,6 +131,15 @@ def _run_task(run_dir: Path) -> str | None:
     return data.get("task") if isinstance(data, dict) else None
 
 
+@main.command("run")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--run-dir", type=click.Path(path_type=Path), help="Run directory (default runs/<recipe name>).")
+@click.option("--until", type=STAGES, help="Stop after this stage.")
+@click.option("--only", type=STAGES, multiple=True, help="Run only these stages (others must be done).")
+@click.option("--force", is_flag=True, help="Re-run stages even when their inputs are unchanged.")
+@click.option("--set", "overrides", multiple=True, help="Override a recipe value, e.g. --set seed=1.")
+@click.option("--no-progress", is_flag=True)
+@user_errors
 def run_cmd(recipe: Path, run_dir: Path | None, until: str | None, only: tuple[str, ...], force: bool,
             overrides: tuple[str, ...], no_progress: bool) -> None:
     """Run every stage of RECIPE (finished, unchanged stages are skipped; training resumes)."""
