@@ -128,6 +128,21 @@ def test_quantized_pt2_loads_in_a_fresh_process(quantized, tmp_path):
     assert r.stdout.split()[-5:] == ["pt2", "int8", "torch", "None", "False"]
 
 
+def test_pt2_bytes_are_the_same_in_another_process(quantized, tmp_path):
+    """Provenance metadata (Python object ids of intermediate graphs, source paths) is not saved: same program,
+    same sha256 in every process, so a resumed run's files compare bit-exact with an uninterrupted run's."""
+    _, _, path = quantized
+    code = ("import hashlib, torch\nfrom pathlib import Path\nfrom edgekd.quant import quantize_ptq, save_quantized\n"
+            "from edgekd.quant.ptq import calibration_batches\nfrom edgekd.quant.testing import TinyNet, separable_task\n"
+            "torch.manual_seed(0)\nx, _ = separable_task(128, size=8)\nmodel = TinyNet().eval()\n"
+            "q = quantize_ptq(model, x[:1], 'litert_int8', calibration_batches(x[:64]), 'minmax')\n"
+            f"p = save_quantized(q, x[:1], Path({str(tmp_path / 'again.pt2')!r}))\n"
+            "print(hashlib.sha256(p.read_bytes()).hexdigest())")
+    r = _run_python(code)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] == _sha(path)
+
+
 def test_pt_and_pt2_bytes_do_not_depend_on_the_file_name(quantized, tmp_path):
     from edgekd.export import export_pt2
     from edgekd.fileio import torch_save

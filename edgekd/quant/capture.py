@@ -138,9 +138,24 @@ def save_program(model: nn.Module, example_inputs, path: str | os.PathLike) -> P
             ep = torch.export.export(model, check_example_inputs(example_inputs))
         except Exception as e:
             raise conversion_error(e, model, "torch.export (.pt2)") from e
+    _drop_provenance(ep)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.export.save(ep, f)
     return path
+
+
+# Node metadata that describes how a graph was made rather than what it computes: `from_node` records Python object
+# ids of intermediate graphs (different in every process) and `stack_trace` absolute source paths. Dropped before
+# saving so that the same program gives the same bytes in every run and checkout.
+_PROVENANCE_KEYS = ("from_node", "stack_trace")
+
+
+def _drop_provenance(ep) -> None:
+    for module in ep.graph_module.modules():
+        graph = getattr(module, "graph", None)
+        for node in (graph.nodes if graph is not None else ()):
+            for key in _PROVENANCE_KEYS:
+                node.meta.pop(key, None)
 
 
 def register_quantized_ops() -> None:
