@@ -25,7 +25,7 @@ def digits():
 @pytest.fixture(scope="module")
 def trained():
     """A tiny CNN trained briefly on a separable 8x8 task: (model, x, y) for export and verify tests."""
-    from edgekd.quant.testing import TinyNet, separable_task, train_briefly
+    from quant_fixtures import TinyNet, separable_task, train_briefly
 
     x, y = separable_task(512, size=8)
     torch.manual_seed(0)

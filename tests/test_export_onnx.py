@@ -6,7 +6,7 @@ import torch
 from edgekd.errors import ConversionError, EdgeKDError
 from edgekd.export import describe_file, INT8_ORT_OPS, export_onnx, onnx_op_types
 from edgekd.quant.ptq import calibration_batches, quantize_ptq
-from edgekd.quant.testing import UnconvertibleNet
+from quant_fixtures import UnconvertibleNet
 from edgekd.runtimes import open_session
 from edgekd.verify import compare_logits, reference_logits
 

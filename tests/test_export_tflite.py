@@ -6,7 +6,7 @@ import torch
 from edgekd.errors import ConversionError
 from edgekd.export import describe_file, export_tflite, tflite_tensor_quantization
 from edgekd.quant.ptq import calibration_batches, quantize_ptq
-from edgekd.quant.testing import UnconvertibleNet
+from quant_fixtures import UnconvertibleNet
 from edgekd.runtimes import open_session
 from edgekd.verify import compare_logits, reference_logits
 

@@ -27,7 +27,7 @@ def _sha(path) -> str:
 
 def _run_python(code: str) -> subprocess.CompletedProcess:
     """`code` in a fresh interpreter with this checkout first on the path."""
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "TQDM_DISABLE": "1"}
+    env = {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "PATH": "/usr/bin:/bin", "TQDM_DISABLE": "1"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -102,7 +102,7 @@ def test_import_edgekd_loads_no_format_or_runtime_module():
 def quantized(tmp_path_factory):
     from edgekd.quant import quantize_ptq, save_quantized
     from edgekd.quant.ptq import calibration_batches
-    from edgekd.quant.testing import TinyNet, separable_task
+    from quant_fixtures import TinyNet, separable_task
 
     torch.manual_seed(0)
     x, _ = separable_task(128, size=8)
@@ -133,7 +133,7 @@ def test_pt2_bytes_are_the_same_in_another_process(quantized, tmp_path):
     same sha256 in every process, so a resumed run's files compare bit-exact with an uninterrupted run's."""
     _, _, path = quantized
     code = ("import hashlib, torch\nfrom pathlib import Path\nfrom edgekd.quant import quantize_ptq, save_quantized\n"
-            "from edgekd.quant.ptq import calibration_batches\nfrom edgekd.quant.testing import TinyNet, separable_task\n"
+            "from edgekd.quant.ptq import calibration_batches\nfrom quant_fixtures import TinyNet, separable_task\n"
             "torch.manual_seed(0)\nx, _ = separable_task(128, size=8)\nmodel = TinyNet().eval()\n"
             "q = quantize_ptq(model, x[:1], 'litert_int8', calibration_batches(x[:64]), 'minmax')\n"
             f"p = save_quantized(q, x[:1], Path({str(tmp_path / 'again.pt2')!r}))\n"

@@ -7,7 +7,7 @@ import torch
 from edgekd.errors import ConfigError, EdgeKDError
 from edgekd.quant.ptq import (CALIBRATION_METHODS, CalibrationRecipe, calibration_batches, calibration_indices,
                               load_calibration_recipe, quantize_ptq, select_calibration)
-from edgekd.quant.testing import TinyNet, separable_task, train_briefly
+from quant_fixtures import TinyNet, separable_task, train_briefly
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from edgekd.errors import EdgeKDError
 from edgekd.quant import (convert_qat, eval_mode, is_quantized, load_qat_state, load_quantized, prepare_qat,
                           qat_state_dict, save_quantized, set_qat_phase, train_mode)
-from edgekd.quant.testing import TinyNet, separable_task
+from quant_fixtures import TinyNet, separable_task
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 torch.set_num_threads(1)

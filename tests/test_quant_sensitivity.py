@@ -5,7 +5,7 @@ import torch
 from edgekd.errors import EdgeKDError
 from edgekd.quant.ptq import calibration_batches
 from edgekd.quant.sensitivity import layer_sensitivity, mixed_precision_fallback, model_bytes, quantizable_layers
-from edgekd.quant.testing import TinyNet, separable_task, train_briefly
+from quant_fixtures import TinyNet, separable_task, train_briefly
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 torch.set_num_threads(1)

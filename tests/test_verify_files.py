@@ -8,7 +8,7 @@ from edgekd.errors import EdgeKDError
 from edgekd.export import describe_file, export_onnx, export_tflite, tflite_tensor_quantization
 from edgekd.quant import convert_qat, eval_mode, prepare_qat, set_qat_phase, train_mode
 from edgekd.quant.ptq import calibration_batches, quantize_ptq
-from edgekd.quant.testing import TinyNet, separable_task, train_briefly
+from quant_fixtures import TinyNet, separable_task, train_briefly
 from edgekd.verify import compare_logits, file_accuracy, parity, verify_files
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")

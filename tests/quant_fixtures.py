@@ -1,4 +1,4 @@
-"""Tiny models and a separable synthetic task for the quant/export/verify tests (seconds, no data files)."""
+"""Test fixtures: tiny models and a separable synthetic task for the quant/export/verify tests (no data files)."""
 from __future__ import annotations
 
 import torch
