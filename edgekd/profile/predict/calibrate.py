@@ -26,6 +26,7 @@ def micro_models() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
     weights sit in L2, L3 or DRAM, pools and element-wise ops, and short stacks and blocks (inverted residual,
     basic residual, conv-pool chains, MLPs) so that reorders, fusions and per-node costs appear as they do in
     whole networks. None of them is one of tools/bench_predictor.py's held-out architectures.
+    Long on purpose: the family is data, read best as one list beside the few module classes it uses.
     """
     import torch
     from torch import nn
