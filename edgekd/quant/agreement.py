@@ -66,17 +66,17 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
 
 
 @torch.no_grad()
-def make_input_dependent(model: nn.Module, x: torch.Tensor, *, rank: int = 16, logit_std: float = 4.0,
+def make_input_dependent(model: nn.Module, x: torch.Tensor, *, rank: int = 0, logit_std: float = 4.0,
                          batch_size: int = 32, seed: int = 0) -> dict:
     """Give a random-weight classifier logits that depend on its input, in place; returns what was done.
 
     1. BatchNorm running statistics are re-estimated on `x` (cumulative average, other layers in eval mode), so
        every BN normalises the activations it really sees instead of assuming mean 0 / variance 1.
-    2. The head (last nn.Linear) is replaced by what a trained classifier looks like: it reads the `rank` principal
-       directions along which the features vary across `x` (whitened), mixed at random into the classes, with the
-       bias centring every logit; logits then have std ~`logit_std` and each class wins on some inputs. Without it,
-       deep random nets give features dominated by an input-independent part and a head (zero-initialised in
-       ViT) whose argmax rarely moves: top-1 would test the ties, not the file.
+    2. The head (last nn.Linear; a random one if it is all zeros, as torchvision's ViT) is rescaled so the logits
+       have std `logit_std` over `x`, and its bias centres every logit on `x`: each class wins on some inputs.
+       Deep random nets give features dominated by an input-independent part, which otherwise fixes the argmax:
+       top-1 would test the ties, not the file. `rank` > 0 instead reads only the `rank` principal directions of
+       the features (whitened); measured, it amplifies quantization noise of the weak directions, hence off.
     Models without an nn.Linear head (squeezenet's conv head) keep step 1 only.
     """
     model.eval()
@@ -104,16 +104,22 @@ def make_input_dependent(model: nn.Module, x: torch.Tensor, *, rank: int = 16, l
         hook.remove()
     f = torch.cat(feats).double()
     mu = f.mean(0)
-    k = max(1, min(rank, f.shape[0] - 1, f.shape[1]))
-    _, s, vh = torch.linalg.svd(f - mu, full_matrices=False)
-    directions = vh[:k] / (s[:k, None] / math.sqrt(max(1, f.shape[0] - 1))).clamp_min(1e-12)  # whitened
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(linear.out_features, k, generator=g, dtype=torch.float64) * (logit_std / math.sqrt(k))
-    weight = mix @ directions
+    weight = linear.weight.double()
+    if not weight.abs().max() > 0:  # a zero-initialised head (torchvision's ViT): start from a random one
+        g = torch.Generator().manual_seed(seed)
+        weight = torch.randn(weight.shape, generator=g, dtype=torch.float64) / math.sqrt(weight.shape[1])
+    if rank:  # a head reading the `rank` principal directions of the features, whitened, mixed into the classes
+        k = max(1, min(rank, f.shape[0] - 1, f.shape[1]))
+        _, s, vh = torch.linalg.svd(f - mu, full_matrices=False)
+        directions = vh[:k] / (s[:k, None] / math.sqrt(max(1, f.shape[0] - 1))).clamp_min(1e-12)
+        g = torch.Generator().manual_seed(seed)
+        weight = torch.randn(linear.out_features, k, generator=g, dtype=torch.float64) @ directions
+    spread = ((f - mu) @ weight.T).std().clamp_min(1e-12)
+    weight = weight * (logit_std / spread)
     linear.weight.copy_(weight.to(linear.weight.dtype))
     if linear.bias is not None:
         linear.bias.copy_((-(weight @ mu)).to(linear.bias.dtype))
-    info["head"] = {"name": name, "rank": k, "logit_std": logit_std}
+    info["head"] = {"name": name, "rank": rank, "logit_std": logit_std}
     return info
 
 
@@ -308,3 +314,24 @@ def layer_divergence(simulation: list[dict], file: list[dict], *, lsb: int = 2) 
         prev = r["mean_lsb"]
     return {"tensors": len(rows), "matched": len(matched), "first_over_lsb": first,
             "largest_jump": jump[1] if jump else None, "layers": rows}
+
+
+def input_quantization(gm: torch.fx.GraphModule) -> tuple[float, int] | None:
+    """(scale, zero point) of the simulation's input quantization: the first quantize node fed by a placeholder."""
+    for node in gm.graph.nodes:
+        if _is_quantize(node) and isinstance(node.args[0], torch.fx.Node) and node.args[0].op == "placeholder":
+            return float(node.args[1]), int(node.args[2])
+    return None
+
+
+def rounding_jitter(x: torch.Tensor, scale: float, fraction: float = 0.01, seed: int = 0) -> torch.Tensor:
+    """`x` with a random `fraction` of its elements moved by one quantization step (+-`scale`).
+
+    Feeding it to the simulation shows how far the model itself amplifies one-step rounding differences, the kind
+    a fused int8 kernel makes: if the simulation disagrees with itself under this jitter about as often as the file
+    disagrees with it, the disagreements come from the model's sensitivity, not from the file.
+    """
+    g = torch.Generator().manual_seed(seed)
+    flip = torch.rand(x.shape, generator=g) < fraction
+    sign = torch.where(torch.rand(x.shape, generator=g) < 0.5, -1.0, 1.0)
+    return x + flip * sign * scale
