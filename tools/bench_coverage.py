@@ -236,6 +236,7 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
             continue
         sim = simulate(q, x_eval)
         rec[f"{variant}_simulation_vs_fp32"] = {k: v for k, v in compare_top1(fp32, sim).items() if k != "disagreeing"}
+        rec[f"{variant}_simulation_self"] = self_agreement(q, sim, x_eval)
         for fmt in ("onnx", "tflite"):
             p = step(rec, f"{variant}_export_{fmt}", export, q, x1, Path(f"{stem}_{variant}.{fmt}"), fmt)
             if p is None:
@@ -305,6 +306,16 @@ def diagnose(arch: str, args, workdir: Path) -> dict:
     scheme = scheme_for_runtimes(["litert", "onnxruntime"], cpu_has_vnni=detect_cpu_vnni())
     q = quantize_ptq(model, (x[:1],), scheme, [calib[i:i + 32] for i in range(0, len(calib), 32)], args.ptq_method)
     sim = simulate(q, x_eval)
+    rec["simulation_vs_fp32"] = {k: v for k, v in compare_top1(fp32, sim).items() if k != "disagreeing"}
+    rec["simulation_self"] = self_agreement(q, sim, x_eval)
+    print(f"  simulation vs fp32: agreement {rec['simulation_vs_fp32']['agreement']:.4f}; vs itself with 0.1% of "
+          f"input pixels moved one step: {rec['simulation_self']['agreement']:.4f} "
+          f"(rel {rec['simulation_self']['rel_error']:.2e})", flush=True)
+    acts = simulation_activations(q, x_eval[:32])
+    rec["steps_of_input_variation"] = [{"layer": a["layer"], "op": a["op"],
+                                        "steps": round(a["steps_of_input_variation"], 2)} for a in acts]
+    low = sorted(rec["steps_of_input_variation"], key=lambda a: a["steps"])[:3]
+    print(f"  least input variation (quantization steps): {[(a['layer'], a['op'], a['steps']) for a in low]}")
     stem = workdir / f"{arch.replace(':', '_')}_diag"
     for fmt in ("onnx", "tflite"):
         p = step(rec, f"export_{fmt}", export, q, x[:1], Path(f"{stem}.{fmt}"), fmt)
@@ -319,6 +330,10 @@ def diagnose(arch: str, args, workdir: Path) -> dict:
         for d in c["disagreeing"][:8]:
             print(f"    row {d['row']}: margin {d['margin']:.4f} ({d['margin_over_std']:.3f} std, percentile "
                   f"{d['margin_percentile']:.1f}), error {d['error']:.4f} ({d['error_over_median']:.2f}x median)")
+        if fmt == "onnx":  # the same file with onnxruntime's fusions off: Q/DQ run as float ops, like the simulation
+            un = compare_top1(sim, onnx_unfused(p, x_eval))
+            rec["onnx_unfused"] = {k: v for k, v in un.items() if k != "disagreeing"}
+            print(f"    unfused (ORT_DISABLE_ALL): agreement {un['agreement']:.4f}, rel {un['rel_error']:.2e}")
         rows = [d["row"] for d in c["disagreeing"][:args.layer_rows]] or [0]
         layers = []
         for r in rows:
@@ -341,6 +356,30 @@ def diagnose(arch: str, args, workdir: Path) -> dict:
                   f"{j and (j['layer'], j['op'], round(j['mean_lsb'], 3))}", flush=True)
         rec[f"{fmt}_layers"] = layers
     return rec
+
+
+def self_agreement(q, sim: np.ndarray, x_eval: torch.Tensor, fraction: float = 0.001) -> dict:
+    """The simulation against itself with `fraction` of the input pixels moved one quantization step: how much
+    the quantized model amplifies one-step rounding differences (the baseline a file's agreement is judged by)."""
+    from edgekd.quant.agreement import compare_top1, input_quantization, rounding_jitter
+
+    iq = input_quantization(q)
+    if iq is None:
+        return {}
+    jittered = simulate(q, rounding_jitter(x_eval, iq[0], fraction))
+    c = compare_top1(sim, jittered)
+    return {"fraction": fraction, "agreement": c["agreement"], "rel_error": c["rel_error"]}
+
+
+def onnx_unfused(path: Path, x: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(len(x))])
 
 
 def table(results: list[dict]) -> str:

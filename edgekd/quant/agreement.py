@@ -67,7 +67,7 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
 
 @torch.no_grad()
 def make_input_dependent(model: nn.Module, x: torch.Tensor, *, rank: int = 0, logit_std: float = 4.0,
-                         batch_size: int = 32, seed: int = 0) -> dict:
+                         whiten: bool = False, batch_size: int = 32, seed: int = 0) -> dict:
     """Give a random-weight classifier logits that depend on its input, in place; returns what was done.
 
     1. BatchNorm running statistics are re-estimated on `x` (cumulative average, other layers in eval mode), so
@@ -76,7 +76,7 @@ def make_input_dependent(model: nn.Module, x: torch.Tensor, *, rank: int = 0, lo
        have std `logit_std` over `x`, and its bias centres every logit on `x`: each class wins on some inputs.
        Deep random nets give features dominated by an input-independent part, which otherwise fixes the argmax:
        top-1 would test the ties, not the file. `rank` > 0 instead reads only the `rank` principal directions of
-       the features (whitened); measured, it amplifies quantization noise of the weak directions, hence off.
+       the features (`whiten`: scaled to equal variance, which amplifies the quantization noise of weak directions).
     Models without an nn.Linear head (squeezenet's conv head) keep step 1 only.
     """
     model.eval()
@@ -111,7 +111,7 @@ def make_input_dependent(model: nn.Module, x: torch.Tensor, *, rank: int = 0, lo
     if rank:  # a head reading the `rank` principal directions of the features, whitened, mixed into the classes
         k = max(1, min(rank, f.shape[0] - 1, f.shape[1]))
         _, s, vh = torch.linalg.svd(f - mu, full_matrices=False)
-        directions = vh[:k] / (s[:k, None] / math.sqrt(max(1, f.shape[0] - 1))).clamp_min(1e-12)
+        directions = vh[:k] * (1 / s[:k, None].clamp_min(1e-12) if whiten else 1.0)
         g = torch.Generator().manual_seed(seed)
         weight = torch.randn(linear.out_features, k, generator=g, dtype=torch.float64) @ directions
     spread = ((f - mu) @ weight.T).std().clamp_min(1e-12)
@@ -176,7 +176,13 @@ def _is_quantize(node) -> bool:
 
 
 def simulation_activations(gm: torch.fx.GraphModule, x: torch.Tensor) -> list[dict]:
-    """Every activation the simulation quantizes, in graph order: node, layer, op, scale, zero point, int values."""
+    """Every activation the simulation quantizes, in graph order: node, layer, op, scale, zero point, int values.
+
+    `steps_of_input_variation` is how many quantization steps the input-dependent part of that activation spans
+    (its std across the rows of `x`, averaged over elements, over the scale; for one row, its std): a layer where
+    it is ~1 or less keeps little of what distinguishes one input from another, and one-step rounding differences
+    there decide the output.
+    """
     records: list[dict] = []
 
     class Recorder(torch.fx.Interpreter):
@@ -185,9 +191,12 @@ def simulation_activations(gm: torch.fx.GraphModule, x: torch.Tensor) -> list[di
             if _is_quantize(n) and isinstance(n.args[0], torch.fx.Node):
                 src = n.args[0]
                 stack = list(src.meta.get("nn_module_stack", {}).values())
+                value = self.env[src].detach().float()
+                spread = value.std(0).mean() if value.shape[0] > 1 else value.std()
                 records.append({"node": n.name, "layer": stack[-1][0] if stack else "<input>",
                                 "op": getattr(src.target, "__name__", str(src.target)).split(".")[0],
                                 "scale": float(n.args[1]), "zero_point": int(n.args[2]),
+                                "steps_of_input_variation": float(spread / float(n.args[1])),
                                 "q": out.detach().to(torch.int32).numpy()})
             return out
 
