@@ -209,7 +209,7 @@ def own_tflite(fp32_path: Path, out: Path, calib: torch.Tensor) -> Path:
     qt = quantizer.Quantizer(str(fp32_path))
     qt.load_quantization_recipe(recipe.static_wi8_ai8())
     result = qt.calibrate({key: [{name: x[i:i + 1]} for i in range(len(x))]})
-    qt.quantize(result, enable_progress_report=False).export_model(str(out), overwrite=True)
+    qt.quantize(result, enable_progress_bar=False, enable_progress_report=False).export_model(str(out), overwrite=True)
     return out
 
 
