@@ -216,28 +216,42 @@ def simulation_activations(gm: torch.fx.GraphModule, x: torch.Tensor) -> list[di
 
 
 def onnx_activations(path: str | os.PathLike, x: np.ndarray) -> tuple[list[dict], np.ndarray]:
-    """The file's quantized activations (each QuantizeLinear of a non-constant), run in onnxruntime.
+    """The quantized activations onnxruntime really computes for `x`, with its int8 fusions (QLinearConv, ...).
 
-    The Q outputs are added as graph outputs of a copy; the copy's logits are returned so the caller can check the
-    probe did not change what onnxruntime computes.
+    Adding graph outputs to the original file would change which Q/DQ groups onnxruntime fuses (and so the
+    numbers); instead the graph is optimised once (ORT_ENABLE_EXTENDED, saved), every int8/uint8 output of the
+    optimised graph with a scalar output scale becomes a graph output, and that graph runs with optimisations off.
+    Returns the records and its logits (the caller checks they equal the original session's).
     """
+    import tempfile
+
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    m = onnx.load(str(path))
+    with tempfile.TemporaryDirectory() as d:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        m = onnx.load(opts.optimized_model_filepath)
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     probes = []
     for node in m.graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] not in inits and node.input[1] in inits:
-            zp = inits[node.input[2]] if len(node.input) > 2 and node.input[2] in inits else np.zeros(1, np.uint8)
-            probes.append({"name": node.output[0], "scale": float(inits[node.input[1]].flatten()[0]),
-                           "zero_point": int(zp.flatten()[0])})
+        pairs = [(a, b) for a, b in zip(node.input, node.input[1:]) if a in inits and b in inits
+                 and inits[a].dtype == np.float32 and inits[a].size == 1 and inits[b].size == 1
+                 and inits[b].dtype in (np.int8, np.uint8)]
+        if pairs and node.op_type not in ("DequantizeLinear",) and node.input[0] not in inits:
+            scale, zp = pairs[-1]  # the output's (y_scale, y_zero_point) come last among the scalar pairs
+            probes.append({"name": node.output[0], "op_type": node.op_type,
+                           "scale": float(inits[scale].flatten()[0]), "zero_point": int(inits[zp].flatten()[0])})
     existing = {o.name for o in m.graph.output}
     for p in probes:
         if p["name"] not in existing:
             m.graph.output.append(onnx.helper.make_empty_tensor_value_info(p["name"]))
     opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
