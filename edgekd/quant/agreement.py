@@ -83,14 +83,17 @@ def make_input_dependent(model: nn.Module, x: torch.Tensor, *, rank: int = 4, lo
     """
     model.eval()
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
-        bn.momentum = None
+        bn.momentum = None  # cumulative average over the batches
         bn.train()
     if bns:
         for i in range(0, len(x), batch_size):
             model(x[i:i + batch_size])
-    for bn in bns:
+    for bn, momentum in zip(bns, momenta):
+        # momentum=None would make QAT's torch.export trace 1/num_batches_tracked (data-dependent): restore it
+        bn.momentum = momentum
         bn.eval()
     info = {"batchnorm_recalibrated": len(bns), "head": None}
     head = last_linear(model)
