@@ -234,6 +234,13 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
     rec["scheme"] = scheme.name
     x1 = x[:1]
     stem = workdir / arch.replace(":", "_")
+    makers = {"ptq": lambda: quantize_ptq(model, (x1,), scheme, [calib[i:i + 32] for i in range(0, len(calib), 32)],
+                                          args.ptq_method)}
+    if not args.no_qat:
+        makers["qat_kd"] = lambda: qat_kd(model, scheme, calib, args)
+    # Quantize before any export: after a litert-torch conversion in the same process, QAT's train-mode
+    # torch.export of torchvision BatchNorm failed (data-dependent num_batches_tracked guard).
+    quantized = {v: step(rec, f"{v}_quantize", make) for v, make in makers.items()}
     files = {}
     for fmt in ("onnx", "tflite"):
         p = step(rec, f"fp32_export_{fmt}", export, model, x1, Path(f"{stem}_fp32.{fmt}"), fmt)
@@ -242,12 +249,7 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
             rec[f"fp32_{fmt}"] = {"bytes": p.stat().st_size, "rel_error": compare_top1(fp32, file_outputs(
                 p, x_eval, args.all_threads))["rel_error"],
                 **{f"p50_ms_{t}t": latency(p, t, args.latency_s)["p50_ms"] for t in sorted({1, args.all_threads})}}
-    variants = {"ptq": lambda: quantize_ptq(model, (x1,), scheme, [calib[i:i + 32] for i in range(0, len(calib), 32)],
-                                            args.ptq_method)}
-    if not args.no_qat:
-        variants["qat_kd"] = lambda: qat_kd(model, scheme, calib, args)
-    for variant, make in variants.items():
-        q = step(rec, f"{variant}_quantize", make)
+    for variant, q in quantized.items():
         if q is None:
             continue
         sim = simulate(q, x_eval)
