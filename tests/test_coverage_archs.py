@@ -121,7 +121,7 @@ def test_rounding_jitter_moves_a_fraction_by_one_step():
 
 # --- real architectures ---------------------------------------------------------------------------------------------
 
-DEFAULT_ARCHS = ("resnet18", "mobilenet_v3_small", "mobilenet_v2")
+DEFAULT_ARCHS = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
 # The benchmark's defaults (tools/bench_coverage.py): the same seeds give the same files and verdicts.
 SIZE, CLASSES, N_CALIB, N_EVAL = 96, 10, 64, 100
 
