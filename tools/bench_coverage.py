@@ -122,7 +122,8 @@ def file_row(path: Path, reference: np.ndarray, fp32: np.ndarray, x_eval: torch.
            "output_step": resolution,
            "agreement_decisive": c["agreement_decisive"], "rel_error": c["rel_error"], "max_abs": c["max_abs"],
            "disagreements": c["disagreements"], "near_ties": c["near_ties"], "disagreeing": c["disagreeing"][:8],
-           "agreement_vs_fp32": compare_top1(fp32, out)["agreement"], "passes": c["agreement_at_resolution"] >= AGREEMENT_GATE,
+           "agreement_vs_fp32": compare_top1(fp32, out)["agreement"],
+           "passes": c["agreement_at_resolution"] >= AGREEMENT_GATE,
            "simulation_self_agreement": self_agreement,
            "verdict": verdict(c["agreement_at_resolution"], self_agreement)}
     for t in sorted({1, args.all_threads}):
@@ -413,7 +414,8 @@ def _fmt(v) -> str:
 
 def table(results: list[dict]) -> str:
     """The coverage table (markdown): architecture x {PTQ, QAT+KD} x {ONNX, TFLite}."""
-    lines = ["| arch | variant | format | agreement at int8 res. (sim. self) verdict | rel. error | MB | p50 1t ms | p50 all ms | "
+    lines = ["| arch | variant | format | agreement at int8 res. (sim. self) verdict | rel. error | MB | p50 1t ms | "
+             "p50 all ms | "
              "speed-up 1t/all | own quantizer: agree vs fp32 (edgekd) / p50 1t ms / own÷edgekd |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -437,7 +439,8 @@ def table(results: list[dict]) -> str:
                     own_s = "FAILED: " + next(v for k, v in r["errors"].items() if k.endswith(fmt) and "own" in k)
                 speed = "/".join(f"{row.get(f'speedup_{t}t', float('nan')):.2f}" for t in threads)
                 lines.append(
-                    f"| {r['arch']} | {variant} | {fmt} | {row['agreement']:.3f} ({_fmt(row.get('simulation_self_agreement'))})"
+                    f"| {r['arch']} | {variant} | {fmt} | {row['agreement']:.3f} "
+                    f"({_fmt(row.get('simulation_self_agreement'))})"
                     f" {row.get('verdict', '')} | {row['rel_error']:.1e} | {row['bytes'] / 1e6:.2f} | "
                     f"{row[f'p50_ms_{threads[0]}t']:.2f} | {row[f'p50_ms_{threads[-1]}t']:.2f} | {speed} | {own_s} |")
     return "\n".join(lines)
