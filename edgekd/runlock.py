@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from edgekd.errors import EdgeKDError
+from edgekd.process import pid_alive
 
 LOCK_NAME = ".lock"
 
@@ -28,16 +29,6 @@ class RunDirLocked(EdgeKDError):
 def holder_facts() -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime())}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def describe(holder: dict) -> str:

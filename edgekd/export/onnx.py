@@ -58,28 +58,31 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, op
     return path
 
 
+def ort_optimized_model(path: str | os.PathLike):
+    """The ModelProto onnxruntime runs for `path` on this CPU (extended graph optimizations: fused Q/DQ kernels)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return onnx.load(opts.optimized_model_filepath)
+
+
 def onnx_op_types(path: str | os.PathLike, optimized: bool = True) -> dict[str, int]:
     """Op-type counts of an ONNX file, after onnxruntime's graph optimizations when `optimized`.
 
     A QDQ file that ORT runs with int8 kernels shows QLinearConv / QGemm / QLinearMatMul / ConvInteger after
     optimization (the Q/DQ pairs around Conv/Gemm are fused); leftover float Conv means that layer runs in float.
     """
-    import tempfile
-
     import onnx
-    import onnxruntime as ort
 
-    path = Path(path)
-    if optimized:
-        with tempfile.TemporaryDirectory() as d:
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
-            opts.log_severity_level = 3
-            ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            model = onnx.load(opts.optimized_model_filepath)
-    else:
-        model = onnx.load(str(path))
+    model = ort_optimized_model(path) if optimized else onnx.load(str(path))
     counts: dict[str, int] = {}
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1

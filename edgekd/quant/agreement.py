@@ -226,19 +226,13 @@ def onnx_activations(path: str | os.PathLike, x: np.ndarray) -> tuple[list[dict]
     optimised graph with a scalar output scale becomes a graph output, and that graph runs with optimisations off.
     Returns the records and its logits (the caller checks they equal the original session's).
     """
-    import tempfile
-
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    with tempfile.TemporaryDirectory() as d:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
-        opts.log_severity_level = 3
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        m = onnx.load(opts.optimized_model_filepath)
+    from edgekd.export.onnx import ort_optimized_model
+
+    m = ort_optimized_model(path)
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     probes = []
     for node in m.graph.node:

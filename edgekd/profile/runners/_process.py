@@ -16,6 +16,7 @@ from time import sleep
 from typing import Callable, Iterator, Sequence
 
 from edgekd.errors import EdgeKDError
+from edgekd.process import pid_alive  # noqa: F401 (re-exported for the ssh runner)
 
 
 class DeviceTimeout(EdgeKDError):
@@ -75,21 +76,6 @@ def with_retries(call: Callable[[], subprocess.CompletedProcess], transient: Cal
             return res
         sleep(delay_s * (attempt + 1))
     return res  # pragma: no cover (the loop always returns)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists (and is not a zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 @contextlib.contextmanager
