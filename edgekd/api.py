@@ -20,9 +20,13 @@ __all__ = ["run", "run_stage", "validate", "demo", "export", "verify", "profile"
            "bundle_verify", "bundle_keygen", "report", "DEMO_RECIPE"]
 
 
-def validate(recipe: str | Path) -> Recipe:
-    """Load and check a recipe; raises ConfigError listing every problem."""
-    return load_recipe(recipe)
+def validate(recipe: str | Path | Recipe) -> Recipe:
+    """Dry-run a recipe (edgekd.validate.dry_run): raises ConfigError listing every problem before anything trains."""
+    from edgekd.validate import dry_run
+
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    dry_run(recipe)
+    return recipe
 
 
 def run_stage(recipe: str | Path | Recipe, stage: str, *, run_dir: str | Path | None = None,

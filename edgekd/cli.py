@@ -51,15 +51,9 @@ def user_errors(fn):
 
 
 def parse_overrides(items: tuple[str, ...]) -> dict:
-    import yaml
+    from edgekd.config import parse_overrides as parse  # one parser: plain YAML values, tags refused in one line
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise EdgeKDError(f"--set takes KEY=VALUE (e.g. distill.train.epochs=2), got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
+    return parse(items)
 
 
 def print_summary(run_dir: Path) -> None:

@@ -1,7 +1,9 @@
 """Typed recipe: dataclasses per stage, YAML load, and validation that reports every problem at once.
 
-Strings from YAML are checked here (field names, types, ranges, registered names) and resolved to objects
-at the stage boundary; nothing inside the library looks at raw recipe dicts.
+Strings from YAML are checked here (field names, types, ranges) and by edgekd.validate (registered names, loss
+options, targets), and resolved to objects at the stage boundary; nothing inside the library looks at raw recipe
+dicts. Fields that name registered things (models, losses, schemes, PTQ methods, formats, targets) are plain
+strings checked against their registries, so that registering a new one needs no edit here.
 """
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal, Mapping
 
 import yaml
 
 from edgekd.errors import ConfigError, EdgeKDError
+from edgekd.train.config import TrainConfig
 
 
 # Default KD objectives, chosen by measurement on Fashion-MNIST with students of 6k-24k parameters (README):
@@ -36,20 +39,6 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Optimization settings shared by teacher training, distillation and QAT."""
-
-    epochs: float = 5
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    augment: bool = False
-    checkpoint_every: int = 200
-    grad_clip: float | None = None
-
-
-@dataclass
 class ModelSpec:
     model: str = "mobilenet_student"
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -59,7 +48,7 @@ class ModelSpec:
 class TeacherConfig:
     """Where the teacher comes from: `weights` to load (torch), a file (torchscript/onnx), or train it."""
 
-    kind: Literal["torch", "torchscript", "onnx", "ensemble"] = "torch"
+    kind: str = "torch"                                    # a registered teacher kind (distill.TEACHER_KINDS)
     model: str = "teacher_cnn"
     kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
@@ -95,7 +84,7 @@ class QuantizeConfig:
     scheme: str = "auto"
     freeze_observers_after: float | None = 0.6
     freeze_bn_after: float | None = 0.8
-    ptq_method: str = "minmax"
+    ptq_method: str = "minmax"                             # a registered calibration method
     calibration: str = "calibration/default.yaml"
     keep_float: list[str] = field(default_factory=list)   # module paths kept in float (mixed precision)
     sensitivity: bool = True                               # per-layer int8 cost table + k=1 float fallback
@@ -104,7 +93,7 @@ class QuantizeConfig:
 
 @dataclass
 class ExportConfig:
-    formats: list[Literal["onnx", "tflite"]] = field(default_factory=lambda: ["onnx", "tflite"])
+    formats: list[str] = field(default_factory=lambda: ["onnx", "tflite"])   # registered export formats
     precisions: list[Literal["fp32", "int8"]] = field(default_factory=lambda: ["fp32", "int8"])
     opset: int = 18
 
@@ -239,7 +228,8 @@ def _build(cls: type, data: dict[str, Any], where: str, problems: list[str]) -> 
     return cls(**kwargs)
 
 
-def _range_checks(r: Recipe) -> list[str]:
+def range_problems(r: Recipe) -> list[str]:
+    """Ranges and combinations of values (no registry needed)."""
     p: list[str] = []
 
     def positive(value: float | None, where: str, allow_zero: bool = False) -> None:
@@ -273,43 +263,9 @@ def _range_checks(r: Recipe) -> list[str]:
         p.append(f"distill.generations: must be >= 1, got {r.distill.generations}")
     if r.distill.enabled and not r.distill.losses:
         p.append("distill.losses: distillation is enabled but no loss is listed")
-    return p
-
-
-def _name_checks(r: Recipe) -> list[str]:
-    """Registered names (datasets, models, losses, targets, schemes): unknown ones with the closest match."""
-    from edgekd.data import DATASETS
-    from edgekd.models import MODELS
-
-    p: list[str] = []
-
-    def check(registry, name: str, where: str) -> None:
-        if name not in registry:
-            p.append(f"{where}: {registry.unknown_message(name)}")
-
-    check(DATASETS, r.data.dataset, "data.dataset")
-    if ":" not in r.student.model:
-        check(MODELS, r.student.model, "student.model")
-    if r.teacher.kind == "torch" and ":" not in r.teacher.model:
-        check(MODELS, r.teacher.model, "teacher.model")
-    from edgekd.distill import LOSSES
-    from edgekd.profile import load_target
-    from edgekd.quant import SCHEMES
-
-    for section, terms in (("distill.losses", r.distill.losses), ("quantize.kd_losses", r.quantize.kd_losses)):
-        for i, term in enumerate(terms):
-            if not isinstance(term, dict) or "name" not in term:
-                p.append(f"{section}[{i}]: each loss is a mapping with a 'name', got {term!r}")
-            else:
-                check(LOSSES, term["name"], f"{section}[{i}].name")
-    for section, names in (("profile.targets", r.profile.targets), ("bundle.targets", r.bundle.targets)):
-        for i, t in enumerate(names):
-            try:
-                load_target(t)
-            except EdgeKDError as e:
-                p.append(f"{section}[{i}]: {e}")
-    if r.quantize.scheme != "auto":
-        check(SCHEMES, r.quantize.scheme, "quantize.scheme")
+    q = r.quantize
+    if q.enabled and q.method == "qat" and q.kd and not q.kd_losses:
+        p.append("quantize.kd_losses: QAT with kd: true needs at least one loss (or set kd: false)")
     return p
 
 
@@ -320,16 +276,22 @@ def parse_recipe(data: dict[str, Any] | None, source: str = "recipe") -> Recipe:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"the top level must be a mapping of sections, got {type(data).__name__}"], source)
+    from edgekd.validate import recipe_problems  # it imports the registries (losses, models, targets, ...)
+
     recipe = _build(Recipe, data, "", problems)
-    problems += _range_checks(recipe)
-    problems += _name_checks(recipe)
+    problems += range_problems(recipe)
+    problems += recipe_problems(recipe)
     if problems:
         raise ConfigError(problems, source)
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read a YAML recipe (with optional dotted-key overrides like {'distill.train.epochs': 1})."""
+def load_recipe(path: str | Path, overrides: Mapping[str, Any] | Iterable[str] | None = None) -> Recipe:
+    """Read a YAML recipe with optional dotted-key overrides.
+
+    overrides: a mapping like {'distill.train.epochs': 1}, or `--set` strings like ['distill.train.epochs=1']
+        (parsed by `parse_overrides`).
+    """
     path = Path(path)
     if not path.is_file():
         raise EdgeKDError(f"recipe not found: {path}")
@@ -337,6 +299,8 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise EdgeKDError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if overrides is not None and not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     recipe = parse_recipe(data, str(path))
@@ -363,6 +327,30 @@ def resolve_paths(recipe: Recipe, base: Path) -> None:
     recipe.quantize.calibration = resolve_path(recipe.quantize.calibration, base) or recipe.quantize.calibration
     if recipe.data.root:
         recipe.data.root = resolve_path(recipe.data.root, base)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` strings -> {KEY: value}, each value read as plain YAML (number, string, list, mapping).
+
+    Raises:
+        EdgeKDError: an item without '=' or a value YAML cannot read plainly (a tag like !!python/object is no
+            plain value), in one line naming the item.
+    """
+    if isinstance(items, str):
+        items = [items]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise EdgeKDError(f"--set takes KEY=VALUE (e.g. distill.train.epochs=2), got {item!r}")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            why = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise EdgeKDError(f"--set {item!r}: the value is not plain YAML ({why}); give a number, a string, a "
+                              f"list or a mapping (YAML tags such as !!python/... are not accepted)") from None
+    return out
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -95,8 +95,11 @@ def run(recipe: Recipe | str | Path, *, run_dir: str | Path | None = None, until
     Raises EdgeKDError (one line) when another process holds the run directory, when a stage fails with a user
     error, or when the disk fills up while a stage writes; the failed stage leaves no files behind.
     """
+    from edgekd.validate import dry_run
+
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    dry_run(recipe)  # every problem at once, before any stage writes to the run directory
     run_dir = Path(run_dir) if run_dir else Path(recipe.runs_dir) / recipe.name
     task = recipe_task(recipe)
     for name in list(only or []) + ([until] if until else []):

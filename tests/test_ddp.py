@@ -6,9 +6,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from edgekd.config import TrainConfig
 from edgekd.data import load_dataset
-from edgekd.distill.trainer import train
+from edgekd.train import TrainConfig, train
 from edgekd.models import build_model
 
 
@@ -35,8 +34,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    a = torch.load(tmp_path / "rank0.pt")
-    b = torch.load(tmp_path / "rank1.pt")
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k

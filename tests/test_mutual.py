@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgekd.config import TrainConfig
+from edgekd.train import TrainConfig
 from edgekd.distill.mutual import MutualObjective, MutualPeers, born_again, train_mutual
 from edgekd.errors import EdgeKDError
 from edgekd.models import build_model

@@ -2,7 +2,7 @@
 import pytest
 
 from edgekd.data import load_dataset
-from edgekd.distill.trainer import evaluate
+from edgekd.train import evaluate
 from edgekd.fileio import read_json
 from edgekd.models import load_shipped_teacher
 

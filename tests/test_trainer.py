@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from edgekd.config import TrainConfig
-from edgekd.distill.trainer import NonFiniteLossError, evaluate, train
+from edgekd.train import NonFiniteLossError, TrainConfig, evaluate, train
 from edgekd.models import build_model
 
 

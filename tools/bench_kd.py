@@ -19,12 +19,11 @@ from pathlib import Path
 import click
 import torch
 
-from edgekd.config import TrainConfig
 from edgekd.data import load_dataset
 from edgekd.distill import TorchTeacher, build_objective, load_or_build
-from edgekd.distill.trainer import TeacherSignal, evaluate, train
 from edgekd.fileio import write_json
 from edgekd.models import build_model, count_params, load_shipped_teacher
+from edgekd.train import TeacherSignal, TrainConfig, evaluate, train
 
 # Settings chosen by a one-seed sweep (seed 0, tiny_cnn widths 8 and 12; see README "KD benchmark"):
 # T=2 beat T=1 and T=4 for these small students; DKD's beta=8 (the paper's CIFAR setting) cost 6 points.

@@ -11,8 +11,6 @@ times across runs are not (DESIGN §5).
 from __future__ import annotations
 
 import argparse
-import copy
-import math
 import platform
 import statistics
 import sys
@@ -72,13 +70,11 @@ KD_TERMS = list(DISTILL_KD_TERMS)
 
 
 def run_seed(seed: int, args, ds, workdir: Path, teacher_cache) -> list[dict]:
-    from edgekd.config import TrainConfig
-    from edgekd.distill import TorchTeacher, build_objective
-    from edgekd.distill.trainer import TeacherSignal, evaluate, train
+    from edgekd.distill import build_objective
     from edgekd.models import build_model
-    from edgekd.quant import (calibration_batches, convert_qat, eval_mode, load_calibration_recipe, load_qat_state,
-                              prepare_qat, qat_state_dict, quantize_ptq, scheme_for_runtimes, select_calibration,
-                              set_qat_phase, train_mode)
+    from edgekd.quant import (calibration_batches, load_calibration_recipe, qat_finetune, quantize_ptq,
+                              scheme_for_runtimes, select_calibration)
+    from edgekd.train import TrainConfig, evaluate, train
 
     torch.manual_seed(seed)
     scheme = scheme_for_runtimes(["litert", "onnxruntime"], override=args.scheme)
@@ -101,23 +97,16 @@ def run_seed(seed: int, args, ds, workdir: Path, teacher_cache) -> list[dict]:
         for r in evaluate_files(f"ptq_{method}", q, example, ds.x_test, ds.y_test, workdir, args.latency_runs, acc):
             rows.append({**r, "quantize_s": round(quant_s, 2)})
 
-    steps = math.ceil(args.qat_epochs * math.ceil(len(ds.x_train) / args.batch_size))
-    freeze_obs, freeze_bn = int(0.7 * steps), int(0.8 * steps)
-    for variant in ("qat", "qat_kd", "qat_selfkd"):
-        gm = prepare_qat(copy.deepcopy(student), (ds.x_test[:2],), scheme)
-        if variant == "qat_kd":  # QAT fused with KD: the fp32 teacher teaches the fake-quant student
-            objective, signal = build_objective(list(QAT_KD_TERMS)), teacher_cache
-        elif variant == "qat_selfkd":  # the fp32 student teaches its own fake-quant copy
-            objective, signal = build_objective(list(QAT_KD_TERMS)), TeacherSignal(teacher=TorchTeacher(student))
-        else:
-            objective, signal = None, None
+    # QAT fused with KD: the fp32 teacher teaches the fake-quant student; self-KD: the fp32 student teaches its own
+    # fake-quant copy; plain QAT: labels only.
+    for variant, teacher in (("qat", None), ("qat_kd", teacher_cache), ("qat_selfkd", "self")):
         t0 = time.perf_counter()
-        train(gm, ds.x_train, ds.y_train, TrainConfig(epochs=args.qat_epochs, lr=args.qat_lr), objective=objective,
-              teacher=signal, seed=seed, batch_size=args.batch_size, progress=False, desc=variant,
-              step_hook=lambda m, step, total: set_qat_phase(m, step, freeze_obs, freeze_bn),
-              set_train=train_mode, set_eval=eval_mode, model_state=(qat_state_dict, load_qat_state))
-        eval_mode(gm)
-        q = convert_qat(gm)
+        q, _ = qat_finetune(student, (ds.x_test[:2],), scheme=scheme,
+                            train_config=TrainConfig(epochs=args.qat_epochs, lr=args.qat_lr), x=ds.x_train,
+                            y=ds.y_train, teacher=teacher,
+                            objective=None if teacher is None else build_objective(list(QAT_KD_TERMS)),
+                            freeze_observers_after=0.7, freeze_bn_after=0.8, batch_size=args.batch_size, seed=seed,
+                            progress=False)
         quant_s = time.perf_counter() - t0
         acc = evaluate(q, ds.x_test, ds.y_test, set_eval=lambda m: None)
         for r in evaluate_files(variant, q, example, ds.x_test, ds.y_test, workdir, args.latency_runs, acc):
@@ -186,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgekd.quant import detect_cpu_vnni
 
     from edgekd.distill import TorchTeacher, load_or_build
-    from edgekd.distill.trainer import TeacherSignal
     from edgekd.models import load_shipped_teacher
+    from edgekd.train import TeacherSignal
 
     ds = load_dataset(args.dataset, args.data_dir, subset_train=args.subset_train, subset_test=args.subset_test)
     t0 = time.perf_counter()

@@ -15,11 +15,10 @@ from pathlib import Path
 import click
 import torch
 
-from edgekd.config import TrainConfig
 from edgekd.data import load_dataset
-from edgekd.distill.trainer import evaluate, train
 from edgekd.fileio import sha256_file, torch_save, write_json
 from edgekd.models import build_model, count_params
+from edgekd.train import TrainConfig, evaluate, train
 
 
 @click.command()

@@ -164,6 +164,11 @@ def npz(root: str | None = None, labels: list[str] | None = None) -> ImageDatase
     except (OSError, ValueError) as e:
         raise EdgeKDError(f"cannot read {path} as .npz: {e}") from e
     x_tr, x_te = _to_nchw(x_tr, path), _to_nchw(x_te, path)
+    for key, y in (("y_train", y_tr), ("y_test", y_te)):  # NaN or fractional labels are no class indices
+        if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not (np.isfinite(y) & (y == np.round(y))).all()) \
+                or (y.size and y.min() < 0):
+            raise EdgeKDError(f"{path}: {key} must hold class indices 0..K-1 (integers); it has NaN, fractional, "
+                              f"negative or non-numeric values ({y.dtype}); fix the labels in the .npz")
     n_classes = int(max(y_tr.max(), y_te.max())) + 1
     names = labels or [str(i) for i in range(n_classes)]
     return _normalize(x_tr, x_te, path.stem, names, y_tr, y_te, str(path),

@@ -8,7 +8,6 @@ from edgekd.distill.losses import (DIST, LOSSES, CrossEntropy, DecoupledKD, Soft
 from edgekd.distill.objective import Objective, Term, build_objective
 from edgekd.distill.teachers import (EnsembleTeacher, OnnxTeacher, Teacher, TorchScriptTeacher, TorchTeacher,
                                      as_teacher, load_state_dict_file, load_teacher)
-from edgekd.distill.trainer import NonFiniteLossError, TeacherSignal, TrainResult, evaluate, train
 from edgekd.distill.mutual import MutualObjective, MutualPeers, born_again, train_mutual
 
 __all__ = [

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgekd.config import TrainConfig
 from edgekd.errors import EdgeKDError
+from edgekd.train import TrainConfig
 
 
 class MutualPeers(nn.Module):
@@ -74,7 +74,7 @@ class MutualObjective(nn.Module):
 def train_mutual(peers: Sequence[nn.Module], x: Tensor, y: Tensor, cfg: TrainConfig, *, kl_weight: float = 1.0,
                  temperature: float = 1.0, **train_kwargs: Any):
     """Deep mutual learning of `peers` (trained in place); returns the trainer's result."""
-    from edgekd.distill.trainer import train
+    from edgekd.train import train
 
     pair = MutualPeers(peers)
     return train(pair, x, y, cfg, objective=MutualObjective(kl_weight, temperature), **train_kwargs)
@@ -88,7 +88,7 @@ def born_again(build_student: Callable[[], nn.Module], teacher: Any, generations
     Returns [(student, train_result), ...]; the last is the final born-again network.
     """
     from edgekd.distill import TorchTeacher, as_teacher, build_objective
-    from edgekd.distill.trainer import TeacherSignal, train
+    from edgekd.train import TeacherSignal, train
 
     if generations < 1:
         raise EdgeKDError(f"born-again needs generations >= 1, got {generations}")

@@ -153,73 +153,85 @@ def build_objective(terms: list[dict[str, Any]], source: str = "distill.losses")
     Raises:
         ConfigError: listing every problem found, one per line.
     """
-    problems: list[str] = []
     if not isinstance(terms, (list, tuple)) or not terms:
         raise ConfigError([f"{source} must be a non-empty list of loss terms like "
                            f"[{{'name': 'ce', 'weight': 0.1}}, {{'name': 'kd_soft', 'weight': 0.9}}], "
                            f"got {terms!r}"], source)
+    problems: list[str] = []
     resolved: list[Term] = []
     losses: list[nn.Module] = []
-    labels: dict[str, int] = {}
+    label_counts: dict[str, int] = {}
     for i, spec in enumerate(terms, 1):
-        where = f"{source}[{i}]"
-        if not isinstance(spec, Mapping):
-            problems.append(f"{where}: a loss term must be a mapping with a 'name', got {spec!r}")
-            continue
-        name = spec.get("name")
-        if not isinstance(name, str) or not name:
-            problems.append(f"{where}: missing 'name' (one of {', '.join(LOSSES.names())})")
-            continue
-        where = f"{where} ({name})"
-        if name not in LOSSES:
-            problems.append(f"{where}: {LOSSES.unknown_message(name)}")
-            continue
-        cls = LOSSES.get(name)
-        term_problems: list[str] = []
-        weight = spec.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            term_problems.append(f"{where}: weight must be a finite number >= 0, got {weight!r}")
-        student, teacher = spec.get("student"), spec.get("teacher")
-        if cls.feature:
-            for side, value in (("student", student), ("teacher", teacher)):
-                if not isinstance(value, str) or not value:
-                    term_problems.append(f"{where}: feature loss needs '{side}': the {side} submodule name as in "
-                                         f"model.named_modules() (e.g. 'features.3'), got {value!r}")
-        elif student is not None or teacher is not None:
-            term_problems.append(f"{where}: 'student'/'teacher' feature names apply only to feature losses "
-                                 f"(attention, hint, rkd, sp); remove them")
-        label = spec.get("label")
-        if label is None:
-            count = labels.get(name, 0) + 1
-            label = name if count == 1 else f"{name}_{count}"
-            labels[name] = count
-        if not isinstance(label, str) or not label or "." in label or label == "loss" or \
-                label in [t.label for t in resolved]:
-            term_problems.append(f"{where}: label must be a unique non-empty name without '.', not 'loss', "
-                                 f"got {label!r}")
-        options = {k: v for k, v in spec.items() if k not in RESERVED_KEYS}
-        allowed = _allowed_options(cls)
-        unknown = [k for k in options if k not in allowed]
-        if unknown:
-            valid = allowed + ["weight", "label"] + (["student", "teacher"] if cls.feature else [])
-            close = difflib.get_close_matches(unknown[0], valid, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            term_problems.append(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}{hint} allowed: "
-                                 f"{', '.join(valid)}")
-        else:
-            try:
-                loss = cls(**options)
-            except (ValueError, TypeError, EdgeKDError) as e:
-                term_problems.append(f"{where}: {e}")
+        term, loss, term_problems = _build_term(spec, f"{source}[{i}]", label_counts, [t.label for t in resolved])
         problems += term_problems
-        if not term_problems:
-            resolved.append(Term(label, name, float(weight), student, teacher))
+        if term is not None:
+            resolved.append(term)
             losses.append(loss)
     if not problems and all(t.weight == 0 for t in resolved):
         problems.append(f"{source}: every weight is 0, so nothing would be trained; give some term a weight > 0")
     if problems:
         raise ConfigError(problems, source)
     return Objective(resolved, losses)
+
+
+def _build_term(spec: Any, where: str, label_counts: dict[str, int], taken: list[str]
+                ) -> tuple[Term | None, nn.Module | None, list[str]]:
+    """One recipe term -> (Term, loss module, []) or (None, None, its problems)."""
+    if not isinstance(spec, Mapping):
+        return None, None, [f"{where}: a loss term must be a mapping with a 'name', got {spec!r}"]
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        return None, None, [f"{where}: missing 'name' (one of {', '.join(LOSSES.names())})"]
+    where = f"{where} ({name})"
+    if name not in LOSSES:
+        return None, None, [f"{where}: {LOSSES.unknown_message(name)}"]
+    cls = LOSSES.get(name)
+    weight = spec.get("weight", 1.0)
+    problems = _placement_problems(spec, cls, weight, where)
+    label = spec.get("label")
+    if label is None:
+        label_counts[name] = label_counts.get(name, 0) + 1
+        label = name if label_counts[name] == 1 else f"{name}_{label_counts[name]}"
+    if not isinstance(label, str) or not label or "." in label or label == "loss" or label in taken:
+        problems.append(f"{where}: label must be a unique non-empty name without '.', not 'loss', got {label!r}")
+    loss, option_problems = _make_loss(cls, {k: v for k, v in spec.items() if k not in RESERVED_KEYS}, where)
+    problems += option_problems
+    if problems:
+        return None, None, problems
+    return Term(label, name, float(weight), spec.get("student"), spec.get("teacher")), loss, []
+
+
+def _placement_problems(spec: Mapping[str, Any], cls: type, weight: Any, where: str) -> list[str]:
+    """The term's weight, and the student/teacher submodule names that feature losses (only) need."""
+    problems = []
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        problems.append(f"{where}: weight must be a finite number >= 0, got {weight!r}")
+    student, teacher = spec.get("student"), spec.get("teacher")
+    if cls.feature:
+        for side, value in (("student", student), ("teacher", teacher)):
+            if not isinstance(value, str) or not value:
+                problems.append(f"{where}: feature loss needs '{side}': the {side} submodule name as in "
+                                f"model.named_modules() (e.g. 'features.3'), got {value!r}")
+    elif student is not None or teacher is not None:
+        problems.append(f"{where}: 'student'/'teacher' feature names apply only to feature losses "
+                        f"(attention, hint, rkd, sp); remove them")
+    return problems
+
+
+def _make_loss(cls: type, options: dict[str, Any], where: str) -> tuple[nn.Module | None, list[str]]:
+    """The loss module built from the term's options; unknown options are named with the allowed ones."""
+    allowed = _allowed_options(cls)
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        valid = allowed + ["weight", "label"] + (["student", "teacher"] if cls.feature else [])
+        close = difflib.get_close_matches(unknown[0], valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return None, [f"{where}: unknown option(s) {', '.join(map(repr, unknown))}{hint} allowed: "
+                      f"{', '.join(valid)}"]
+    try:
+        return cls(**options), []
+    except (ValueError, TypeError, EdgeKDError) as e:
+        return None, [f"{where}: {e}"]
 
 
 __all__ = ["Objective", "Term", "build_objective"]

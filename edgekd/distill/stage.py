@@ -40,7 +40,7 @@ def teacher_inputs(recipe: "Recipe") -> dict[str, Any]:
 def run_teacher(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     """Load the teacher (weights, TorchScript, ONNX, ensemble) or train it; record its test accuracy."""
     from edgekd.distill import load_teacher
-    from edgekd.distill.trainer import evaluate, train
+    from edgekd.train import evaluate, train
     from edgekd.models import build_model, count_params, save_model_file
 
     r, ds, out = ctx.recipe, ctx.dataset, ctx.stage_dir("teacher")
@@ -95,7 +95,7 @@ def student_kwargs(ctx: "RunContext") -> dict[str, Any]:
 def run_distill(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     """Train the student from the teacher with the recipe's losses (or from labels alone when disabled)."""
     from edgekd.distill import build_objective
-    from edgekd.distill.trainer import TeacherSignal, evaluate, train
+    from edgekd.train import TeacherSignal, evaluate, train
     from edgekd.models import build_model, count_params, save_model_file
 
     r, ds, out = ctx.recipe, ctx.dataset, ctx.stage_dir("distill")
@@ -144,7 +144,7 @@ def run_distill(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
 def teacher_signal(ctx: "RunContext", objective, cfg: "TrainConfig", use_cache: bool, topk: int | None):
     """Cached teacher logits when valid (no augmentation, no teacher features), else the teacher online."""
     from edgekd.distill import load_or_build
-    from edgekd.distill.trainer import TeacherSignal
+    from edgekd.train import TeacherSignal
 
     if not getattr(objective, "needs_teacher", False):
         return TeacherSignal()

@@ -1,8 +1,9 @@
 """Quantization-aware training with torchao PT2E: prepare, phase control (freeze observers / BN), convert, save.
 
-The trainer (KD or plain) only needs: `prepare_qat` -> train the returned graph like any module (through
-`train_mode`/`eval_mode`, since exported graphs reject .train()/.eval()), call `set_qat_phase` every step,
-checkpoint with `qat_state_dict`/`load_qat_state`, and `convert_qat` for the int8 Q/DQ simulation.
+These are the parts `edgekd.quant.qat_finetune` (quant/finetune.py) puts together: `prepare_qat` -> train the
+returned graph like any module (through `train_mode`/`eval_mode`, since exported graphs reject .train()/.eval()),
+call `set_qat_phase` every step, checkpoint with `qat_state_dict`/`load_qat_state`, and `convert_qat` for the int8
+Q/DQ simulation.
 """
 from __future__ import annotations
 
@@ -133,8 +134,11 @@ def qat_state_dict(gm: torch.fx.GraphModule) -> dict[str, Any]:
     sd = gm.state_dict()
     copy_ = OrderedDict((k, v.detach().clone()) for k, v in sd.items())
     # Keep the per-module versions: torchao observers treat state without them as version 1 and reset `eps`.
-    copy_._metadata = getattr(sd, "_metadata", None)  # type: ignore[attr-defined]
-    return {"state_dict": copy_, "phase": dict(gm.meta.get(_PHASE, {})), "scheme": gm.meta.get("edgekd_scheme")}
+    # They are also stored as a plain mapping, so a checkpoint needs nothing but tensors and plain data.
+    metadata = {prefix: dict(meta) for prefix, meta in (getattr(sd, "_metadata", None) or {}).items()}
+    copy_._metadata = OrderedDict((p, dict(m)) for p, m in metadata.items())  # type: ignore[attr-defined]
+    return {"state_dict": copy_, "metadata": metadata, "phase": dict(gm.meta.get(_PHASE, {})),
+            "scheme": gm.meta.get("edgekd_scheme")}
 
 
 def load_qat_state(gm: torch.fx.GraphModule, state: dict[str, Any]) -> torch.fx.GraphModule:
@@ -144,7 +148,11 @@ def load_qat_state(gm: torch.fx.GraphModule, state: dict[str, Any]) -> torch.fx.
     if state.get("scheme") and gm.meta.get("edgekd_scheme") and state["scheme"] != gm.meta["edgekd_scheme"]:
         raise EdgeKDError(f"QAT state was saved with scheme {state['scheme'].get('name')!r} but the graph is "
                           f"prepared with {gm.meta['edgekd_scheme'].get('name')!r}; prepare with the saved scheme")
-    sd = state["state_dict"]
+    sd = OrderedDict(state["state_dict"])
+    if isinstance(state.get("metadata"), dict):  # the per-module versions (see qat_state_dict)
+        sd._metadata = OrderedDict((p, dict(m)) for p, m in state["metadata"].items())  # type: ignore[attr-defined]
+    else:
+        sd._metadata = getattr(state["state_dict"], "_metadata", None)  # type: ignore[attr-defined]
     # Per-channel observers start with empty min/max buffers; size them to the saved ones before loading.
     own = gm.state_dict()
     for key, value in sd.items():

@@ -25,7 +25,7 @@ def run_quantize(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     """QAT (optionally fused with KD) or PTQ of the fp32 student, with the scheme of the target runtimes."""
     from edgekd.distill import build_objective
     from edgekd.distill.stage import teacher_signal
-    from edgekd.distill.trainer import evaluate, train
+    from edgekd.train import evaluate, train
     from edgekd.models import load_model_file
     from edgekd.quant import (convert_qat, eval_mode, load_qat_state, prepare_qat, qat_state_dict, quantize_ptq,
                               save_quantized, scheme_for_runtimes, set_qat_phase, train_mode)
@@ -49,7 +49,7 @@ def run_quantize(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
         objective = build_objective(terms)
         if q.kd and q.kd_teacher == "student":
             from edgekd.distill import TorchTeacher
-            from edgekd.distill.trainer import TeacherSignal
+            from edgekd.train import TeacherSignal
 
             signal = TeacherSignal(teacher=TorchTeacher(student))  # prepare_qat trained a copy
         else:

@@ -1,0 +1,407 @@
+"""The training loop shared by teacher training, distillation and QAT.
+
+One loop, driven by a typed TrainConfig: the student learns from an objective (a weighted sum of loss modules,
+cross-entropy by default) with the teacher's outputs coming online or from a cache. Checkpoints hold everything
+an exact resume needs (model, objective adapters, optimizer, scheduler, RNG states, step), written atomically
+every `checkpoint_every` steps; a run killed mid-epoch resumes to the same final weights as an uninterrupted one.
+
+The loop reads in parts: `_Loop.__init__` (teacher checks, DDP wrap, feature taps), `_warm_up` (lazy adapters),
+`make_optimizer`/`make_scheduler`, `_resume`/`_checkpoint_state`, `_epoch_batches` (the shuffle order),
+`_step` (one optimization step), `_end_epoch` (evaluation and the epoch record).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.errors import EdgeKDError
+from edgekd.train.checkpoint import load_checkpoint, plain_state_dict, restore_state_dict, save_checkpoint
+from edgekd.train.config import TrainConfig
+
+StepHook = Callable[[nn.Module, int, int], None]
+ModelState = tuple[Callable[[nn.Module], Any], Callable[[nn.Module, Any], Any]]
+
+
+class NonFiniteLossError(EdgeKDError):
+    """A loss part became NaN or inf; names the step and the part."""
+
+
+@dataclass
+class TeacherSignal:
+    """Where teacher outputs come from during training: an online teacher, or cached logits by sample index."""
+
+    teacher: Any = None                 # edgekd.distill.teachers.Teacher (online)
+    cached: Any = None                  # indexable by a LongTensor of sample indices -> logits or (values, indices)
+    feature_names: tuple[str, ...] = ()
+
+    def outputs(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor] | None]:
+        if self.cached is not None and not self.feature_names:
+            return self.cached[idx], None
+        if self.teacher is None:
+            return None, None
+        with torch.no_grad():
+            if self.feature_names:
+                return self.teacher.forward_with_features(x, list(self.feature_names))
+            return self.teacher.logits(x), None
+
+
+@dataclass
+class TrainResult:
+    """Per-epoch `history` (accuracies) and a finer loss `curve` (mean of each part over ~1/50 of the run)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    wall_time_s: float = 0.0
+    resumed_from_step: int | None = None
+
+
+class CrossEntropyObjective(nn.Module):
+    """Plain supervised objective (teacher training, QAT without KD)."""
+
+    student_taps: tuple[str, ...] = ()
+    teacher_taps: tuple[str, ...] = ()
+    needs_teacher = False
+
+    def forward(self, student_logits, targets, teacher_logits=None, student_features=None, teacher_features=None):
+        ce = F.cross_entropy(student_logits, targets)
+        return {"loss": ce, "ce": ce}
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
+             set_eval: Callable[[nn.Module], None] | None = None) -> float:
+    """Top-1 accuracy of `model` on (x, y), in eval mode, no grad."""
+    (set_eval or (lambda m: m.eval()))(model)
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            correct += (model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum().item()
+    return correct / max(1, len(x))
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    if cfg.schedule == "onecycle" and total_steps >= 8:  # OneCycle needs a few steps per phase
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, total_steps),
+                                                   pct_start=0.25)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def total_steps_for(cfg: TrainConfig, n_samples: int, batch_size: int) -> int:
+    """Optimizer steps of a run: `cfg.epochs` (may be fractional) passes over `n_samples` in `batch_size` batches."""
+    return max(1, math.ceil(cfg.epochs * math.ceil(n_samples / batch_size)))
+
+
+def check_labels(y: torch.Tensor, where: str = "training labels") -> None:
+    """Labels must be integer class indices >= 0 (NaN or float labels fail here, in one line, not in the loss)."""
+    if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise EdgeKDError(f"{where} must be an integer tensor of class indices, got "
+                          f"{getattr(y, 'dtype', type(y).__name__)}; convert them with y.long() (NaN is no class)")
+    if len(y) and int(y.min()) < 0:
+        raise EdgeKDError(f"{where} hold a negative class index ({int(y.min())}); labels are 0..num_classes-1")
+
+
+@dataclass
+class _Data:
+    x: torch.Tensor
+    y: torch.Tensor
+    batch_size: int
+    x_test: torch.Tensor | None
+    y_test: torch.Tensor | None
+    eval_batch_size: int
+
+
+class _Loop:
+    """The state of one training run: model, objective, teacher, optimizer and where the run stands."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, objective: nn.Module | None,
+                 teacher: TeacherSignal | None, set_train, set_eval, model_state: ModelState | None):
+        from edgekd.distill.features import FeatureTap  # lazily: edgekd.distill imports this package
+
+        self.model, self.cfg = model, cfg
+        self.objective = objective or CrossEntropyObjective()
+        self.teacher = teacher or TeacherSignal()
+        self.set_train = set_train or (lambda m: m.train())
+        self.set_eval = set_eval or (lambda m: m.eval())
+        self.get_state, self.load_state = model_state or (
+            plain_state_dict, lambda m, s: m.load_state_dict(restore_state_dict(s)))
+        if getattr(self.objective, "needs_teacher", False) and self.teacher.teacher is None \
+                and self.teacher.cached is None:
+            raise EdgeKDError("the distillation losses need a teacher, but none was given")
+        if cfg.augment and self.teacher.cached is not None:
+            raise EdgeKDError("cached teacher logits are wrong for randomly augmented inputs: run the teacher online "
+                              "(distill.cache_teacher: false) or train without augmentation")
+        self.teacher.feature_names = tuple(getattr(self.objective, "teacher_taps", ()) or ())
+        self.world, self.rank = _distributed()
+        # DDP: every rank draws the same global batch order and trains on its 1/world shard of each batch;
+        # gradients are averaged, so all ranks hold identical weights (initial weights are broadcast from rank 0).
+        self.trained = nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
+        student_taps = tuple(getattr(self.objective, "student_taps", ()) or ())
+        self.tap = FeatureTap(model, student_taps) if student_taps else None  # hooks on `model`, not the wrapper
+        self.result = TrainResult()
+        self.step = 0
+        self.epoch_sums: dict[str, float] = {}
+        self.window: dict[str, float] = {}
+        self.order_state: torch.Tensor | None = None
+
+    def forward_student(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        return self.tap.run(self.trained, x) if self.tap else (self.trained(x), None)
+
+    def warm_up(self, data: _Data) -> None:
+        """Materialize lazily built parts (hint adapters) before the optimizer sees the parameters."""
+        with torch.no_grad():
+            self.set_eval(self.model)
+            idx0 = torch.arange(min(data.batch_size, len(data.x)))
+            logits0, feats0 = self.forward_student(data.x[idx0])
+            t_out0, t_feats0 = self.teacher.outputs(data.x[idx0], idx0)
+            self.objective(logits0, data.y[idx0], t_out0, feats0, t_feats0)
+
+    def make_optimization(self, total_steps: int, seed: int) -> None:
+        """Optimizer over the model and the objective's trainable parts, its schedule, and the data generator."""
+        self.total_steps = total_steps
+        self.params = list(self.model.parameters()) + [p for p in self.objective.parameters() if p.requires_grad]
+        self.opt = make_optimizer(self.params, self.cfg)
+        self.sched = make_scheduler(self.opt, self.cfg, total_steps)
+        self.data_gen = torch.Generator().manual_seed(seed)
+
+    def checkpoint_state(self, key: str | None) -> dict[str, Any]:
+        return {"model": self.get_state(self.model), "objective": plain_state_dict(self.objective),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "data": self.data_gen.get_state()}, "step": self.step,
+                "total_steps": self.total_steps, "key": key, "history": self.result.history,
+                "epoch_sums": self.epoch_sums, "curve": self.result.curve, "window": self.window,
+                "order_state": self.order_state}
+
+    def resume(self, path: Path, key: str | None) -> None:
+        """Continue from the checkpoint at `path` if it was written for these inputs (`key`)."""
+        state = load_checkpoint(path, required=("key",))
+        if state is None or state["key"] != key:
+            return  # none, or written for other inputs: start over (it is overwritten at the first checkpoint)
+        if state.get("total_steps") != self.total_steps:
+            raise EdgeKDError(f"checkpoint {path} was written for {state.get('total_steps')} steps, this run "
+                              f"has {self.total_steps}; delete it to start over")
+        try:
+            self.load_state(self.model, state["model"])
+            self.objective.load_state_dict(restore_state_dict(state["objective"]))
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            self.data_gen.set_state(state["rng"]["data"])
+            self.step = state["step"]
+            self.result.history, self.result.curve = state["history"], state["curve"]
+            self.window, self.epoch_sums, self.order_state = state["window"], state["epoch_sums"], state["order_state"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise EdgeKDError(f"checkpoint {path} does not fit this run ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start over") from None
+        self.result.resumed_from_step = self.step
+
+    def epoch_batches(self, n: int, batch_size: int, steps_per_epoch: int) -> list[torch.Tensor]:
+        """The rest of the current epoch's batches, in the epoch's shuffle order.
+
+        The order comes from the data generator's state at the epoch's start; a resumed run re-creates it from the
+        saved state, then the generator continues from its saved position.
+        """
+        from edgekd.data.loader import iterate_batches
+
+        start_batch = self.step % steps_per_epoch
+        if self.order_state is None:
+            self.order_state = self.data_gen.get_state()
+        resume_state = self.data_gen.get_state()
+        self.data_gen.set_state(self.order_state)
+        batches = list(iterate_batches(n, batch_size, shuffle=True, generator=self.data_gen, start=start_batch))
+        if start_batch:
+            self.data_gen.set_state(resume_state)
+        return batches
+
+    def train_step(self, data: _Data, idx: torch.Tensor, step_hook: StepHook | None) -> dict[str, torch.Tensor]:
+        """One optimization step on the samples `idx` (this rank's shard under DDP)."""
+        if self.world > 1:
+            idx = idx[self.rank::self.world]
+        if step_hook:
+            step_hook(self.model, self.step, self.total_steps)
+        x = data.x[idx]
+        if self.cfg.augment:
+            from edgekd.data.loader import augment_batch
+
+            x = augment_batch(x, self.data_gen)
+        y = data.y[idx]
+        t_out, t_feats = self.teacher.outputs(x, idx)
+        logits, feats = self.forward_student(x)
+        parts = self.objective(logits, y, t_out, feats, t_feats)
+        _check_finite(parts, self.step)
+        self.opt.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        _accumulate(self.epoch_sums, parts, logits, y)
+        _accumulate(self.window, parts, logits, y)
+        return parts
+
+    def end_epoch(self, epoch: int, data: _Data) -> None:
+        """Log the epoch (or fractional last epoch): mean loss parts, train and test accuracy."""
+        if self.world > 1:
+            _average_buffers(self.model, self.world)
+        record = _epoch_record(epoch + 1, self.step, self.epoch_sums, self.opt.param_groups[0]["lr"])
+        if data.x_test is not None and data.y_test is not None:
+            record["test_accuracy"] = evaluate(self.model, data.x_test, data.y_test, data.eval_batch_size,
+                                               self.set_eval)
+        self.result.history.append(record)
+        self.epoch_sums, self.order_state = {}, None
+
+
+def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: TrainConfig, *,
+          objective: nn.Module | None = None, teacher: TeacherSignal | None = None, seed: int = 0,
+          x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None, batch_size: int = 128,
+          eval_batch_size: int = 1000, checkpoint: str | Path | None = None, progress: bool = True,
+          desc: str = "train", step_hook: StepHook | None = None,
+          set_train: Callable[[nn.Module], None] | None = None,
+          set_eval: Callable[[nn.Module], None] | None = None,
+          model_state: ModelState | None = None,
+          checkpoint_key: str | None = None, stop_after_steps: int | None = None) -> TrainResult:
+    """Train `model` in place on (x_train, y_train) and return the per-epoch history.
+
+    Args:
+        objective: loss module returning {"loss": total, part: value, ...}; cross-entropy when None.
+        teacher: online teacher or cached logits; required when the objective needs teacher outputs.
+        checkpoint: file to resume from if it exists, and to write every `cfg.checkpoint_every` steps.
+        checkpoint_key: what the checkpoint belongs to (e.g. the stage's input fingerprint); a checkpoint written
+            under another key is ignored and overwritten, so a changed recipe never resumes a stale run.
+        step_hook: called as hook(model, step, total_steps) before each step (QAT observer/BN freezing).
+        set_train/set_eval: mode switches (exported QAT graphs need torchao's helpers instead of .train()).
+        model_state: (get, load) for checkpointing the model (QAT graphs carry observer buffers and a phase);
+            `get` must return tensors and plain data only.
+        stop_after_steps: stop early after this global step (tests of kill-and-resume).
+    Raises:
+        NonFiniteLossError: a loss part is NaN/inf (names the step and the part).
+        EdgeKDError: labels that are no class indices; a checkpoint that is unsafe, damaged or of another run.
+    """
+    check_labels(y_train)
+    loop = _Loop(model, cfg, objective, teacher, set_train, set_eval, model_state)
+    if loop.rank != 0:
+        checkpoint, progress = None, False
+    data = _Data(x_train, y_train, batch_size, x_test, y_test, eval_batch_size)
+    n = len(x_train)
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = total_steps_for(cfg, n, batch_size)
+    torch.manual_seed(seed)
+    loop.warm_up(data)
+    loop.make_optimization(total_steps, seed)
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    if ckpt_path is not None:
+        loop.resume(ckpt_path, checkpoint_key)
+
+    def save() -> None:
+        if ckpt_path is not None:
+            save_checkpoint(loop.checkpoint_state(checkpoint_key), ckpt_path)
+
+    bar = _progress(total_steps, loop.step, desc, progress)
+    t0 = time.perf_counter()
+    try:
+        stopped = _run_epochs(loop, data, steps_per_epoch, bar, save, step_hook, stop_after_steps)
+    finally:
+        bar.close()
+        if loop.tap:
+            loop.tap.remove()
+    if stopped:
+        return loop.result
+    loop.set_eval(model)
+    loop.result.steps = loop.step
+    loop.result.wall_time_s = time.perf_counter() - t0
+    return loop.result
+
+
+def _run_epochs(loop: _Loop, data: _Data, steps_per_epoch: int, bar, save: Callable[[], None],
+                step_hook: StepHook | None, stop_after_steps: int | None) -> bool:
+    """Train until the last step; True when stopped early by `stop_after_steps`."""
+    total_steps = loop.total_steps
+    log_every = max(1, total_steps // 50)
+    while loop.step < total_steps:
+        epoch = loop.step // steps_per_epoch
+        batches = loop.epoch_batches(len(data.x), data.batch_size, steps_per_epoch)
+        loop.set_train(loop.model)
+        for idx in batches:
+            if loop.step >= total_steps:
+                break
+            loop.train_step(data, idx, step_hook)
+            step = loop.step
+            if step % log_every == 0 or step == total_steps:
+                loop.result.curve.append(_curve_point(step, loop.window))
+                loop.window.clear()
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loop.epoch_sums['loss'] / loop.epoch_sums['n_batches']:.3f}", refresh=False)
+            if step % loop.cfg.checkpoint_every == 0 and step < total_steps:
+                save()
+            if stop_after_steps is not None and step >= stop_after_steps:
+                return True
+        loop.end_epoch(epoch, data)
+        save()
+    return False
+
+
+def _distributed() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _average_buffers(model: nn.Module, world: int) -> None:
+    """All-reduce floating buffers (BN running statistics) to their mean over ranks, so every rank agrees."""
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
+            buf.div_(world)
+
+
+def _check_finite(parts: dict[str, torch.Tensor], step: int) -> None:
+    for name, value in parts.items():
+        if isinstance(value, torch.Tensor) and not torch.isfinite(value).all():
+            raise NonFiniteLossError(f"loss part {name!r} is {value.item()} at step {step}: lower the learning rate, "
+                                     "check the data normalization, or set train.grad_clip")
+
+
+def _accumulate(sums: dict[str, float], parts: dict[str, torch.Tensor], logits: torch.Tensor,
+                y: torch.Tensor) -> None:
+    for name, value in parts.items():
+        sums[name] = sums.get(name, 0.0) + float(value.detach())
+    sums["n_batches"] = sums.get("n_batches", 0) + 1
+    sums["correct"] = sums.get("correct", 0) + int((logits.argmax(-1) == y).sum())
+    sums["n"] = sums.get("n", 0) + len(y)
+
+
+def _curve_point(step: int, sums: dict[str, float]) -> dict[str, Any]:
+    nb = max(1, sums.get("n_batches", 0))
+    return {"step": step, "loss": sums.get("loss", 0.0) / nb,
+            "parts": {k: v / nb for k, v in sums.items() if k not in ("loss", "n_batches", "correct", "n")}}
+
+
+def _epoch_record(epoch: int, step: int, sums: dict[str, float], lr: float) -> dict[str, Any]:
+    nb = max(1, sums.get("n_batches", 0))
+    parts = {k: v / nb for k, v in sums.items() if k not in ("loss", "n_batches", "correct", "n")}
+    return {"epoch": epoch, "step": step, "loss": sums.get("loss", 0.0) / nb, "parts": parts,
+            "train_accuracy": sums.get("correct", 0) / max(1, sums.get("n", 0)), "lr": lr}
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, leave=False,
+                dynamic_ncols=True)
