@@ -30,23 +30,53 @@ QAT_KD_TERMS = ({"name": "ce", "weight": 0.5}, {"name": "kd_soft", "weight": 0.5
 
 @dataclass
 class DataConfig:
+    """The data set (docs/byo.md): source, its options, normalization, class names and the validation split.
+
+    mean/std: on the pixel scale (0..255 for 8-bit images), one per channel or one for all; "dataset" = the
+    training split's own statistics; "imagenet" = torchvision/timm ImageNet statistics. class_names: names in
+    label order, or a text file with one per line. val_fraction/val_size: the stratified, seeded validation split
+    carved from the training data (val_size, when set, wins; 0 disables).
+    """
+
     dataset: str = "fashion_mnist"
     root: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)     # the source's options, e.g. image_folder's size
     subset_train: int | None = None
     subset_test: int | None = None
+    mean: list[float] | str = "dataset"
+    std: list[float] | str = "dataset"
+    class_names: list[str] | str | None = None
+    val_fraction: float = 0.1
+    val_size: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 1000
 
 
 @dataclass
 class ModelSpec:
+    """A model by name (zoo, torchvision:NAME, timm:NAME, package.module:Callable; docs/models.md).
+
+    kwargs go to the constructor as written (zoo models also get num_classes/in_channels from the data);
+    weights: a local file to start from; import_path: folder searched first for package.module (default: the
+    recipe's folder).
+    """
+
     model: str = "mobilenet_student"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    import_path: str | None = None
 
 
 @dataclass
 class TeacherConfig:
-    """Where the teacher comes from: `weights` to load (torch), a file (torchscript/onnx), or train it."""
+    """Where the teacher comes from: `weights` to load (torch), a file (torchscript/onnx/keras), or train it.
+
+    mean/std: the normalization a loaded teacher expects (pixel scale, or "imagenet"); edgekd converts the data's
+    normalized images to it before the teacher sees them. None = the data's own (data.mean/std).
+    layout: a keras teacher's image layout ("auto" reads it from the model's input shape).
+    finetune: train a torch teacher starting from `weights` (its head replaced when the class count differs)
+    instead of using it as loaded.
+    """
 
     kind: str = "torch"                                    # a registered teacher kind (distill.TEACHER_KINDS)
     model: str = "teacher_cnn"
@@ -54,6 +84,12 @@ class TeacherConfig:
     weights: str | None = None
     path: str | None = None
     members: list[dict[str, Any]] = field(default_factory=list)
+    import_path: str | None = None
+    mean: list[float] | str | None = None
+    std: list[float] | str | None = None
+    layout: Literal["auto", "nhwc", "nchw"] = "auto"
+    outputs: Literal["auto", "logits", "probabilities"] = "auto"
+    finetune: bool = False
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, lr=3e-3, augment=True,
                                                                     weight_decay=5e-4))
 
@@ -246,6 +282,10 @@ def range_problems(r: Recipe) -> list[str]:
     positive(r.data.eval_batch_size, "data.eval_batch_size")
     positive(r.data.subset_train, "data.subset_train")
     positive(r.data.subset_test, "data.subset_test")
+    positive(r.data.val_size, "data.val_size", allow_zero=True)
+    if isinstance(r.data.val_fraction, (int, float)) and not 0 <= r.data.val_fraction < 1:
+        p.append(f"data.val_fraction: a fraction in [0, 1) of the training images (0 = no validation split), "
+                 f"got {r.data.val_fraction}")
     positive(r.verify.parity_tolerance, "verify.parity_tolerance")
     positive(r.profile.threads, "profile.threads")
     positive(r.profile.max_seconds, "profile.max_seconds")
@@ -253,7 +293,7 @@ def range_problems(r: Recipe) -> list[str]:
         v = getattr(r.quantize, key)
         if isinstance(v, (int, float)) and not 0 <= v <= 1:
             p.append(f"quantize.{key}: a fraction of the QAT steps in [0, 1], got {v}")
-    if r.teacher.kind in ("torchscript", "onnx") and not r.teacher.path:
+    if r.teacher.kind in ("torchscript", "onnx", "keras") and not r.teacher.path:
         p.append(f"teacher.path: a {r.teacher.kind} teacher needs the file's path")
     if r.teacher.kind == "ensemble" and not r.teacher.members:
         p.append("teacher.members: an ensemble teacher needs a list of member teacher specs")
@@ -324,6 +364,14 @@ def resolve_path(value: str | None, base: Path) -> str | None:
 def resolve_paths(recipe: Recipe, base: Path) -> None:
     recipe.teacher.weights = resolve_path(recipe.teacher.weights, base)
     recipe.teacher.path = resolve_path(recipe.teacher.path, base)
+    recipe.student.weights = resolve_path(recipe.student.weights, base)
+    for spec in (recipe.student, recipe.teacher):  # package.module:Callable is imported from the recipe's folder
+        if spec.import_path is not None:
+            spec.import_path = resolve_path(spec.import_path, base)
+        elif ":" in spec.model and spec.model.partition(":")[0] not in ("torchvision", "timm"):
+            spec.import_path = str(base.resolve())
+    if isinstance(recipe.data.class_names, str):
+        recipe.data.class_names = resolve_path(recipe.data.class_names, base)
     recipe.quantize.calibration = resolve_path(recipe.quantize.calibration, base) or recipe.quantize.calibration
     if recipe.data.root:
         recipe.data.root = resolve_path(recipe.data.root, base)

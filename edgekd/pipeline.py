@@ -42,10 +42,9 @@ class RunContext:
     @property
     def dataset(self) -> "ImageDataset":
         if self._dataset is None:
-            from edgekd.data import load_dataset
+            from edgekd.data import dataset_from_config
 
-            d = self.recipe.data
-            self._dataset = load_dataset(d.dataset, d.root, d.subset_train, d.subset_test, seed=self.recipe.seed)
+            self._dataset = dataset_from_config(self.recipe.data, self.recipe.seed)
         return self._dataset
 
     def stage_dir(self, stage: str) -> Path:

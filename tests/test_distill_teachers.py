@@ -184,3 +184,85 @@ def test_load_import_path_and_ensemble_spec():
     assert isinstance(as_teacher(nn.Linear(2, 2)), TorchTeacher)
     with pytest.raises(EdgeKDError, match="cannot use str as a teacher"):
         as_teacher("teacher.pt")
+
+
+def _tiny_keras_model(softmax: bool):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 5, 3))  # channels-last, H != W != C so a wrong transpose cannot pass
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(keras.layers.Dense(4)(h))
+    out = keras.layers.Dense(3, activation="softmax" if softmax else None)(h)
+    return keras.Model(inputs, out)
+
+
+def test_keras_teacher_file_and_savedmodel_nhwc_cached(tmp_path):
+    from edgekd.distill import load_or_build
+    from edgekd.distill.teachers import KerasTeacher
+
+    model = _tiny_keras_model(softmax=False)
+    model.save(tmp_path / "t.keras")
+    x = torch.randn(5, 3, 6, 5)  # the data's NCHW batch
+    expected = torch.from_numpy(model(x.permute(0, 2, 3, 1).numpy(), training=False).numpy())
+    teacher = load_teacher({"kind": "keras", "path": str(tmp_path / "t.keras")})
+    assert isinstance(teacher, KerasTeacher)
+    torch.testing.assert_close(teacher.logits(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(EdgeKDError, match=r"expects input \[None, 6, 5, 3\], the data has images of 3x5x6"):
+        teacher.logits(torch.randn(2, 3, 5, 6))
+    # cached like the ONNX teacher: keyed by the file bytes, reused on the second call
+    first = load_or_build(teacher, x, tmp_path / "cache", "pre", progress=False)
+    again = load_or_build(load_teacher({"kind": "keras", "path": str(tmp_path / "t.keras")}), x,
+                          tmp_path / "cache", "pre", progress=False)
+    assert first.path == again.path and len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    # a SavedModel folder of a softmax model: probabilities become log-probabilities (same softmax at any T)
+    soft = _tiny_keras_model(softmax=True)
+    soft.export(str(tmp_path / "saved"))
+    saved = load_teacher({"kind": "keras", "path": str(tmp_path / "saved")})
+    probs = torch.from_numpy(soft(x.permute(0, 2, 3, 1).numpy(), training=False).numpy())
+    torch.testing.assert_close(torch.softmax(saved.logits(x) / 2, -1), torch.softmax(probs.log() / 2, -1),
+                               rtol=1e-4, atol=1e-5)
+    assert saved.fingerprint() != teacher.fingerprint()
+    with pytest.raises(EdgeKDError, match="keras teacher file not found"):
+        load_teacher({"kind": "keras", "path": str(tmp_path / "nope.keras")})
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    with pytest.raises(EdgeKDError, match="cannot load keras teacher"):
+        load_teacher({"kind": "keras", "path": str(tmp_path / "junk.keras")})
+
+
+def test_renormalized_teacher_sees_its_own_normalization(monkeypatch):
+    from types import SimpleNamespace
+
+    from edgekd.distill.teachers import RenormalizedTeacher
+
+    seen = {}
+
+    class Probe(Teacher):
+        def logits(self, x):
+            seen["x"] = x
+            return x.flatten(1)[:, :3]
+
+        def fingerprint(self):
+            return "probe"
+
+    from edgekd.distill.teachers import TEACHER_KINDS
+
+    monkeypatch.setitem(TEACHER_KINDS._items, "probe", lambda spec: Probe())  # registered for this test only
+    data = SimpleNamespace(mean=(100.0, 50.0, 10.0), std=(20.0, 10.0, 5.0), input_shape=(3, 2, 2), num_classes=3,
+                           pixel_max=255.0)
+    pixels = torch.rand(2, 3, 2, 2) * 255
+    x = (pixels - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
+    teacher = load_teacher({"kind": "probe", "mean": "imagenet", "std": "imagenet"}, data=data)
+    assert isinstance(teacher, RenormalizedTeacher)
+    teacher.logits(x)
+    imagenet = (pixels / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(seen["x"], imagenet, rtol=1e-4, atol=1e-4)
+    raw = load_teacher({"kind": "probe", "mean": [0], "std": [1]}, data=data)
+    raw.logits(x)
+    torch.testing.assert_close(seen["x"], pixels, rtol=1e-4, atol=1e-3)
+    assert raw.fingerprint() != teacher.fingerprint()
+    with pytest.raises(EdgeKDError, match="pass the data"):
+        load_teacher({"kind": "probe", "mean": [0]})
+    with pytest.raises(EdgeKDError, match=r"teacher.std: 2 values for images with 3 channel"):
+        load_teacher({"kind": "probe", "std": [1, 2]}, data=data)

@@ -1,7 +1,9 @@
 """Dataset sources by name: Fashion-MNIST (IDX files), sklearn digits, .npz arrays, an image folder.
 
-Each loads once into uint8 arrays and is normalized with per-channel mean/std computed on the training
-split (stored with the dataset, written into the model's metadata so the app normalizes the same way).
+A source returns the raw images as `RawImages` (N,C,H,W arrays on their pixel scale, integer labels, class
+names); `edgekd.data.prepare.load_dataset` checks the labels, normalizes with the recipe's mean/std (or the
+training split's own), takes subsets and carves the validation split, giving an `ImageDataset`. The mean/std
+travel with the dataset into the model's metadata so the app normalizes the same way.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from edgekd.errors import EdgeKDError
 from edgekd.registry import Registry
 
-DATASETS: Registry[Callable[..., "ImageDataset"]] = Registry("dataset")
+DATASETS: Registry[Callable[..., "RawImages"]] = Registry("dataset")
 
 FASHION_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]
@@ -26,8 +28,26 @@ FASHION_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 
 @dataclass
+class RawImages:
+    """What a dataset source returns: un-normalized N,C,H,W images on their pixel scale and their labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    labels: list[str] | None = None        # class names in label order; None = "0".."K-1"
+    scale: float = 255.0                    # the pixel scale's maximum (255 for uint8, 1 for float 0..1)
+    source: str = ""
+
+
+@dataclass
 class ImageDataset:
-    """Train/test tensors (N,C,H,W float32, normalized), int64 labels, class names and normalization."""
+    """Train/validation/test tensors (N,C,H,W float32, normalized), int64 labels, class names and normalization.
+
+    mean/std are on the pixel scale (0..255 for 8-bit images). x_val/y_val are carved from the training data
+    (stratified, seeded; `split` records sizes and the indices' digest) and x_train/y_train are the rest.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -38,7 +58,16 @@ class ImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str = ""
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    split: dict = field(default_factory=dict)
+    pixel_max: float = 255.0               # the pixel scale mean/std are on (255 for 8-bit images, 1 for 0..1)
     _digest: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.x_val is None:
+            self.x_val = self.x_train[:0]
+            self.y_val = self.y_train[:0]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -52,30 +81,16 @@ class ImageDataset:
         """A stable fingerprint of the data and its preprocessing (for caches and stage skipping)."""
         if self._digest is None:
             h = hashlib.sha256()
-            for t in (self.x_train, self.y_train, self.x_test, self.y_test):
+            for t in (self.x_train, self.y_train, self.x_test, self.y_test, self.x_val, self.y_val):
                 h.update(t.numpy().tobytes())
             h.update(repr((self.mean, self.std, self.labels)).encode())
             self._digest = h.hexdigest()[:16]
         return self._digest
 
     def describe(self) -> str:
-        return (f"{self.name}: {len(self.x_train)} train / {len(self.x_test)} test, input {self.input_shape}, "
+        val = f" / {len(self.x_val)} validation" if len(self.x_val) else ""
+        return (f"{self.name}: {len(self.x_train)} train{val} / {len(self.x_test)} test, input {self.input_shape}, "
                 f"{self.num_classes} classes")
-
-
-def _normalize(train: np.ndarray, test: np.ndarray, name: str, labels: list[str], ytr, yte, source: str,
-               scale: float = 255.0) -> ImageDataset:
-    """uint8/float N,C,H,W arrays -> normalized float tensors with the training split's mean/std."""
-    tr = train.astype(np.float32) / scale
-    te = test.astype(np.float32) / scale
-    mean = tr.mean(axis=(0, 2, 3))
-    std = tr.std(axis=(0, 2, 3)) + 1e-8
-    tr = (tr - mean[None, :, None, None]) / std[None, :, None, None]
-    te = (te - mean[None, :, None, None]) / std[None, :, None, None]
-    return ImageDataset(name, torch.from_numpy(tr), torch.from_numpy(np.asarray(ytr, np.int64)),
-                        torch.from_numpy(te), torch.from_numpy(np.asarray(yte, np.int64)), labels,
-                        tuple(round(float(m) * scale, 4) for m in mean),
-                        tuple(round(float(s) * scale, 4) for s in std), source)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -120,7 +135,7 @@ def _idx(folder: Path, stem: str) -> np.ndarray:
 
 
 @DATASETS.register("fashion_mnist")
-def fashion_mnist(root: str | None = None) -> ImageDataset:
+def fashion_mnist(root: str | None = None) -> RawImages:
     """Fashion-MNIST from its original IDX files: 60k train / 10k test, 28x28 grey, 10 classes."""
     folder = find_fashion_mnist(root)
     xtr = _idx(folder, "train-images-idx3-ubyte")[:, None]
@@ -129,11 +144,11 @@ def fashion_mnist(root: str | None = None) -> ImageDataset:
     yte = _idx(folder, "t10k-labels-idx1-ubyte")
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise EdgeKDError(f"Fashion-MNIST in {folder}: image and label counts differ; the files are mismatched")
-    return _normalize(xtr, xte, "fashion_mnist", FASHION_LABELS, ytr, yte, str(folder))
+    return RawImages("fashion_mnist", xtr, ytr, xte, yte, FASHION_LABELS, 255.0, str(folder))
 
 
 @DATASETS.register("digits")
-def digits(root: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+def digits(root: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> RawImages:
     """sklearn's 8x8 digits (1,797 images, always available): a fixed stratified split for tiny runs."""
     from sklearn.datasets import load_digits
 
@@ -144,13 +159,16 @@ def digits(root: str | None = None, test_fraction: float = 0.2, seed: int = 0) -
                                np.sum(d.target == c)))] for c in range(10)])
     mask = np.zeros(len(x), bool)
     mask[test_idx] = True
-    return _normalize(x[~mask], x[mask], "digits", [str(i) for i in range(10)], d.target[~mask], d.target[mask],
-                      "sklearn.datasets.load_digits")
+    return RawImages("digits", x[~mask], d.target[~mask], x[mask], d.target[mask], [str(i) for i in range(10)],
+                     255.0, "sklearn.datasets.load_digits")
 
 
 @DATASETS.register("npz")
-def npz(root: str | None = None, labels: list[str] | None = None) -> ImageDataset:
-    """An .npz with x_train, y_train, x_test, y_test (uint8 images N,H,W / N,H,W,C / N,C,H,W)."""
+def npz(root: str | None = None, labels: list[str] | None = None) -> RawImages:
+    """An .npz with x_train, y_train, x_test, y_test (images N,H,W / N,H,W,C / N,C,H,W; labels 0..K-1).
+
+    uint8 images are on the 0..255 scale, float images on 0..1.
+    """
     if not root:
         raise EdgeKDError("dataset 'npz' needs data.root: the path of an .npz file with x_train, y_train, x_test, y_test")
     path = Path(root)
@@ -164,15 +182,7 @@ def npz(root: str | None = None, labels: list[str] | None = None) -> ImageDatase
     except (OSError, ValueError) as e:
         raise EdgeKDError(f"cannot read {path} as .npz: {e}") from e
     x_tr, x_te = _to_nchw(x_tr, path), _to_nchw(x_te, path)
-    for key, y in (("y_train", y_tr), ("y_test", y_te)):  # NaN or fractional labels are no class indices
-        if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not (np.isfinite(y) & (y == np.round(y))).all()) \
-                or (y.size and y.min() < 0):
-            raise EdgeKDError(f"{path}: {key} must hold class indices 0..K-1 (integers); it has NaN, fractional, "
-                              f"negative or non-numeric values ({y.dtype}); fix the labels in the .npz")
-    n_classes = int(max(y_tr.max(), y_te.max())) + 1
-    names = labels or [str(i) for i in range(n_classes)]
-    return _normalize(x_tr, x_te, path.stem, names, y_tr, y_te, str(path),
-                      scale=255.0 if x_tr.dtype == np.uint8 else 1.0)
+    return RawImages(path.stem, x_tr, y_tr, x_te, y_te, labels, 255.0 if x_tr.dtype == np.uint8 else 1.0, str(path))
 
 
 def _to_nchw(x: np.ndarray, path: Path) -> np.ndarray:
@@ -187,7 +197,7 @@ def _to_nchw(x: np.ndarray, path: Path) -> np.ndarray:
 
 @DATASETS.register("image_folder")
 def image_folder(root: str | None = None, size: int = 32, grayscale: bool = False,
-                 test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
+                 test_fraction: float = 0.2, seed: int = 0) -> RawImages:
     """root/<class>/*.png|jpg (or root/train and root/test each so), resized to size x size."""
     from PIL import Image
 
@@ -218,21 +228,7 @@ def image_folder(root: str | None = None, size: int = 32, grayscale: bool = Fals
         perm = np.random.default_rng(seed).permutation(len(x))
         n_test = max(1, int(len(x) * test_fraction))
         xte, yte, xtr, ytr = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
-    return _normalize(xtr, xte, base.name, classes, ytr, yte, str(base))
-
-
-def load_dataset(name: str, root: str | None = None, subset_train: int | None = None,
-                 subset_test: int | None = None, seed: int = 0, **kwargs) -> ImageDataset:
-    """Load dataset `name`; optional class-stratified subsets (same seed -> same subset) for quick runs."""
-    ds = DATASETS.get(name)(root=root, **kwargs)
-    if subset_train:
-        idx = stratified_subset(ds.y_train, subset_train, seed)
-        ds.x_train, ds.y_train = ds.x_train[idx], ds.y_train[idx]
-    if subset_test:
-        idx = stratified_subset(ds.y_test, subset_test, seed + 1)
-        ds.x_test, ds.y_test = ds.x_test[idx], ds.y_test[idx]
-    ds._digest = None
-    return ds
+    return RawImages(base.name, xtr, ytr, xte, yte, classes, 255.0, str(base))
 
 
 def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:

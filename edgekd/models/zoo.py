@@ -6,7 +6,6 @@ AdaptiveAvgPool2d, flatten, Linear. Named stages (`features.N`) give stable name
 """
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch
@@ -22,21 +21,21 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered zoo model, or call an import path 'package.module:Callable' with `kwargs`."""
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise EdgeKDError(f"cannot import model {name!r}: {e}; give 'package.module:Callable' "
-                              f"importable from this environment, or a zoo name: {', '.join(MODELS.names())}") from e
-    else:
-        factory = MODELS.get(name)
+def build_model(name: str, import_folder: str | None = None, **kwargs) -> nn.Module:
+    """Build `name` with exactly `kwargs`: a zoo name, 'torchvision:NAME', 'timm:NAME' or 'package.module:Callable'.
+
+    `import_folder` (e.g. the recipe's folder) is searched first for a 'package.module' (edgekd.models.names).
+    """
+    from edgekd.models.names import resolve_model
+
+    factory = resolve_model(name, import_folder)
     try:
-        return factory(**kwargs)
+        model = factory(**kwargs)
     except TypeError as e:
         raise EdgeKDError(f"model {name!r} rejected its arguments {kwargs}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise EdgeKDError(f"model {name!r} returned a {type(model).__name__}, not a torch nn.Module")
+    return model
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
