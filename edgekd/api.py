@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgekd.config import Recipe, load_recipe
-from edgekd.errors import EdgeKDError
 from edgekd.pipeline import run
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "fashion_mnist_demo.yaml"
@@ -52,19 +51,18 @@ def _load_any_model(path: Path, model: str | None = None):
 
 
 def export(model_path: str | Path, *, format: str, out: str | Path, model: str | None = None,
-           input_shape: Sequence[int] = (1, 1, 28, 28), opset: int = 18) -> Path:
-    """Export an edgekd model file (.pt fp32, or .pt2 quantized) to ONNX or TFLite."""
+           input_shape: Sequence[int] = (1, 1, 28, 28), opset: int | None = None) -> Path:
+    """Export an edgekd model file (.pt fp32, or .pt2 quantized) to a registered format (onnx, tflite, pt2).
+
+    `opset` is an ONNX option (default 18); formats that do not take it refuse it in one line.
+    """
     import torch
 
-    from edgekd.export import export_onnx, export_tflite
+    from edgekd.formats import export_model
 
     module = _load_any_model(Path(model_path), model)
     example = (torch.zeros(*input_shape),)
-    if format == "onnx":
-        return export_onnx(module, example, Path(out), opset=opset)
-    if format == "tflite":
-        return export_tflite(module, example, Path(out))
-    raise EdgeKDError(f"unknown format {format!r}; known: onnx, tflite")
+    return export_model(format, module, example, Path(out), **({} if opset is None else {"opset": opset}))
 
 
 def verify(files: Sequence[str | Path], *, reference: str | Path, dataset: str = "fashion_mnist",
@@ -72,7 +70,7 @@ def verify(files: Sequence[str | Path], *, reference: str | Path, dataset: str =
            test_subset: int | None = None) -> dict[str, Any]:
     """Parity of each file with `reference` (an edgekd model file) and each file's accuracy in its runtime."""
     from edgekd.data import load_dataset
-    from edgekd.export.files import describe_file
+    from edgekd.formats import describe_file
     from edgekd.verify import verify_files
 
     ds = load_dataset(dataset, data_dir, subset_test=test_subset)
@@ -85,18 +83,20 @@ def verify(files: Sequence[str | Path], *, reference: str | Path, dataset: str =
 
 
 def profile(files: Sequence[str | Path], *, target: str = "cpu-local", threads: int | None = None,
-            max_seconds: float = 2.0, min_runs: int = 50, remote: str = "auto", progress: bool = True
-            ) -> dict[str, Any]:
+            max_seconds: float = 2.0, min_runs: int = 50, remote: str = "auto", progress: bool = True,
+            timeout_s: float | None = None) -> dict[str, Any]:
     """Latency of each file on `target`: measured on this CPU, over adb/SSH when reachable, else predicted.
 
     remote: "auto" (measure when reachable, else predict), "measure" (fail when unreachable), "predict".
+    timeout_s: the longest one device command may take (default: the target's connect timeouts).
+    Raises EdgeKDError when the target runs none of the files.
     """
     from edgekd.fileio import existing_model_file
     from edgekd.profile.stage import profile_run_files
 
     paths = [existing_model_file(f) for f in files]
-    return profile_run_files(paths, [target], threads=threads, max_seconds=max_seconds,
-                             min_runs=min_runs, remote=remote, progress=progress)
+    return profile_run_files(paths, [target], threads=threads, max_seconds=max_seconds, min_runs=min_runs,
+                             remote=remote, progress=progress, timeout_s=timeout_s, require_runnable=True)
 
 
 def quantize(model_path: str | Path, *, out: str | Path, method: str = "minmax", runtime: Sequence[str] = ("litert",),

@@ -224,10 +224,15 @@ def verify(files, reference, dataset, data_dir, tolerance, test_subset, as_json)
                      test_subset=test_subset)
     if as_json:
         click.echo(json.dumps(res, indent=2, default=str))
-        return
-    for f in res["files"]:
-        click.echo(f"{f['name']:<28} {f['runtime']:<12} acc {f['accuracy']:.4f}  max|diff| {f['max_abs_diff']:.2e}  "
-                   f"top-1 agree {f['top1_agreement']:.4f}  {'ok' if f['parity_ok'] else 'PARITY FAILED'}")
+    else:
+        for f in res["files"]:
+            click.echo(f"{f['name']:<28} {f['runtime']:<12} acc {f['accuracy']:.4f}  max|diff| "
+                       f"{f['max_abs_diff']:.2e}  top-1 agree {f['top1_agreement']:.4f}  "
+                       f"{'ok' if f['parity_ok'] else 'PARITY FAILED'}")
+    if not res["ok"]:  # exit 1: the files were checked and failed (2 is a usage/input error)
+        failed = [f["name"] for f in res["files"] if not f["parity_ok"]]
+        click.echo(f"verify failed: {', '.join(failed) or 'no files'}", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -238,15 +243,18 @@ def verify(files, reference, dataset, data_dir, tolerance, test_subset, as_json)
 @click.option("--min-runs", default=50, show_default=True)
 @click.option("--remote", type=click.Choice(["auto", "measure", "predict"]), default="auto", show_default=True,
               help="Remote targets: measure when reachable else predict, always measure, or only predict.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds one device command may take (default: the target's connect timeouts).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (never drawn when output is not a terminal).")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
-def profile(files, target, threads, max_seconds, min_runs, remote, as_json) -> None:
+def profile(files, target, threads, max_seconds, min_runs, remote, timeout_s, no_progress, as_json) -> None:
     """Latency of FILES on TARGET (measured when reachable, else predicted and labelled so)."""
     from edgekd import api
     from edgekd.profile.stage import format_profile
 
     res = api.profile(files, target=target, threads=threads, max_seconds=max_seconds, min_runs=min_runs,
-                      remote=remote, progress=not as_json)
+                      remote=remote, progress=not (as_json or no_progress), timeout_s=timeout_s)
     click.echo(json.dumps(res, indent=2, default=str) if as_json else format_profile(res))
 
 
@@ -343,7 +351,7 @@ def calibrate(target: str, runtime: str, precision: str, threads: int | None, ro
               out_path: Path | None) -> None:
     """Fit the latency predictor for TARGET from micro-benchmarks measured on it (~8 minutes for cpu-local)."""
     from edgekd.profile import calibrate_target
-    from edgekd.profile.predictor import Calibration
+    from edgekd.profile.predict import Calibration
 
     path = calibrate_target(target, runtime=runtime, precision=precision, threads=threads, rounds=rounds,
                             time_cap_s=time_cap, out_path=out_path, progress=True, log=None)

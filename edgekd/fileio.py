@@ -41,12 +41,14 @@ def _umask() -> int:
 
 
 def existing_model_file(path: str | os.PathLike) -> Path:
-    """`path` as a Path, or EdgeKDError "model file not found: PATH" when it is not a file."""
+    """`path` as a Path, or EdgeKDError when it is not a file ("model file not found: PATH") or is empty."""
     from edgekd.errors import EdgeKDError
 
     path = Path(path)
     if not path.is_file():
         raise EdgeKDError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise EdgeKDError(f"model file is empty (0 bytes): {path}; it was not written completely, write it again")
     return path
 
 
@@ -85,9 +87,13 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save through a temporary file, renamed into place."""
+    """torch.save through a temporary file, renamed into place; the same object gives the same bytes.
+
+    torch.save given a path names the zip records after the file (here the random temporary name); given an open
+    file it names them "archive/...", so sha256 identifies the content whatever the file is called.
+    """
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
     return Path(path)

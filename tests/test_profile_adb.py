@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.errors import EdgeKDError
-from edgekd.profile.adb import parse_benchmark_model_output, profile_android
+from edgekd.errors import ConfigError, EdgeKDError
+from edgekd.profile.runners.adb import parse_benchmark_model_output, profile_android
+from edgekd.profile.targets import Target, load_target
 
 DATA = Path(__file__).parent / "data" / "profile"
 FAKES = Path(__file__).parent / "fakes"
@@ -181,3 +182,63 @@ def test_real_phone():
                          (torch.randn(1, 1, 28, 28),)).export(str(path))
     r = profile_android(path, "pixel-8", benchmark_binary=os.environ.get("EDGEKD_BENCHMARK_MODEL"))
     assert r.measured and r.p50_ms > 0 and r.runs > 0
+
+
+def _dead(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:  # reparented and not yet reaped: a zombie is dead too
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.parametrize("where, via", [("devices", "yaml"), ("benchmark", "call")])
+def test_hung_adb_fails_within_the_timeout_and_kills_its_process_group(phone, monkeypatch, tmp_path, where, via):
+    """A hung `adb devices` / `adb shell` fails within the configured timeout (no 121 s / 241 s waits, no second
+    wait in the clean-up) and leaves no adb child or grandchild running."""
+    import time
+
+    import yaml
+
+    model, root, _ = phone
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_ADB_HANG", where)
+    monkeypatch.setenv("FAKE_ADB_PIDS", str(pids))
+    data = yaml.safe_load(open(load_target("pixel-8").source))
+    kwargs = {}
+    if via == "yaml":  # the timeout from the target's connect settings
+        data["connect"].update(connect_timeout_s=3, command_timeout_s=3)
+    else:  # the per-call timeout (api.profile / edgekd profile --timeout)
+        kwargs["timeout_s"] = 3
+    target = tmp_path / "phone.yaml"
+    target.write_text(yaml.safe_dump(data))
+    t0 = time.perf_counter()
+    with pytest.raises(EdgeKDError, match=r"did not finish within 3 s.*--timeout"):
+        profile_android(model, str(target), precision="fp32", **kwargs)
+    assert time.perf_counter() - t0 < 3 + 5  # the kill and the clean-up's short rm, not another long wait
+    (adb_pid, sleep_pid), = [map(int, line.split()) for line in pids.read_text().splitlines()]
+    assert _dead(adb_pid) and _dead(sleep_pid)
+    if where == "benchmark":
+        assert _leftovers(root) == []  # the clean-up still ran
+
+
+def test_transient_adb_failures_are_retried_a_bounded_number_of_times(phone, monkeypatch, tmp_path):
+    model, _, log = phone
+    monkeypatch.setenv("FAKE_ADB_FLAKY", "2")
+    monkeypatch.setenv("FAKE_ADB_FLAKY_COUNT", str(tmp_path / "count"))
+    assert profile_android(model, "pixel-8", precision="fp32").runs == 5904  # 2 protocol faults, then fine
+    (tmp_path / "count").unlink()
+    monkeypatch.setenv("FAKE_ADB_FLAKY", "5")
+    with pytest.raises(EdgeKDError, match="'adb devices' failed: error: protocol fault"):
+        profile_android(model, "pixel-8", precision="fp32")
+    assert (tmp_path / "count").read_text() == "3"  # 1 try + 2 retries (the default connect.retries)
+
+
+def test_adb_timeouts_in_the_target_yaml_are_validated():
+    base = {"name": "x", "kind": "android", "runtimes": ["litert"],
+            "peak": {"fp32_gflops": 1, "int8_gops": 1, "mem_gbps": 1}}
+    with pytest.raises(ConfigError) as e:
+        Target.from_dict({**base, "connect": {"connect_timeout_s": 0, "command_timeout_s": "long", "retries": -1}})
+    assert len(e.value.problems) == 3 and "connect.connect_timeout_s: must be a number of seconds > 0" in str(e.value)
+    assert Target.from_dict({**base, "connect": {"connect_timeout_s": 5, "retries": 0}}).connect["retries"] == 0

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.local import profile_file, profile_files, profile_metrics
+from edgekd.profile import profile_file, profile_files, profile_metrics
 from edgekd.profile.result import METRIC_KEYS, detect_precision
 
 

@@ -5,8 +5,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.layers import Layer, OrtNode, _window_stats, layers_from_onnx, model_layers, ort_nodes
-from edgekd.profile.predictor import (NODE_FEATURES, Calibration, LayerFeatures, fit_costs, fit_node_costs,
+from edgekd.profile.predict.layers import Layer, OrtNode, _window_stats, layers_from_onnx, model_layers, ort_nodes
+from edgekd.profile.predict.predictor import (NODE_FEATURES, Calibration, LayerFeatures, fit_costs, fit_node_costs,
                                       model_time_s, node_features, node_model_time_s, predict, prior_costs)
 from edgekd.profile.targets import load_target
 
@@ -217,7 +217,7 @@ def test_calibrate_target_measures_fits_and_writes(tmp_path):
     """A real (short) calibration: micro-models exported, timed on this CPU, both models fitted, file written."""
     from torch import nn
 
-    from edgekd.profile.calibrate import calibrate_target
+    from edgekd.profile.predict.calibrate import calibrate_target
 
     family = [(f"fc_{w}", lambda w=w: nn.Sequential(nn.Linear(w, w), nn.ReLU()), (1, w)) for w in (16, 64, 256)]
     family += [(f"pw_{c}", lambda c=c: nn.Conv2d(c, c, 1), (1, c, 8, 8)) for c in (8, 32)]
@@ -233,7 +233,7 @@ def test_calibrate_target_measures_fits_and_writes(tmp_path):
 
 
 def test_calibrate_target_refuses_what_it_cannot_measure(tmp_path):
-    from edgekd.profile.calibrate import calibrate_target
+    from edgekd.profile.predict.calibrate import calibrate_target
 
     with pytest.raises(EdgeKDError, match="fp32 micro-models only"):
         calibrate_target("cpu-local", precision="int8", out_path=tmp_path / "c.json", log=None)

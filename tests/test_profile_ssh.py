@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.ssh import parse_trtexec_output, profile_ssh
+from edgekd.profile.runners.ssh import parse_trtexec_output, profile_ssh
 
 DATA = Path(__file__).parent / "data" / "profile"
 SSHD = "/usr/sbin/sshd"
@@ -212,3 +212,127 @@ def test_missing_remote_python(board, onnx_file):
     target, _ = board
     with pytest.raises(EdgeKDError, match="python not found on 127.0.0.1"):
         profile_ssh(onnx_file, target, python="/nonexistent/python3")
+
+
+# ---- option injection, signals, kills ----
+
+BASE = {"name": "b", "kind": "linux", "runtimes": ["onnxruntime"],
+        "peak": {"fp32_gflops": 1, "int8_gops": 1, "mem_gbps": 1}}
+
+
+@pytest.mark.parametrize("field, value", [("host", "-oProxyCommand=touch /tmp/edgekd-pwned"), ("host", "evil host"),
+                                          ("host", "board\n-oX=y"), ("user", "-lroot"), ("user", "me\tyou"),
+                                          ("user", "a@b")])
+def test_option_injection_in_host_or_user_is_refused(field, value, onnx_file, tmp_path, monkeypatch):
+    from edgekd.errors import ConfigError
+    from edgekd.profile.targets import Target
+
+    connect = {"host": "board.local", field: value}
+    with pytest.raises(ConfigError, match=f"connect.{field}: .* is not a valid {field} name"):
+        Target.from_dict({**BASE, "connect": connect})
+    # as a per-call override it is refused before any ssh runs (a stand-in ssh would record a call)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ssh").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'calls'}\nexit 255\n")
+    (fake / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    target = Target.from_dict({**BASE, "connect": {"host": "board.local"}})
+    with pytest.raises(EdgeKDError, match=f"^connect.{field}: .* is not a valid {field} name"):
+        profile_ssh(onnx_file, target, **{field: value})
+    assert not (tmp_path / "calls").exists() and not Path("/tmp/edgekd-pwned").exists()
+
+
+def test_ssh_gets_double_dash_before_the_destination(onnx_file, tmp_path, monkeypatch):
+    from edgekd.profile.targets import Target
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ssh").write_text(f"#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done > {tmp_path / 'argv'}\n"
+                              "echo 'ssh: connect to host board.local port 22: Connection refused' >&2\nexit 255\n")
+    (fake / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    target = Target.from_dict({**BASE, "connect": {"host": "board.local", "user": "me", "retries": 0}})
+    with pytest.raises(EdgeKDError, match="refused the connection"):
+        profile_ssh(onnx_file, target)
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert argv[-2:] == ["--", "me@board.local"]
+
+
+def _short_tmp():
+    """A short private temp dir: ssh's control socket path must stay under the 108-byte unix socket limit."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="ek", dir="/tmp"))
+
+
+def _processes_mentioning(text):
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text in cmd and state != "Z":
+                out.append((int(d.name), cmd))
+    return out
+
+
+def _wait_for(cond, timeout_s):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+def _start_measurement(board, onnx_file, tmp_path, tmpdir):
+    """profile_ssh in a child process whose remote 'python' signals that it started, then hangs."""
+    target, remote = board
+    started = tmp_path / "started"
+    slow = tmp_path / "slow_python"
+    slow.write_text(f"#!/bin/sh\ntouch {started}\nsleep 20\n")
+    slow.chmod(0o755)
+    code = ("import sys; from edgekd.profile import profile_ssh; "
+            "profile_ssh(sys.argv[1], sys.argv[2], python=sys.argv[3], command_timeout_s=120)")
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(onnx_file), str(target), str(slow)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not _wait_for(started.exists, 60):
+        proc.kill()
+        pytest.fail(f"the remote benchmark never started: {proc.communicate()}")
+    assert len(list(remote.iterdir())) == 1 and list(tmpdir.glob("edgekd-ssh-*"))
+    assert _processes_mentioning(str(tmpdir))  # the ssh master (and the client running the benchmark)
+    return proc, remote
+
+
+def test_sigterm_mid_measurement_cleans_master_socket_and_remote_folder(board, onnx_file, tmp_path):
+    tmpdir = _short_tmp()
+    proc, remote = _start_measurement(board, onnx_file, tmp_path, tmpdir)
+    t0 = time.time()
+    proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + 15 and time.time() - t0 < 15, err
+    assert list(remote.iterdir()) == []  # remote temp folder removed
+    assert list(tmpdir.iterdir()) == []  # control socket and its folder removed
+    assert _wait_for(lambda: not _processes_mentioning(str(tmpdir)), 5), _processes_mentioning(str(tmpdir))
+    shutil.rmtree(tmpdir)
+
+
+def test_the_next_run_reaps_what_a_sigkill_left(board, onnx_file, tmp_path, monkeypatch):
+    import tempfile
+
+    tmpdir = _short_tmp()
+    proc, remote = _start_measurement(board, onnx_file, tmp_path, tmpdir)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert len(list(remote.iterdir())) == 1 and list(tmpdir.glob("edgekd-ssh-*"))  # what a kill leaves
+    assert _processes_mentioning(str(tmpdir))  # the orphaned master is still running
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    r = profile_ssh(onnx_file, board[0], time_cap_s=0.5, min_runs=5)
+    assert r.measured
+    assert list(remote.iterdir()) == [] and list(tmpdir.iterdir()) == []
+    assert _wait_for(lambda: not _processes_mentioning(str(tmpdir)), 5), _processes_mentioning(str(tmpdir))
+    shutil.rmtree(tmpdir)

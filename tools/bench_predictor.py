@@ -3,7 +3,7 @@
 
     .venv/bin/python tools/bench_predictor.py --target cpu-local --runtime onnxruntime --out runs/bench/predictor.json
 
-One run does both halves, interleaved: the calibration family (edgekd.profile.calibrate.micro_models) and the
+One run does both halves, interleaved: the calibration family (edgekd.profile.predict.calibrate.micro_models) and the
 held-out architectures below (mobilenet-like, resnet-like, plain CNNs, MLPs at several depths/widths/kernels/
 resolutions, none in the family) are measured in the same round-robin passes, the predictor is fitted on the
 family only, and each held-out model is predicted and compared. Measuring both in one run keeps the machine's
@@ -133,9 +133,9 @@ def main(argv=None):
 
     from edgekd.errors import EdgeKDError
     from edgekd.fileio import write_json
-    from edgekd.profile.calibrate import (calibration_suffix, export_model, fit_calibration, measure_rounds,
+    from edgekd.profile.predict.calibrate import (calibration_suffix, export_model, fit_calibration, measure_rounds,
                                           micro_models, runner_kwargs)
-    from edgekd.profile.predictor import calibration_path, load_calibration, predict
+    from edgekd.profile.predict.predictor import calibration_path, load_calibration, predict
     from edgekd.profile.targets import load_target
 
     torch.manual_seed(0)

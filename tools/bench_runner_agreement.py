@@ -57,8 +57,8 @@ def main(argv=None):
     import torch
 
     from edgekd.fileio import write_json
-    from edgekd.profile.calibrate import export_model
-    from edgekd.profile.local import cpu_device_name, make_input
+    from edgekd.profile.predict.calibrate import export_model
+    from edgekd.profile.runners.local import cpu_device_name, make_input
     from edgekd.profile.stats import StopRule, summarize, time_until_stable
     from edgekd.runtimes import open_session
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Device-side ONNX Runtime latency benchmark: copied to a board by edgekd.profile.ssh, prints one JSON object.
+"""Device-side ONNX Runtime latency benchmark: copied to a board by edgekd.profile.runners.ssh, prints one JSON object.
 
 Standalone on purpose (standard library + numpy + onnxruntime only; no edgekd on the device). The stopping rule
 mirrors edgekd.profile.stats.StopRule: after --min-runs and --min-time, stop when the running median moved less

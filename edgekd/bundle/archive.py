@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgekd.bundle.card import ModelCard, card_json, card_markdown
-from edgekd.bundle.metadata import (LABELS_NAME, Normalization, dequantize_formula, quantize_formula,
-                                    read_onnx_metadata, tflite_io, write_onnx_metadata, write_tflite_metadata)
+from edgekd.bundle.metadata import LABELS_NAME, Normalization, dequantize_formula, quantize_formula
 from edgekd.errors import EdgeKDError
 from edgekd.fileio import atomic_path
+from edgekd.formats import FORMATS, Format
 
 BUNDLE_FORMAT = "edgekd-bundle/1"
 MANIFEST = "manifest.json"
-FORMATS = {"tflite": ".tflite", "onnx": ".onnx"}
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same inputs give the same archive bytes
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
@@ -35,17 +34,19 @@ class ModelFile:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
-        if self.format not in FORMATS:
-            raise ValueError(f"model file {self.name!r}: format {self.format!r} is not one of {sorted(FORMATS)}")
-        if self.path.suffix != FORMATS[self.format]:
-            raise ValueError(f"model file {self.name!r}: path {self.path.name!r} should end in {FORMATS[self.format]} "
-                             f"for format {self.format!r}")
+        bundled = bundle_formats()
+        if self.format not in bundled:
+            raise ValueError(f"model file {self.name!r}: format {self.format!r} is not one of {sorted(bundled)} "
+                             "(the formats that carry bundle metadata)")
+        if self.path.suffix != bundled[self.format].suffix:
+            raise ValueError(f"model file {self.name!r}: path {self.path.name!r} should end in "
+                             f"{bundled[self.format].suffix} for format {self.format!r}")
         if not _SAFE.match(self.name):
             raise ValueError(f"model file name {self.name!r} may only use letters, digits, '_', '.', '+', '-'")
 
     @property
     def arcname(self) -> str:
-        suffix = FORMATS[self.format]
+        suffix = FORMATS.get(self.format).suffix
         return self.name if self.name.endswith(suffix) else self.name + suffix
 
 
@@ -77,13 +78,10 @@ def make_bundle(files: Sequence[ModelFile], labels: Sequence[str], mean: Sequenc
         described: list[dict[str, Any]] = []
         for f in files:
             dst = Path(tmp) / f.arcname
-            if f.format == "tflite":
-                write_tflite_metadata(f.path, dst, info, labels, norm)
-                io = tflite_io(dst.read_bytes())
-            else:
-                write_onnx_metadata(f.path, dst, info, labels, norm)
-                md = read_onnx_metadata(dst)
-                io = {"input": md.get("input_tensor", {}), "output": md.get("output_tensor", {})}
+            fmt = FORMATS.get(f.format)
+            fmt.write_metadata(f.path, dst, info, labels, norm)
+            md = fmt.read_metadata(dst)
+            io = {"input": md.get("input_tensor", {}), "output": md.get("output_tensor", {})}
             classes = (io.get("output", {}).get("shape") or [None])[-1]
             if isinstance(classes, int) and classes > 0 and classes != len(labels):
                 raise EdgeKDError(f"{f.name}: the model outputs {classes} classes but {len(labels)} labels were "
@@ -125,6 +123,11 @@ def make_bundle(files: Sequence[ModelFile], labels: Sequence[str], mean: Sequenc
                     zi.create_system = 3
                     zf.writestr(zi, blobs[name])
     return out_path
+
+
+def bundle_formats() -> dict[str, Format]:
+    """The registered formats a bundle can carry: those that write and read metadata, by name."""
+    return {n: f for n in FORMATS if (f := FORMATS.get(n)).write_metadata and f.read_metadata}
 
 
 def app_layouts(name: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ from torch import nn
 from edgekd.errors import EdgeKDError
 from edgekd.export.common import precision_of, prepare_for_export
 from edgekd.fileio import atomic_path
+from edgekd.formats import Format, register_format
 from edgekd.quant.capture import conversion_error
 
 
@@ -25,7 +26,7 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, *, op
 
     The batch dimension is dynamic when the model allows it (else the example's batch). Raises ConversionError
     naming the layer and op when the exporter cannot convert something. Returns `path`
-    (edgekd.export.describe_file tells its format, precision, runtime, batch and size).
+    (edgekd.formats.describe_file tells its format, precision, runtime, batch and size).
     """
     if activation_dtype not in ("auto", "int8", "uint8"):
         raise EdgeKDError(f"activation_dtype must be 'auto', 'int8' or 'uint8', got {activation_dtype!r}")
@@ -245,3 +246,43 @@ def fold_weight_quantization(model) -> int:
     del graph.initializer[:]
     graph.initializer.extend(keep)
     return folded
+
+
+# Op types that make an ONNX file int8: Q/DQ (static, QAT/PTQ), fused QLinear* and integer ops, dynamic quantization.
+INT8_ONNX_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm",
+                           "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"})
+
+
+def describe_onnx(path: Path) -> dict:
+    """Precision ("int8" with any quantized op, "fp16" with half-precision weights, else "fp32"), batch, input shape."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    if not m.graph.input:
+        raise EdgeKDError(f"{path.name} has no graph inputs; it is not a model edgekd can run")
+    if any(n.op_type in INT8_ONNX_OPS for n in m.graph.node):
+        precision = "int8"
+    elif any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer):
+        precision = "fp16"
+    else:
+        precision = "fp32"
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    return {"precision": precision, "batch": shape[0] if shape and shape[0] > 0 else None, "input_shape": shape}
+
+
+def _write_onnx_metadata(src: Path, dst: Path, info, labels, norm) -> Path:
+    from edgekd.bundle.metadata import write_onnx_metadata
+
+    return write_onnx_metadata(src, dst, info, labels, norm)
+
+
+def _read_onnx_metadata(model: Path | bytes) -> dict:
+    from edgekd.bundle.metadata import read_onnx_metadata
+
+    return read_onnx_metadata(model)
+
+
+ONNX = register_format(Format("onnx", ".onnx", ("onnxruntime", "tensorrt"), export=export_onnx,
+                              describe=describe_onnx, write_metadata=_write_onnx_metadata,
+                              read_metadata=_read_onnx_metadata))

@@ -16,6 +16,7 @@ from torch import nn
 
 from edgekd.export.common import first_rows, precision_of, prepare_for_export
 from edgekd.fileio import atomic_path
+from edgekd.formats import Format, register_format
 from edgekd.quant.capture import conversion_error
 from edgekd.quant.schemes import LITERT_INT8
 
@@ -88,3 +89,40 @@ def tflite_tensor_quantization(path: str | os.PathLike) -> list[dict]:
                          "scales": q["scales"].copy(), "zero_points": q["zero_points"].copy(),
                          "axis": int(q["quantized_dimension"])})
     return rows
+
+
+def describe_tflite(path: Path) -> dict:
+    """Precision ("int8" with any quantized int8/uint8 tensor, "fp16" with half tensors, else "fp32"), batch, shape."""
+    import numpy as np
+
+    from edgekd.extras import require
+
+    litert = require("ai_edge_litert.interpreter", "litert")
+    interp = litert.Interpreter(model_path=str(path))
+    kinds = set()
+    for d in interp.get_tensor_details():
+        dtype = np.dtype(d["dtype"])
+        if dtype in (np.int8, np.uint8) and len(d["quantization_parameters"]["scales"]):
+            kinds.add("int8")
+        elif dtype == np.float16:
+            kinds.add("fp16")
+    shape = [int(s) for s in interp.get_input_details()[0]["shape"]]
+    precision = "int8" if "int8" in kinds else "fp16" if "fp16" in kinds else "fp32"
+    return {"precision": precision, "batch": shape[0], "input_shape": shape}
+
+
+def _write_tflite_metadata(src: Path, dst: Path, info, labels, norm) -> Path:
+    from edgekd.bundle.metadata import write_tflite_metadata
+
+    return write_tflite_metadata(src, dst, info, labels, norm)
+
+
+def _read_tflite_metadata(model: Path | bytes) -> dict:
+    from edgekd.bundle.metadata import read_tflite_metadata
+
+    return read_tflite_metadata(model)
+
+
+TFLITE = register_format(Format("tflite", ".tflite", ("litert",), export=export_tflite, describe=describe_tflite,
+                                write_metadata=_write_tflite_metadata, extra="litert",
+                                read_metadata=_read_tflite_metadata))

@@ -1,18 +1,38 @@
-"""Latency where the model will run: targets, local/adb/ssh runners, statistics, predictor, int8-vs-fp32 verdicts."""
-from edgekd.profile.adb import parse_benchmark_model_output, profile_android
-from edgekd.profile.calibrate import calibrate_target, micro_models
-from edgekd.profile.layers import Layer, model_layers
-from edgekd.profile.local import profile_file, profile_files, profile_metrics
-from edgekd.profile.predictor import Calibration, Prediction, predict
-from edgekd.profile.result import LatencyResult, detect_precision
-from edgekd.profile.ssh import parse_trtexec_output, profile_ssh
-from edgekd.profile.stats import LatencyStats, StopRule, summarize
-from edgekd.profile.targets import (Peak, Target, format_target, format_targets_table, list_targets,
-                                    load_target)
-from edgekd.profile.verdict import Verdict, compare, verdict_text, verdicts
+"""Latency where the model will run: targets, runners per target kind (edgekd.profile.runners: local, adb, ssh),
+statistics, the predictor (edgekd.profile.predict) and int8-vs-fp32 verdicts.
 
-__all__ = ["Calibration", "LatencyResult", "LatencyStats", "Layer", "Peak", "Prediction", "StopRule", "Target",
-           "Verdict", "calibrate_target", "compare", "detect_precision", "format_target", "format_targets_table",
-           "list_targets", "load_target", "micro_models", "model_layers", "parse_benchmark_model_output",
-           "parse_trtexec_output", "predict", "profile_android", "profile_file", "profile_files", "profile_metrics",
-           "profile_ssh", "summarize", "verdict_text", "verdicts"]
+Public names are re-exported lazily (PEP 562), so importing one runner does not import the others.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "edgekd.profile.predict": ("Calibration", "Layer", "Prediction", "calibrate_target", "micro_models",
+                               "model_layers", "predict"),
+    "edgekd.profile.result": ("LatencyResult", "detect_precision"),
+    "edgekd.profile.runners": ("Job", "RUNNERS", "Runner", "profile_files", "register_runner", "runner_for"),
+    "edgekd.profile.runners.adb": ("parse_benchmark_model_output", "profile_android"),
+    "edgekd.profile.runners.local": ("profile_file",),
+    "edgekd.profile.runners.ssh": ("parse_trtexec_output", "profile_ssh"),
+    "edgekd.profile.stage": ("format_profile", "profile_metrics", "profile_run_files"),
+    "edgekd.profile.stats": ("LatencyStats", "StopRule", "summarize"),
+    "edgekd.profile.targets": ("Peak", "Target", "format_target", "format_targets_table", "list_targets",
+                               "load_target"),
+    "edgekd.profile.verdict": ("Verdict", "compare", "verdict_text", "verdicts"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'edgekd.profile' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -81,31 +81,20 @@ def file_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in model_files(path) if p.is_file())
 
 
+def runtimes_for_file(path: str | Path) -> tuple[str, ...]:
+    """The runtimes that execute this file type (edgekd.formats.RUNTIMES), its format's preferred ones first."""
+    from edgekd.formats import FORMATS, RUNTIMES
+
+    suffix = Path(path).suffix.lower()
+    preferred = next((f.runtimes for f in FORMATS.values() if f.suffix == suffix), ())
+    return tuple(dict.fromkeys([*preferred, *(r.name for r in RUNTIMES.values() if suffix in r.suffixes)]))
+
+
 def detect_precision(path: str | Path) -> str:
-    """"int8" when the file holds quantized ops/tensors, "fp16" for half-precision weights, else "fp32"."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        import onnx
+    """"int8", "fp16" or "fp32", as the file's format reads it (edgekd.formats.describe_file); "fp32" for a file
+    type no format describes (a torch .pt runs but has no format)."""
+    from edgekd.formats import FORMATS, describe_file
 
-        model = onnx.load(str(path), load_external_data=False)
-        ops = {n.op_type for n in model.graph.node}
-        if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
-                  "MatMulInteger", "DynamicQuantizeLinear"}:
-            return "int8"
-        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-            return "fp16"
+    if Path(path).suffix.lower() not in {f.suffix for f in FORMATS.values()}:
         return "fp32"
-    if suffix == ".tflite":
-        from ai_edge_litert import interpreter as litert
-
-        interp = litert.Interpreter(model_path=str(path))
-        kinds = set()
-        for t in interp.get_tensor_details():
-            scales = t.get("quantization_parameters", {}).get("scales")
-            if t["dtype"].__name__ in ("int8", "uint8") and scales is not None and len(scales):
-                kinds.add("int8")
-            elif t["dtype"].__name__ == "float16":
-                kinds.add("fp16")
-        return "int8" if "int8" in kinds else "fp16" if "fp16" in kinds else "fp32"
-    return "fp32"
+    return describe_file(path)["precision"]

@@ -14,17 +14,22 @@ from edgekd.errors import EdgeKDError
 
 def profile_run_files(files: Sequence[Path], targets: Sequence[str], *, threads: int | None = None,
                       max_seconds: float = 2.0, min_runs: int = 50, input_shape: Sequence[int] | None = None,
-                      progress: bool = True, remote: str = "auto",
-                      log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+                      progress: bool = True, remote: str = "auto", timeout_s: float | None = None,
+                      require_runnable: bool = False, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Profile `files` on each target; returns {"targets": [{"target", "results", "verdicts", "note"}, ...]}.
+
+    Each file is timed with every runtime of the target that runs its type, so int8 and fp32 are compared per
+    runtime. Each target is loaded once and handed to the runner of its kind.
 
     Args:
         remote: "auto" (measure a remote target when reachable, else predict), "measure" (fail when it is not),
             "predict" (never connect).
-        input_shape: the model's input (N, C, H, W), for the predictor's layer walk.
+        input_shape: the model's input (N, C, H, W), for the predictor's layer walk and torch files.
+        timeout_s: the longest one device command may take (None: the target's connect timeouts).
+        require_runnable: raise EdgeKDError when a target runs none of the files (`edgekd profile`); else (the
+            pipeline) the target gets a note.
     """
-    from edgekd.profile.local import default_runtime, profile_file, profile_files, profile_metrics
-    from edgekd.profile.result import detect_precision, file_bytes
+    from edgekd.profile.runners import measure, plan_jobs, runner_for, target_runtimes
     from edgekd.profile.targets import load_target
 
     if remote not in ("auto", "measure", "predict"):
@@ -32,52 +37,63 @@ def profile_run_files(files: Sequence[Path], targets: Sequence[str], *, threads:
     out = []
     for name in targets:
         target = load_target(name)
-        runnable = [f for f in files if _target_runtime(f, target.runtimes)]
-        skipped = [Path(f).name for f in files if f not in runnable]
-        notes = [f"{', '.join(skipped)} skipped: {target.name} runs {', '.join(target.runtimes)}"] if skipped else []
-        if target.kind == "cpu":
-            results = [profile_file(f, runtime=default_runtime(f, target.runtimes), threads=threads or target.threads,
-                                    time_cap_s=max_seconds, min_time_s=min(0.5, max_seconds), min_runs=min_runs,
-                                    progress=progress, target=target.name, name=Path(f).name) for f in runnable]
+        runner = runner_for(target.kind)
+        jobs, skipped = plan_jobs(files, target)
+        runs = ", ".join(target_runtimes(target))
+        if require_runnable and not jobs:
+            raise EdgeKDError(f"{target.name} runs none of these files ({', '.join(Path(f).name for f in files)}): "
+                              f"it runs {runs}; export a format one of them executes")
+        notes = [f"{', '.join(f.name for f in skipped)} skipped: {target.name} runs {runs}"] if skipped else []
+        options = dict(threads=threads, progress=progress, timeout_s=timeout_s, time_cap_s=max_seconds,
+                       min_runs=min_runs)
+        if runner.local:
+            results = measure(target, jobs, min_time_s=min(0.5, max_seconds), input_shape=input_shape, **options)
         else:
             results = None
-            if remote != "predict":
+            if remote != "predict" and jobs:
                 try:
-                    results = profile_files(runnable, target, threads=threads)
+                    results = measure(target, jobs, **options)
                 except EdgeKDError as e:
                     if remote == "measure":
                         raise
                     notes.insert(0, f"not measured ({e}); predicted instead")
-            else:
+            elif jobs:
                 notes.insert(0, "predicted (remote measurement off)")
             if results is None:
-                from edgekd.profile.predictor import predict
-
-                results = [predict(f, target, runtime=_target_runtime(f, target.runtimes), precision=detect_precision(f),
-                                   input_shape=input_shape, threads=threads).to_result(Path(f).name, file_bytes(f))
-                           for f in runnable]
-        note = "; ".join(notes)
-        metrics = profile_metrics(target.name, results)
-        if note:
-            metrics["note"] = note
-            log(f"profile: {target.name}: {note}")
-        for r in metrics["results"]:
-            kind = "measured" if r["measured"] else f"predicted ±{(r['uncertainty'] or 0) * 100:.0f}%"
-            log(f"profile: {target.name:<16} {r['name']:<22} {r['runtime']:<12} p50 {r['p50_ms']:.3f} ms ({kind})"
-                f"{'  CV>5%' if r.get('cv_flag') else ''}")
-        for v in metrics["verdicts"]:
-            log(f"profile: {v.get('text', v)}")
+                results = _predicted(target, jobs, input_shape, threads)
+        metrics = _target_metrics(target.name, results, "; ".join(notes), log)
         out.append(metrics)
     return {"targets": out}
 
 
-def _target_runtime(path: Path, runtimes: Sequence[str]) -> str | None:
-    """The first runtime of the target that runs this file type, or None."""
-    suffix = Path(path).suffix.lower()
-    for rt in runtimes:
-        if (suffix == ".tflite" and rt == "litert") or (suffix == ".onnx" and rt in ("onnxruntime", "tensorrt")):
-            return rt
-    return None
+def _predicted(target, jobs, input_shape: Sequence[int] | None, threads: int | None) -> list:
+    from edgekd.profile.predict import predict
+    from edgekd.profile.result import detect_precision, file_bytes
+
+    return [predict(j.path, target, runtime=j.runtime, precision=detect_precision(j.path), input_shape=input_shape,
+                    threads=threads).to_result(j.name, file_bytes(j.path)) for j in jobs]
+
+
+def _target_metrics(target: str, results: Sequence[Any], note: str, log: Callable[[str], None]) -> dict[str, Any]:
+    metrics = profile_metrics(target, results)
+    if note:
+        metrics["note"] = note
+        log(f"profile: {target}: {note}")
+    for r in metrics["results"]:
+        kind = "measured" if r["measured"] else f"predicted ±{(r['uncertainty'] or 0) * 100:.0f}%"
+        log(f"profile: {target:<16} {r['name']:<22} {r['runtime']:<12} p50 {r['p50_ms']:.3f} ms ({kind})"
+            f"{'  CV>5%' if r.get('cv_flag') else ''}")
+    for v in metrics["verdicts"]:
+        log(f"profile: {v.get('text', v)}")
+    return metrics
+
+
+def profile_metrics(target: str, results: Sequence[Any]) -> dict:
+    """The "profile" stage metrics of one target: {"target", "results", "verdicts"}."""
+    from edgekd.profile.verdict import verdicts
+
+    return {"target": target, "results": [r.to_metrics() for r in results],
+            "verdicts": [v.to_dict() for v in verdicts(results)]}
 
 
 def format_profile(metrics: dict[str, Any]) -> str:

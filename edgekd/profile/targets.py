@@ -8,25 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import ConfigError, EdgeKDError
+from edgekd.formats import RUNTIMES
+from edgekd.profile.runners import runner_for, target_kinds
 
-KINDS = ("cpu", "android", "jetson", "linux")
-TARGET_RUNTIMES = ("onnxruntime", "litert", "torch", "tensorrt")
 PEAK_KEYS = ("fp32_gflops", "int8_gops", "mem_gbps")
 OPTIONAL_PEAK_KEYS = ("fp16_gflops",)
-CONNECT_KEYS = {
-    "cpu": set(),
-    "android": {"adb_serial", "benchmark_binary", "remote_dir"},
-    "jetson": {"host", "user", "port", "known_hosts", "identity_file", "python", "trtexec", "remote_dir",
-               "connect_timeout_s", "command_timeout_s"},
-}
-CONNECT_KEYS["linux"] = CONNECT_KEYS["jetson"]
 TARGET_KEYS = {"name", "kind", "description", "connect", "runtimes", "threads", "peak"}
 
 
 def targets_dir() -> Path:
-    """The folder of bundled target YAMLs: $EDGEKD_TARGETS_DIR, else the repository's targets/."""
+    """The folder of bundled target YAMLs: $EDGEKD_TARGETS_DIR, else the shipped targets/."""
+    from edgekd.resources import shipped_path
+
     env = os.environ.get("EDGEKD_TARGETS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "targets"
+    return Path(env) if env else shipped_path("targets")
 
 
 @dataclass(frozen=True)
@@ -74,15 +69,17 @@ class Target:
         if not isinstance(name, str) or not name.strip():
             problems.append(f"name: must be a non-empty string, got {name!r}")
         kind = data.get("kind")
-        if kind not in KINDS:
-            problems.append(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+        kinds = target_kinds()
+        if kind not in kinds:
+            problems.append(f"kind: {kind!r} is not one of {', '.join(kinds)}")
         runtimes = data.get("runtimes")
+        known = RUNTIMES.names()  # edgekd.formats: every runtime a file can be executed with, here or on a device
         if not isinstance(runtimes, list) or not runtimes:
-            problems.append(f"runtimes: must be a non-empty list from {', '.join(TARGET_RUNTIMES)}, got {runtimes!r}")
+            problems.append(f"runtimes: must be a non-empty list from {', '.join(known)}, got {runtimes!r}")
             runtimes = []
         for rt in runtimes:
-            if rt not in TARGET_RUNTIMES:
-                problems.append(f"runtimes: {rt!r} is not one of {', '.join(TARGET_RUNTIMES)}")
+            if not isinstance(rt, str) or rt not in RUNTIMES:
+                problems.append(f"runtimes: {rt!r} is not one of {', '.join(known)}")
         threads = data.get("threads", 1)
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             problems.append(f"threads: must be an integer >= 1, got {threads!r}")
@@ -90,16 +87,13 @@ class Target:
         if not isinstance(connect, dict):
             problems.append(f"connect: must be a mapping, got {connect!r}")
             connect = {}
-        elif kind in CONNECT_KEYS:
-            for key in sorted(set(connect) - CONNECT_KEYS[kind]):
-                allowed = ", ".join(sorted(CONNECT_KEYS[kind])) or "(nothing: a cpu target runs locally)"
+        elif kind in kinds:
+            runner = runner_for(kind)
+            for key in sorted(set(connect) - runner.connect_keys):
+                allowed = ", ".join(sorted(runner.connect_keys)) or f"(nothing: a {kind} target runs locally)"
                 problems.append(f"connect.{key}: not a {kind} setting; allowed: {allowed}")
-            if kind in ("jetson", "linux"):
-                if not isinstance(connect.get("host"), str) or not connect.get("host"):
-                    problems.append("connect.host: a jetson/linux target needs the SSH host name or address")
-                port = connect.get("port", 22)
-                if not isinstance(port, int) or not 0 < port < 65536:
-                    problems.append(f"connect.port: must be an integer 1..65535, got {port!r}")
+            if runner.check_connect is not None:
+                problems.extend(runner.check_connect(connect))
         peak_data = data.get("peak")
         peak = None
         if not isinstance(peak_data, dict):
@@ -178,6 +172,9 @@ def format_target(target: "Target | str") -> str:
     lines = [f"{t.name} ({t.kind})"]
     if t.description:
         lines.append(f"  {t.description}")
+    describe_host = runner_for(t.kind).describe_host
+    if describe_host is not None:  # a local target is whatever machine this runs on: say which, as detected
+        lines.append(f"  host:     {describe_host()} (detected)")
     lines.append(f"  runtimes: {', '.join(t.runtimes)}")
     lines.append(f"  threads:  {t.threads}")
     conn = ", ".join(f"{k}={v}" for k, v in t.connect.items()) or "local"

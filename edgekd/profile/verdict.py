@@ -1,4 +1,8 @@
-"""Is int8 faster than fp32 on this target and runtime? One ratio and one sentence per (target, runtime)."""
+"""Is int8 faster than fp32 on this target and runtime? One ratio and one sentence per (target, runtime).
+
+Predictions carry a relative uncertainty; when the fp32 and int8 intervals (median x (1 +- uncertainty)) overlap,
+the answer is "unknown": two +-100% predictions cannot say that one file is 1.27x faster than the other.
+"""
 from __future__ import annotations
 
 import re
@@ -20,6 +24,7 @@ class Verdict:
     measured: bool
     text: str
     size_ratio: float | None = None
+    outcome: str = ""  # faster | slower | same | unknown
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -28,10 +33,25 @@ class Verdict:
         return d
 
 
-def verdict_text(target: str, runtime: str, speedup: float, measured: bool, size_ratio: float | None = None) -> str:
-    """'On cpu-local with onnxruntime, int8 is 0.86x the speed of fp32 (measured): slower; its gain here is size.'"""
+def outcome(speedup: float, known: bool = True) -> str:
+    """faster, slower or same (within SAME_BAND); unknown when the figures cannot tell."""
+    if not known:
+        return "unknown"
+    return "faster" if speedup >= 1 + SAME_BAND else "slower" if speedup <= 1 - SAME_BAND else "same"
+
+
+def verdict_text(target: str, runtime: str, speedup: float, measured: bool, size_ratio: float | None = None,
+                 known: bool = True) -> str:
+    """'On cpu-local with onnxruntime, int8 is 0.86x the speed of fp32 (measured): slower; its gain here is size.'
+
+    With known=False (overlapping prediction intervals): 'On pixel-8 with litert, int8 vs fp32 is unknown: ...'.
+    """
     how = "measured" if measured else "predicted"
     size = f" ({size_ratio:.1f}x smaller)" if size_ratio else ""
+    if not known:
+        tail = f" The int8 file is {size_ratio:.1f}x smaller." if size_ratio and size_ratio >= 1 + SAME_BAND else ""
+        return (f"On {target} with {runtime}, int8 vs fp32 speed is unknown ({how} {speedup:.2f}x, but the "
+                f"uncertainty intervals overlap): measure on the device.{tail}")
     if speedup >= 1 + SAME_BAND:
         tail = "faster."
     elif speedup <= 1 - SAME_BAND:
@@ -49,11 +69,23 @@ def compare(fp32: LatencyResult, int8: LatencyResult, target: str | None = None)
     measured = fp32.measured and int8.measured
     size = fp32.bytes / int8.bytes if fp32.bytes and int8.bytes else None
     tgt = target or fp32.target or int8.target or "this target"
-    return Verdict(tgt, fp32.runtime, speedup, measured, verdict_text(tgt, fp32.runtime, speedup, measured, size),
-                   size)
+    known = not _overlap(fp32, int8)
+    return Verdict(tgt, fp32.runtime, speedup, measured,
+                   verdict_text(tgt, fp32.runtime, speedup, measured, size, known), size, outcome(speedup, known))
+
+
+def _overlap(a: LatencyResult, b: LatencyResult) -> bool:
+    """Whether the uncertainty intervals of two results overlap (a measurement's interval is its median)."""
+    if a.measured and b.measured:
+        return False
+    ua, ub = (0.0 if r.measured else float(r.uncertainty or 0.0) for r in (a, b))
+    lo_a, hi_a = a.p50_ms * (1 - ua), a.p50_ms * (1 + ua)  # type: ignore[operator]
+    lo_b, hi_b = b.p50_ms * (1 - ub), b.p50_ms * (1 + ub)  # type: ignore[operator]
+    return lo_a <= hi_b and lo_b <= hi_a
 
 
 def _base_name(name: str) -> str:
+    name = re.sub(r"\.(onnx|tflite|pt2|pt)$", "", name.lower())
     return re.sub(r"[_.-]?(fp32|float32|float|int8|quant(ized)?|qdq|q8)$", "", name.lower())
 
 

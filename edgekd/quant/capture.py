@@ -1,13 +1,16 @@
-"""Graph capture for PT2E: torch.export with a dynamic batch dimension, and converter errors named by layer."""
+"""Graph capture for PT2E (torch.export with a dynamic batch dimension), .pt2 save/load, converter errors by layer."""
 from __future__ import annotations
 
 import copy
+import os
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from edgekd.errors import ConversionError, EdgeKDError
+from edgekd.fileio import atomic_path
 
 _ATEN_OP = re.compile(r"\b(aten|prims)(?:::|\.)([A-Za-z0-9_]+)")
 
@@ -113,3 +116,56 @@ def conversion_error(exc: BaseException, model: nn.Module | None, stage: str, ex
     where = f"layer {layer[0]!r} ({layer[1]})" if layer else "a layer"
     what = f"op {op}" if op else "an op"
     return ConversionError(f"{stage} cannot convert {where}, {what}: {first[:300]}. Way out: {way_out}")
+
+
+def save_program(model: nn.Module, example_inputs, path: str | os.PathLike) -> Path:
+    """torch.export `model` (dynamic batch when it allows) and write it as a .pt2 archive, atomically.
+
+    The same model gives the same bytes whatever the file is called (records are named "archive/...", not after
+    the temporary file), so a sha256 identifies the content. Float and converted (Q/DQ) models alike.
+    """
+    inputs = check_example_inputs(example_inputs)
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise EdgeKDError(f"a torch.export archive is written as .pt2; use a .pt2 path, got {path.name!r}")
+    if inputs[0].shape[0] == 1:  # a batch of 1 would specialize the batch dimension
+        inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) for t in inputs)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        ep = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
+    except Exception:  # a model that pins its batch size
+        try:
+            ep = torch.export.export(model, check_example_inputs(example_inputs))
+        except Exception as e:
+            raise conversion_error(e, model, "torch.export (.pt2)") from e
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.export.save(ep, f)
+    return path
+
+
+def register_quantized_ops() -> None:
+    """Register the `quantized_decomposed` op library that converted PT2E programs call.
+
+    A fresh process has not registered it until something imports torch's decomposed-quantization module, and
+    torch.export.load then fails to resolve torch.ops.quantized_decomposed.* (a .pt2 written by the quantize
+    stage would load only in the process that wrote it).
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated; its op library is still needed
+        import torch.ao.quantization.fx._decomposed  # noqa: F401
+
+
+def load_program(path: str | os.PathLike) -> torch.fx.GraphModule:
+    """Load a .pt2 archive (torch.export) as a callable module, in any process; errors are one line."""
+    from edgekd.fileio import existing_model_file
+
+    path = existing_model_file(path)
+    register_quantized_ops()
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgeKDError(f"cannot load {path.name} as a torch.export archive ({first[:300]}); it may be truncated "
+                          "or written by another torch version: write it again") from e

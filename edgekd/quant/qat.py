@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgeKDError
-from edgekd.fileio import atomic_path
-from edgekd.quant.capture import capture, check_example_inputs, conversion_error
+from edgekd.quant.capture import capture, conversion_error, load_program, save_program
 from edgekd.quant.quantizer import build_quantizer, pt2e_patches
 from edgekd.quant.schemes import Scheme, get_scheme
 
@@ -174,32 +173,16 @@ def load_qat_state(gm: torch.fx.GraphModule, state: dict[str, Any]) -> torch.fx.
 
 
 def save_quantized(model: nn.Module, example_inputs, path: str | os.PathLike) -> Path:
-    """Write a converted (Q/DQ) model as a torch.export .pt2 with a dynamic batch, atomically."""
-    inputs = check_example_inputs(example_inputs)
-    path = Path(path)
-    if path.suffix != ".pt2":
-        raise EdgeKDError(f"save_quantized writes a torch.export archive; use a .pt2 path, got {path.name!r}")
-    if inputs[0].shape[0] == 1:
-        inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) for t in inputs)
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    try:
-        ep = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
-    except Exception:
-        ep = torch.export.export(model, check_example_inputs(example_inputs))
-    with atomic_path(path) as tmp:
-        torch.export.save(ep, str(tmp))
-    return path
+    """Write a converted (Q/DQ) model as a torch.export .pt2 with a dynamic batch, atomically (reproducible bytes)."""
+    return save_program(model, example_inputs, path)
 
 
 def load_quantized(path: str | os.PathLike) -> torch.fx.GraphModule:
-    """Load a `save_quantized` .pt2 as a callable module (eval semantics; batch as saved)."""
+    """Load a `save_quantized` .pt2 as a callable module (eval semantics; batch as saved), in any process."""
     path = Path(path)
     if not path.is_file():
         raise EdgeKDError(f"quantized model file not found: {path}")
-    try:
-        return torch.export.load(str(path)).module()
-    except Exception as e:
-        raise EdgeKDError(f"cannot load {path.name} as a torch.export archive: {str(e).splitlines()[0]}") from e
+    return load_program(path)
 
 
 def is_quantized(model: nn.Module) -> bool:

@@ -91,8 +91,6 @@ TENSORRT_INT8 = SCHEMES.register("tensorrt_int8")(Scheme(
     "tensorrt_int8", weight_qmin=-127, weight_qmax=127, symmetric_activations=True, runtimes=("tensorrt",),
     notes="TensorRT explicit Q/DQ: symmetric int8 weights (per-channel) and activations (zero point 0)."))
 
-KNOWN_RUNTIMES = ("litert", "onnxruntime", "tensorrt")
-
 
 def detect_cpu_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """True when the x86 CPU flags list avx512_vnni or avx_vnni (int8 dot products without int16 saturation)."""
@@ -119,16 +117,20 @@ def scheme_for_runtimes(runtimes: list[str] | tuple[str, ...], cpu_has_vnni: boo
     onnxruntime without VNNI needs 7-bit weights; those are valid int8 for LiteRT too, so litert + onnxruntime on
     such a CPU gets `ort_x86_novnni` and one QAT run serves both files. TensorRT needs symmetric activations, which
     the other runtimes run too, but 7-bit weights plus symmetric activations is not a registered scheme: asking for
-    tensorrt with onnxruntime on a non-VNNI CPU is an error that says to quantize per runtime.
+    tensorrt with onnxruntime on a non-VNNI CPU is an error that says to quantize per runtime. Runtime names come
+    from edgekd.formats.RUNTIMES; one with no needs of its own (torch runs the simulation as is; a newly
+    registered one) adds no constraint, and the default is the TFLite int8 spec.
     """
+    from edgekd.formats import RUNTIMES
+
     if override is not None:
         return get_scheme(override)
     wanted = [str(r).lower() for r in runtimes]
     if not wanted:
-        raise EdgeKDError(f"scheme_for_runtimes needs at least one runtime; known: {', '.join(KNOWN_RUNTIMES)}")
-    unknown = [r for r in wanted if r not in KNOWN_RUNTIMES]
-    if unknown:
-        raise EdgeKDError(f"unknown runtime(s) {unknown} for a quantization scheme; known: {', '.join(KNOWN_RUNTIMES)}")
+        raise EdgeKDError(f"scheme_for_runtimes needs at least one runtime; known: {', '.join(RUNTIMES.names())}")
+    for r in wanted:
+        if r not in RUNTIMES:
+            raise EdgeKDError(f"quantization scheme for {RUNTIMES.unknown_message(r)}")
     needs_7bit = "onnxruntime" in wanted and not (detect_cpu_vnni() if cpu_has_vnni is None else cpu_has_vnni)
     if "tensorrt" in wanted:
         if needs_7bit:

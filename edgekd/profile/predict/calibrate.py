@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.predictor import (Calibration, LayerFeatures, calibration_path, fit_costs, fit_node_costs,
+from edgekd.profile.predict.predictor import (Calibration, LayerFeatures, calibration_path, fit_costs, fit_node_costs,
                                       model_time_s, node_model_time_s, prior_costs)
-from edgekd.profile.layers import layers_from_onnx, layers_from_tflite, ort_nodes
+from edgekd.profile.predict.layers import layers_from_onnx, layers_from_tflite, ort_nodes
 from edgekd.profile.targets import load_target
 
 
@@ -182,8 +182,15 @@ def micro_models() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
     return out
 
 
+_EXPORTABLE = (".onnx", ".tflite")
+
+
 def export_model(module: Any, input_shape: Sequence[int], path: Path) -> Path:
-    """Write `module` as .onnx (dynamo exporter) or .tflite (litert-torch), by the path's suffix."""
+    """Write `module` as .onnx (dynamo exporter) or .tflite (litert-torch), by the path's suffix.
+
+    Micro-models keep the plain converters with a static batch (not edgekd.formats' exporters, whose dynamic batch
+    and clean-up passes would change the graphs the shipped calibrations were fitted on).
+    """
     import torch
 
     module = module.eval()
@@ -195,7 +202,7 @@ def export_model(module: Any, input_shape: Sequence[int], path: Path) -> Path:
 
         litert_torch.convert(module, (x,)).export(str(path))
     else:
-        raise EdgeKDError(f"cannot export to {path.suffix!r}: use .onnx or .tflite")
+        raise EdgeKDError(f"cannot export to {path.suffix!r}: use {' or '.join(_EXPORTABLE)}")
     return path
 
 
@@ -207,7 +214,7 @@ def measure_rounds(paths: Sequence[Path], target: Any, runtime: str, threads: in
     """
     from tqdm import tqdm
 
-    from edgekd.profile.local import profile_files
+    from edgekd.profile.runners import profile_files
 
     if rounds < 1:
         raise EdgeKDError(f"rounds must be >= 1, got {rounds}")
@@ -269,7 +276,11 @@ def calibration_suffix(tgt: Any, runtime: str, precision: str) -> str:
     if precision != "fp32":
         raise EdgeKDError(f"calibration measures fp32 micro-models only (got {precision!r}); int8 predictions "
                           f"scale the fp32 fit by the target's published int8/fp32 peaks and say so")
-    suffix = {"onnxruntime": ".onnx", "tensorrt": ".onnx", "litert": ".tflite"}.get(runtime)
+    from edgekd.formats import FORMATS
+
+    # the formats this module's micro-model exporter writes, and of those the one the runtime executes
+    fmt = next((f for f in FORMATS.values() if runtime in f.runtimes and f.suffix in _EXPORTABLE), None)
+    suffix = fmt.suffix if fmt is not None else None
     if suffix is None:
         raise EdgeKDError(f"cannot calibrate runtime {runtime!r}; allowed: onnxruntime, tensorrt, litert")
     return suffix
@@ -277,8 +288,10 @@ def calibration_suffix(tgt: Any, runtime: str, precision: str) -> str:
 
 def runner_kwargs(tgt: Any, time_cap_s: float, extra: dict | None = None) -> dict:
     """Runner options for calibration measurements: on a local CPU a short time cap per model."""
+    from edgekd.profile.runners import runner_for
+
     kw = dict(extra or {})
-    if tgt.kind == "cpu":
+    if runner_for(tgt.kind).local:
         kw.update(time_cap_s=time_cap_s, min_time_s=min(0.5, time_cap_s))
     return kw
 
@@ -290,11 +303,14 @@ def fit_calibration(tgt: Any, runtime: str, precision: str, threads: int, names:
     The per-layer model serves other runtimes and precisions; on a local CPU with ONNX Runtime the node model
     on ORT's optimized graph (this host's) is fitted too and is what predictions use.
     """
+    from edgekd.profile.runners import runner_for
+
     tgt = load_target(tgt)
+    local = runner_for(tgt.kind).local  # ORT's optimized graph is this host's: the node model fits local runs only
     samples, node_samples, rows = [], [], []
     for name, path, result in zip(names, paths, results):
         samples.append((LayerFeatures.from_layers(file_layers(path), precision), result.p50_ms / 1e3))
-        if runtime == "onnxruntime" and tgt.kind == "cpu":
+        if runtime == "onnxruntime" and local:
             node_samples.append((ort_nodes(path), result.p50_ms / 1e3))
         rows.append({"name": name, "measured_ms": result.p50_ms, "cv": result.cv})
     prior = prior_costs(tgt, precision)

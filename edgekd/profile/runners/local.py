@@ -1,4 +1,5 @@
-"""Measure model files on this machine's CPU with onnxruntime, LiteRT (XNNPACK) or torch, via open_session.
+"""The cpu runner: measure model files on this machine's CPU with onnxruntime, LiteRT (XNNPACK) or torch (any
+runtime of edgekd.formats.RUNTIMES that runs here), in this process.
 
 Peak memory method: the process RSS is read with psutil just before the model is loaded (the runtime library is
 imported first, so its own code pages are not counted); on Linux the kernel's RSS high-water mark (VmHWM) is
@@ -9,6 +10,7 @@ one process's resident memory (weights, arenas, activations), not an isolated al
 """
 from __future__ import annotations
 
+import difflib
 import os
 import platform
 from pathlib import Path
@@ -18,23 +20,29 @@ import numpy as np
 
 from edgekd.errors import EdgeKDError
 from edgekd.profile.result import LatencyResult, detect_precision, file_bytes
+from edgekd.profile.runners import Job, Runner, register_runner
 from edgekd.profile.stats import StopRule, summarize, time_until_stable
-from edgekd.runtimes import RUNTIMES, open_session, runtime_for
-
-_RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "litert": "ai_edge_litert.interpreter", "torch": "torch"}
+from edgekd.formats import RUNTIMES, get_runtime, open_session, runtime_for
 
 
-def cpu_device_name() -> str:
-    """A readable name for this CPU: model name and logical core count."""
+def cpu_device_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """A readable name for this CPU as detected: model name (from /proc/cpuinfo on Linux) and logical cores."""
     model = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path(cpuinfo).read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
     except OSError:
         pass
     return f"{model} ({os.cpu_count()} logical cores, {platform.system()} {platform.machine()})"
+
+
+def interactive() -> bool:
+    """Whether a carriage-return progress bar may be drawn: stdout and stderr are both terminals (not a log)."""
+    import sys
+
+    return all(getattr(s, "isatty", lambda: False)() for s in (sys.stdout, sys.stderr))
 
 
 def _rss_mb() -> float:
@@ -62,6 +70,16 @@ def _hwm_mb() -> float | None:
     return None
 
 
+def _local_runtime(name: str):
+    """The Runtime `name`, runnable here; unknown names fail with the closest runnable one, in one line."""
+    if name not in RUNTIMES:
+        local = [n for n in RUNTIMES.names() if RUNTIMES.get(n).open is not None]
+        close = difflib.get_close_matches(str(name), local, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise EdgeKDError(f"unknown runtime {name!r}{hint} known: {', '.join(local)} (runnable here)")
+    return get_runtime(name)
+
+
 def make_input(shape: Sequence[int], seed: int = 0) -> np.ndarray:
     """A fixed random float32 batch; unknown (-1) dimensions become 1."""
     shape = tuple(1 if int(d) <= 0 else int(d) for d in shape)
@@ -76,20 +94,22 @@ def profile_file(path: str | Path, runtime: str | None = None, threads: int = 1,
     """Measure one file here: warm-up, then timed runs until the running median is stable (see StopRule).
 
     Args:
-        runtime: onnxruntime | litert | torch; guessed from the suffix when None.
+        runtime: a runtime runnable here (edgekd.formats.RUNTIMES: onnxruntime, litert, torch, ...); from the
+            suffix when None.
         input_shape: needed for torch files (their input shape is not stored); else read from the file.
         precision: fp32 | int8 | fp16; detected from the file when None.
     """
     path = Path(path)
     runtime = runtime or runtime_for(path)
-    RUNTIMES.get(runtime)  # unknown runtime -> closest match and known names
+    rt = _local_runtime(runtime)
     if not isinstance(threads, int) or threads < 1:
         raise EdgeKDError(f"threads must be an integer >= 1, got {threads!r}")
     if warmup < 0:
         raise EdgeKDError(f"warmup must be >= 0 runs, got {warmup}")
     rule = StopRule(min_runs=min_runs, max_runs=max_runs, block=block, rel_tol=rel_tol, time_cap_s=time_cap_s,
                     min_time_s=min_time_s)
-    __import__(_RUNTIME_MODULES[runtime])  # load the library before the memory baseline
+    if rt.module:
+        __import__(rt.module)  # load the library before the memory baseline
     baseline = _rss_mb()
     hwm_ok = _reset_hwm()
     session = open_session(path, runtime=runtime, threads=threads)
@@ -109,7 +129,7 @@ def profile_file(path: str | Path, runtime: str | None = None, threads: int = 1,
         session.run(x)
 
     bar = None
-    if progress:
+    if progress and interactive():
         from tqdm import tqdm
 
         bar = tqdm(total=None, unit="run", desc=f"{path.name} [{runtime}, {threads}t]", leave=False)
@@ -132,52 +152,15 @@ def profile_file(path: str | Path, runtime: str | None = None, threads: int = 1,
         mem_method="vmhwm" if hwm is not None else "rss_samples")
 
 
-def default_runtime(path: str | Path, runtimes: Sequence[str]) -> str:
-    """The first of a target's runtimes that can run this file type (.onnx: tensorrt or onnxruntime, ...)."""
-    suffix = Path(path).suffix.lower()
-    can = {".onnx": {"onnxruntime", "tensorrt"}, ".tflite": {"litert"}, ".pt2": {"torch"}, ".pt": {"torch"}}
-    for rt in runtimes:
-        if rt in can.get(suffix, set()):
-            return rt
-    raise EdgeKDError(f"{Path(path).name}: none of this target's runtimes ({', '.join(runtimes)}) runs "
-                      f"{suffix or 'this'} files; export a format it runs")
+def measure(target, jobs: Sequence[Job], *, threads: int, progress: bool = False, timeout_s: float | None = None,
+            input_shape: Sequence[int] | None = None, **options) -> list[LatencyResult]:
+    """The cpu runner: each job timed in this process (timeout_s does not apply: nothing can hang on a device).
 
-
-def profile_files(paths: Sequence[str | Path], target: "str | Path | object" = "cpu-local",
-                  runtime: str | None = None, threads: int | None = None, progress: bool = False,
-                  **kwargs) -> list[LatencyResult]:
-    """Profile each file on `target` (name, YAML path or Target): locally, over adb, or over SSH by its kind.
-
-    `threads` defaults to the target's; keyword arguments go to the runner (profile_file, profile_android,
-    profile_ssh).
+    `input_shape` is used for torch files only, which do not store it; options go to profile_file.
     """
-    from edgekd.profile.targets import load_target
-
-    tgt = load_target(target)  # type: ignore[arg-type]
-    threads = threads or tgt.threads
-    results = []
-    for p in paths:
-        rt = runtime or default_runtime(p, tgt.runtimes)
-        if rt not in tgt.runtimes:
-            raise EdgeKDError(f"runtime {rt!r} is not listed for target {tgt.name} (it runs: "
-                              f"{', '.join(tgt.runtimes)})")
-        if tgt.kind == "cpu":
-            results.append(profile_file(p, runtime=rt, threads=threads, progress=progress, target=tgt.name,
-                                        **kwargs))
-        elif tgt.kind == "android":
-            from edgekd.profile.adb import profile_android
-
-            results.append(profile_android(p, tgt, threads=threads, **kwargs))
-        else:
-            from edgekd.profile.ssh import profile_ssh
-
-            results.append(profile_ssh(p, tgt, runtime=rt, threads=threads, **kwargs))
-    return results
+    return [profile_file(job.path, runtime=job.runtime, threads=threads, progress=progress, target=target.name,
+                         name=job.name, input_shape=input_shape if job.runtime == "torch" else None, **options)
+            for job in jobs]
 
 
-def profile_metrics(target: str, results: Sequence[LatencyResult]) -> dict:
-    """The "profile" stage metrics: {"target", "results", "verdicts"} (COMMON.md contract)."""
-    from edgekd.profile.verdict import verdicts
-
-    return {"target": target, "results": [r.to_metrics() for r in results],
-            "verdicts": [v.to_dict() for v in verdicts(results)]}
+register_runner(Runner(kinds=("cpu",), measure=measure, local=True, describe_host=cpu_device_name))

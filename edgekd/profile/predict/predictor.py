@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.layers import KINDS, Layer, OrtNode, model_layers, model_ort_nodes
+from edgekd.profile.predict.layers import KINDS, Layer, OrtNode, model_layers, model_ort_nodes
 from edgekd.profile.result import LatencyResult
 from edgekd.profile.targets import Target, load_target
 
@@ -60,9 +60,11 @@ CACHE_GRID_MB = (0.5, 1, 2, 4, 8, 16, 32)
 
 
 def calibration_dir() -> Path:
-    """Where latency calibrations live: $EDGEKD_CALIBRATION_DIR, else the repository's calibration/latency/."""
+    """Where latency calibrations live: $EDGEKD_CALIBRATION_DIR, else the shipped calibration/latency/."""
+    from edgekd.resources import shipped_path
+
     env = os.environ.get("EDGEKD_CALIBRATION_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "calibration" / "latency"
+    return Path(env) if env else shipped_path("calibration/latency")
 
 
 def calibration_path(target: str, runtime: str, precision: str, root: Path | None = None) -> Path:
@@ -100,7 +102,7 @@ class LayerFeatures:
 
     @classmethod
     def from_layers(cls, layers: Sequence[Layer], precision: str) -> "LayerFeatures":
-        from edgekd.profile.layers import BYTES_PER_ELEMENT
+        from edgekd.profile.predict.layers import BYTES_PER_ELEMENT
 
         size = BYTES_PER_ELEMENT.get(precision, 4)
         return cls(np.array([ly.macs if ly.kind in MAC_KINDS else ly.ops for ly in layers], dtype=np.float64),

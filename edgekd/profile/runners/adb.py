@@ -1,4 +1,4 @@
-"""Measure a .tflite file on an Android phone over adb with LiteRT's `benchmark_model` binary.
+"""The android runner: measure .tflite files on an Android phone over adb with LiteRT's `benchmark_model` binary.
 
 We push the model (and the binary when the user gives a local copy) into a fresh folder under the target's
 remote_dir, run `benchmark_model --graph=... --num_threads=N` with the chosen delegate, parse its log, and remove
@@ -14,10 +14,12 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from edgekd.errors import EdgeKDError
 from edgekd.fileio import existing_model_file
 from edgekd.profile.result import LatencyResult, detect_precision, file_bytes
+from edgekd.profile.runners import Job, Runner, _process, register_runner
 
 DELEGATES = {"cpu": ["--use_xnnpack=false"], "xnnpack": ["--use_xnnpack=true"], "gpu": ["--use_gpu=true"],
              "nnapi": ["--use_nnapi=true"]}
@@ -95,25 +97,66 @@ def _error_lines(text: str, n: int = 3) -> str:
     return " | ".join(lines[-n:]) or (text.strip().splitlines() or ["(no output)"])[-1]
 
 
-class Adb:
-    """Thin adb wrapper: picks the device, runs commands with a timeout, turns adb's failures into EdgeKDError."""
+ADB_TRANSIENT = ("protocol fault", "device offline", "connection reset", "Connection reset", "closed",
+                 "daemon not running", "cannot connect to daemon", "failed to start daemon", "device still connecting")
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+DEFAULT_COMMAND_TIMEOUT_S = 600.0
+DEFAULT_RETRIES = 2
 
-    def __init__(self, serial: str | None = None, adb: str = "adb", timeout_s: float = 120.0):
+
+@dataclass(frozen=True)
+class AdbTimeouts:
+    """How long adb may take: `connect_timeout_s` for device listing, folder and property commands and clean-up;
+    `command_timeout_s` for pushing files and the benchmark run; `retries` for transient adb failures."""
+
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S
+    retries: int = DEFAULT_RETRIES
+
+    @classmethod
+    def from_target(cls, target, timeout_s: float | None = None) -> "AdbTimeouts":
+        """The target's connect settings; a per-call `timeout_s` replaces the command timeout and caps the other."""
+        c = target.connect
+        connect = float(c.get("connect_timeout_s") or DEFAULT_CONNECT_TIMEOUT_S)
+        command = float(c.get("command_timeout_s") or DEFAULT_COMMAND_TIMEOUT_S)
+        retries = c.get("retries")
+        if timeout_s is not None:
+            connect, command = min(connect, timeout_s), timeout_s
+        return cls(connect, command, DEFAULT_RETRIES if retries is None else int(retries))
+
+
+class Adb:
+    """Thin adb wrapper: picks the device, runs commands with hard timeouts, turns adb's failures into EdgeKDError.
+
+    Every adb call runs in its own process group, killed whole on a timeout (adb forks helpers that would keep its
+    output open). Retried (at most `retries` more times, 1 s then 2 s apart) when adb exits non-zero saying the
+    device or its daemon is momentarily unavailable (ADB_TRANSIENT: protocol fault, device offline, connection
+    reset/closed, daemon (re)starting): `adb devices`, `mkdir`, `push`, `ls`, `chmod`, `getprop` and `rm`. Never
+    retried: timeouts, and the benchmark run itself (a measurement is not repeated behind the user's back).
+    """
+
+    def __init__(self, serial: str | None = None, adb: str = "adb", timeouts: AdbTimeouts | None = None):
         exe = shutil.which(adb)
         if exe is None:
             raise EdgeKDError(f"adb not found on PATH ({adb!r}): install Android platform-tools (Debian: "
                               f"apt-get install adb) or pass adb='/path/to/adb'")
         self.exe = exe
-        self.timeout_s = timeout_s
+        self.timeouts = timeouts or AdbTimeouts()
         self.serial = self._select(serial)
 
-    def _call(self, args: list[str], timeout_s: float | None = None) -> subprocess.CompletedProcess:
-        try:
-            return subprocess.run([self.exe, *args], capture_output=True, text=True,
-                                  timeout=timeout_s or self.timeout_s)
-        except subprocess.TimeoutExpired as e:
-            raise EdgeKDError(f"adb {' '.join(args[:3])} did not finish within {e.timeout:.0f} s; check the "
-                              f"USB connection, or raise timeout_s") from e
+    def _call(self, args: list[str], timeout_s: float | None = None, retry: bool = True
+              ) -> subprocess.CompletedProcess:
+        timeout = timeout_s or self.timeouts.connect_timeout_s
+
+        def once() -> subprocess.CompletedProcess:
+            try:
+                return _process.run([self.exe, *args], timeout, f"adb {' '.join(args[:3])}")
+            except _process.DeviceTimeout as e:
+                raise EdgeKDError(f"{e}; check the USB connection, or raise connect.connect_timeout_s / "
+                                  f"connect.command_timeout_s in the target YAML (or --timeout)") from None
+
+        transient = lambda text: any(t in text for t in ADB_TRANSIENT)  # noqa: E731
+        return _process.with_retries(once, transient, self.timeouts.retries if retry else 0)
 
     def devices(self) -> list[tuple[str, str]]:
         """(serial, state) for every attached device, as `adb devices` lists them."""
@@ -150,11 +193,12 @@ class Adb:
                               f"shows it as 'device'")
         return serial
 
-    def shell(self, command: str, timeout_s: float | None = None) -> subprocess.CompletedProcess:
-        return self._call(["-s", self.serial, "shell", command], timeout_s)
+    def shell(self, command: str, timeout_s: float | None = None, retry: bool = True
+              ) -> subprocess.CompletedProcess:
+        return self._call(["-s", self.serial, "shell", command], timeout_s, retry)
 
     def push(self, local: str | Path, remote: str) -> None:
-        res = self._call(["-s", self.serial, "push", str(local), remote])
+        res = self._call(["-s", self.serial, "push", str(local), remote], self.timeouts.command_timeout_s)
         if res.returncode != 0:
             raise EdgeKDError(f"adb push {Path(local).name} -> {remote} failed: {(res.stderr or res.stdout).strip()}")
 
@@ -166,68 +210,116 @@ class Adb:
 def profile_android(path: str | Path, target, threads: int | None = None, *, delegate: str = "xnnpack",
                     serial: str | None = None, benchmark_binary: str | Path | None = None,
                     remote_binary: str | None = None, warmup_runs: int = 10, num_runs: int = 50,
-                    min_secs: float = 1.0, timeout_s: float = 600.0, adb: str = "adb",
-                    precision: str | None = None, name: str | None = None) -> LatencyResult:
+                    min_secs: float = 1.0, max_secs: float | None = None, timeout_s: float | None = None,
+                    adb: str = "adb", precision: str | None = None, name: str | None = None) -> LatencyResult:
     """Run benchmark_model on the target's phone and return its timings as a measured LatencyResult.
 
     Args:
         delegate: cpu (no XNNPACK), xnnpack, gpu or nnapi.
         benchmark_binary: local path of an Android benchmark_model build to push; when None, the binary must be
             on the device already at `remote_binary` (default: the target's connect.benchmark_binary).
+        timeout_s: the longest any one adb command may take (default: the target's connect.command_timeout_s,
+            600 s, and connect.connect_timeout_s, 30 s, for the short ones).
     """
     from edgekd.profile.targets import load_target
 
     tgt = load_target(target)
     path = existing_model_file(path)
-    if path.suffix.lower() != ".tflite":
-        raise EdgeKDError(f"{path.name}: benchmark_model on Android runs .tflite files; export one first")
+    return _measure(tgt, [Job(path, "litert", name or path.stem)], threads or tgt.threads, timeout_s,
+                    dict(delegate=delegate, serial=serial, benchmark_binary=benchmark_binary,
+                         remote_binary=remote_binary, warmup_runs=warmup_runs, num_runs=num_runs, min_secs=min_secs,
+                         max_secs=max_secs, adb=adb, precision=precision))[0]
+
+
+def measure(target, jobs: Sequence[Job], *, threads: int, progress: bool = False, timeout_s: float | None = None,
+            time_cap_s: float | None = None, min_runs: int | None = None, **options) -> list[LatencyResult]:
+    """The android runner: every job on one phone (time_cap_s -> --max_secs, min_runs -> --num_runs)."""
+    if time_cap_s is not None:
+        options.setdefault("max_secs", time_cap_s)
+        options.setdefault("min_secs", min(1.0, time_cap_s))
+    if min_runs is not None:
+        options.setdefault("num_runs", min_runs)
+    return _measure(target, jobs, threads, timeout_s, options)
+
+
+def _measure(tgt, jobs: Sequence[Job], threads: int, timeout_s: float | None, opts: dict) -> list[LatencyResult]:
+    delegate = opts.get("delegate", "xnnpack")
+    from edgekd.formats import RUNTIMES
+
+    suffixes = RUNTIMES.get("litert").suffixes  # benchmark_model is LiteRT's
+    for job in jobs:
+        if job.path.suffix.lower() not in suffixes:
+            raise EdgeKDError(f"{job.path.name}: benchmark_model on Android runs {', '.join(suffixes)} files; "
+                              f"export one first")
     if delegate not in DELEGATES:
         raise EdgeKDError(f"unknown delegate {delegate!r}; allowed: {', '.join(DELEGATES)}")
-    threads = threads or tgt.threads
-    if benchmark_binary is not None and not Path(benchmark_binary).is_file():
-        raise EdgeKDError(f"benchmark_model binary not found: {benchmark_binary} (give the path of the Android "
+    binary = opts.get("benchmark_binary")
+    if binary is not None and not Path(binary).is_file():
+        raise EdgeKDError(f"benchmark_model binary not found: {binary} (give the path of the Android "
                           f"arm64 build, e.g. android_aarch64_benchmark_model)")
-    device = Adb(serial or tgt.connect.get("adb_serial"), adb=adb)
+    device = Adb(opts.get("serial") or tgt.connect.get("adb_serial"), adb=opts.get("adb", "adb"),
+                 timeouts=AdbTimeouts.from_target(tgt, timeout_s))
     remote_root = tgt.connect.get("remote_dir") or "/data/local/tmp"
     work = f"{remote_root.rstrip('/')}/edgekd-{uuid.uuid4().hex[:8]}"
-    try:
-        mk = device.shell(f"mkdir -p {shlex.quote(work)}")
-        if mk.returncode != 0:
-            raise EdgeKDError(f"cannot create {work} on {device.serial}: {(mk.stderr or mk.stdout).strip()}")
-        remote_model = f"{work}/{path.name}"
-        device.push(path, remote_model)
-        if benchmark_binary is not None:
-            binary = f"{work}/benchmark_model"
-            device.push(benchmark_binary, binary)
-            device.shell(f"chmod 755 {shlex.quote(binary)}")
-            version = "benchmark_model (pushed " + Path(benchmark_binary).name + ")"
-        else:
-            binary = remote_binary or tgt.connect.get("benchmark_binary") or "/data/local/tmp/benchmark_model"
-            if device.shell(f"ls {shlex.quote(binary)}").returncode != 0:
-                raise EdgeKDError(f"benchmark_model not found on {device.serial} at {binary}: pass "
-                                  f"benchmark_binary=<local Android build> to push it, or set "
-                                  f"connect.benchmark_binary to where it is")
-            version = f"benchmark_model ({binary})"
-        args = [binary, f"--graph={remote_model}", f"--num_threads={threads}", f"--warmup_runs={warmup_runs}",
-                f"--num_runs={num_runs}", f"--min_secs={min_secs}", "--report_peak_memory_footprint=true",
+    with _process.signals_raise():
+        try:
+            results = _run_jobs(device, tgt, work, jobs, threads, delegate, opts)
+        except BaseException:
+            try:  # remove what we pushed (briefly: the device may be the reason we are here), keep the error
+                device.shell(f"rm -rf {shlex.quote(work)}", timeout_s=min(10.0, device.timeouts.connect_timeout_s),
+                             retry=False)
+            except EdgeKDError:
+                pass
+            raise
+        device.shell(f"rm -rf {shlex.quote(work)}")
+    return results
+
+
+def _run_jobs(device: Adb, tgt, work: str, jobs: Sequence[Job], threads: int, delegate: str, opts: dict
+              ) -> list[LatencyResult]:
+    mk = device.shell(f"mkdir -p {shlex.quote(work)}")
+    if mk.returncode != 0:
+        raise EdgeKDError(f"cannot create {work} on {device.serial}: {(mk.stderr or mk.stdout).strip()}")
+    local_binary = opts.get("benchmark_binary")
+    if local_binary is not None:
+        binary = f"{work}/benchmark_model"
+        device.push(local_binary, binary)
+        device.shell(f"chmod 755 {shlex.quote(binary)}")
+        version = "benchmark_model (pushed " + Path(local_binary).name + ")"
+    else:
+        binary = opts.get("remote_binary") or tgt.connect.get("benchmark_binary") or "/data/local/tmp/benchmark_model"
+        if device.shell(f"ls {shlex.quote(binary)}").returncode != 0:
+            raise EdgeKDError(f"benchmark_model not found on {device.serial} at {binary}: pass "
+                              f"benchmark_binary=<local Android build> to push it, or set "
+                              f"connect.benchmark_binary to where it is")
+        version = f"benchmark_model ({binary})"
+    model = device.getprop("ro.product.model") or "android device"
+    soc = device.getprop("ro.soc.model") or device.getprop("ro.board.platform")
+    where = f"{model} ({soc}) [{device.serial}]" if soc else f"{model} [{device.serial}]"
+    results = []
+    for job in jobs:
+        remote_model = f"{work}/{job.path.name}"
+        device.push(job.path, remote_model)
+        args = [binary, f"--graph={remote_model}", f"--num_threads={threads}",
+                f"--warmup_runs={opts.get('warmup_runs', 10)}", f"--num_runs={opts.get('num_runs', 50)}",
+                f"--min_secs={opts.get('min_secs', 1.0)}", "--report_peak_memory_footprint=true",
+                *([f"--max_secs={opts['max_secs']}"] if opts.get("max_secs") is not None else []),
                 *DELEGATES[delegate]]
-        res = device.shell(" ".join(shlex.quote(a) for a in args), timeout_s=timeout_s)
+        res = device.shell(" ".join(shlex.quote(a) for a in args), timeout_s=device.timeouts.command_timeout_s,
+                           retry=False)
         text = res.stdout + "\n" + res.stderr
         parsed = parse_benchmark_model_output(text)  # delegate failures raise here, with their reason
         if res.returncode != 0:
             raise EdgeKDError(f"benchmark_model exited with status {res.returncode} on {device.serial}: "
                               f"{_error_lines(text)}")
-        model = device.getprop("ro.product.model") or "android device"
-        soc = device.getprop("ro.soc.model") or device.getprop("ro.board.platform")
-    except BaseException:
-        try:  # remove what we pushed, but keep the error that brought us here
-            device.shell(f"rm -rf {shlex.quote(work)}")
-        except EdgeKDError:
-            pass
-        raise
-    device.shell(f"rm -rf {shlex.quote(work)}")
-    return _to_result(parsed, path, tgt.name, threads, delegate, f"{model} ({soc}) [{device.serial}]" if soc
-                      else f"{model} [{device.serial}]", version, precision, name)
+        results.append(_to_result(parsed, job.path, tgt.name, threads, delegate, where, version,
+                                  opts.get("precision"), job.name))
+    return results
+
+
+register_runner(Runner(kinds=("android",), measure=measure, check_connect=_process.check_timeouts,
+                       connect_keys=frozenset({"adb_serial", "benchmark_binary", "remote_dir", "connect_timeout_s",
+                                               "command_timeout_s", "retries"})))
 
 
 def _to_result(p: BenchmarkModelOutput, path: Path, target: str, threads: int, delegate: str, device: str,
