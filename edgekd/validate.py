@@ -127,7 +127,7 @@ def _quantize_problems(r: Recipe) -> list[str]:
 
 
 def _export_problems(r: Recipe) -> list[str]:
-    from edgekd.export import EXPORTERS
+    from edgekd.formats import FORMATS as EXPORTERS  # merge glue: formats live in edgekd.formats
 
     formats = r.export.formats if isinstance(r.export.formats, list) else []
     return [q for i, f in enumerate(formats) for q in _unknown(EXPORTERS, f, f"export.formats[{i}]")]
