@@ -92,7 +92,8 @@ def run_kd_gain(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     metrics = {"ran": True, **stats, "kd_accuracy": float(kd_ok.mean()), "baseline_accuracy": float(ce_ok.mean()),
                "teacher_accuracy": teacher.metrics.get("test_accuracy") if teacher else None,
                "kd_losses": distill.metrics.get("losses"), "kd_seconds": distill.wall_time_s,
-               "baseline_seconds": base.wall_time_s, "test_images": len(ds.y_test)}
+               "baseline_seconds": base.wall_time_s, "test_images": len(ds.y_test),
+               "tuned": bool(ctx.recipe.distill.auto and "tune" in ctx.records)}
     metrics["verdict"] = gain_verdict(metrics)
     ctx.log(metrics["verdict"])
     return {}, metrics
@@ -119,7 +120,8 @@ def what_to_try(m: dict[str, Any]) -> str:
     t, b = m.get("teacher_accuracy"), m.get("baseline_accuracy")
     if isinstance(t, (int, float)) and isinstance(b, (int, float)) and (t - b) * 100 < 2:
         tips.append(f"a clearly stronger teacher (it is only {(t - b) * 100:.1f} pt above the student trained alone)")
-    tips += ["distill.auto: true (losses, temperature and weights chosen on the validation split)",
+    tips += ["a longer tune (tune.trials, tune.budget_s, tune.proxy_epochs)" if m.get("tuned") else
+             "distill.auto: true (losses, temperature and weights chosen on the validation split)",
              "more epochs (distill.train.epochs)",
              "or ship baseline/student.pt, trained without the teacher"]
     return "Try " + "; ".join(tips) + "."
