@@ -29,11 +29,11 @@ def auto_verdicts(results: dict[str, Any]) -> list[str]:
     a = results.get("auto") or {}
     out: list[str] = []
     gain, base = a.get("gain") or {}, a.get("baseline") or {}
-    if gain.get("ran"):
-        out.append(gain["verdict"])
-    elif base and not base.get("ran"):
+    if base and not base.get("ran"):
         out.append(f"No no-teacher baseline was trained ({base.get('reason')}): this run cannot say whether "
                    "distillation paid.")
+    elif gain.get("ran"):
+        out.append(gain["verdict"])
     t = a.get("tune") or {}
     if t.get("chosen"):
         from edgekd.auto.tune import describe_losses
