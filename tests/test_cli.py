@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from edgekd.cli import main
 
 COMMANDS = ["demo", "run", "validate", "teacher", "distill", "quantize", "export", "verify", "profile", "bundle",
-            "report", "targets", "calibrate"]
+            "report", "targets", "calibrate", "tune", "search"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -27,8 +27,15 @@ if TYPE_CHECKING:
 AUTO_MAX_TFLOP = 20.0
 
 
+def image_task(recipe: "Recipe") -> bool:
+    """These stages train image classifiers; another task declares its own versions (edgekd.stages)."""
+    from edgekd.stages import DEFAULT_TASK, recipe_task
+
+    return recipe_task(recipe) == DEFAULT_TASK
+
+
 def baseline_enabled(recipe: "Recipe") -> bool:
-    return bool(recipe.distill.enabled) and recipe.distill.baseline is not False
+    return image_task(recipe) and bool(recipe.distill.enabled) and recipe.distill.baseline is not False
 
 
 def baseline_inputs(recipe: "Recipe") -> dict[str, Any]:

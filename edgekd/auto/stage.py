@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekd.auto.baseline import baseline_enabled, baseline_inputs, run_baseline, run_kd_gain
+from edgekd.auto.baseline import baseline_enabled, baseline_inputs, image_task, run_baseline, run_kd_gain
 from edgekd.stages import Stage, register_stage
 
 if TYPE_CHECKING:
@@ -79,10 +79,10 @@ register_stage(Stage("baseline", run_baseline, sections=("student",), inputs=bas
                      enabled=baseline_enabled,
                      missing="no no-teacher baseline: the report cannot say whether distillation paid"))
 register_stage(Stage("tune", run_tune, sections=("student", "tune"), upstream=("teacher",), inputs=search_inputs,
-                     enabled=lambda r: bool(r.distill.enabled and r.distill.auto),
+                     enabled=lambda r: image_task(r) and bool(r.distill.enabled and r.distill.auto),
                      missing="no measured choice of KD settings (the recipe's losses were used as written)"))
 register_stage(Stage("search", run_search, sections=("search",), upstream=("teacher",), inputs=search_inputs,
-                     enabled=lambda r: bool(r.search.enabled),
+                     enabled=lambda r: image_task(r) and bool(r.search.enabled),
                      missing="no student search: no accuracy-latency front of candidate students"))
 register_stage(Stage("kd_gain", run_kd_gain, upstream=("distill", "baseline"), enabled=baseline_enabled,
                      missing="no verdict on whether distillation paid over the no-teacher baseline"))
