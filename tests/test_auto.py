@@ -195,3 +195,9 @@ def test_the_report_leads_with_the_baseline_verdict_and_shows_trials_and_fronts(
                   "Student search on cpu-local"):
         assert f"## {title}" in md
     assert "search_pareto" in paths.plots
+
+
+def test_the_verdict_when_tune_chose_no_teacher():
+    m = {"gain_pt": 0.0, "pm_pt": 0.0, "images": 100, "seeds": 1, "kd_accuracy": 0.9, "baseline_accuracy": 0.9,
+         "kd_losses": [{"name": "ce", "weight": 1.0}]}
+    assert gain_verdict(m).startswith("The student was trained without the teacher")

@@ -113,6 +113,10 @@ def gain_verdict(m: dict[str, Any]) -> str:
     how = (f"paired bootstrap over {m['images']} test images" +
            (f" and {seeds} seeds" if seeds > 1 else ", one seed"))
     accs = f"{m['kd_accuracy'] * 100:.2f}% vs {m['baseline_accuracy'] * 100:.2f}%"
+    if m.get("kd_losses") and all(t.get("name") == "ce" for t in m["kd_losses"]):
+        return (f"The student was trained without the teacher: cross-entropy alone beat every distillation setting "
+                f"tried on the validation split, so distillation did not pay here ({accs} for the no-teacher "
+                f"baseline). Try a stronger teacher or a longer tune.")
     if gain - pm > 0:
         return f"Distillation gained {gain:+.2f} ± {pm:.2f} pt over the same student without the teacher ({accs}; {how})."
     if gain + pm < 0:
