@@ -367,7 +367,8 @@ def calibrate(target: str, runtime: str, precision: str, threads: int | None, ro
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--budget-s", type=float, help="Wall-clock budget of the search (default tune.budget_s).")
 @click.option("--trials", type=int, help="Optuna trials (default tune.trials).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write RECIPE with the chosen losses here.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write RECIPE with the chosen losses here.")
 @click.option("--run-dir", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Tune again even when the inputs are unchanged.")
 @click.option("--set", "overrides", multiple=True)
@@ -394,7 +395,8 @@ def tune_cmd(recipe: Path, budget_s: float | None, trials: int | None, out: Path
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--target", "targets", multiple=True, help="Target to meet a budget on (repeat for several).")
 @click.option("--budget-ms", "budgets", type=float, multiple=True, help="p50 budget in ms, one per --target.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write RECIPE with the chosen student here.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write RECIPE with the chosen student here.")
 @click.option("--run-dir", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Search again even when the inputs are unchanged.")
 @click.option("--set", "overrides", multiple=True)

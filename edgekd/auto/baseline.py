@@ -118,7 +118,8 @@ def gain_verdict(m: dict[str, Any]) -> str:
                 f"tried on the validation split, so distillation did not pay here ({accs} for the no-teacher "
                 f"baseline). Try a stronger teacher or a longer tune.")
     if gain - pm > 0:
-        return f"Distillation gained {gain:+.2f} ± {pm:.2f} pt over the same student without the teacher ({accs}; {how})."
+        return (f"Distillation gained {gain:+.2f} ± {pm:.2f} pt over the same student without the teacher "
+                f"({accs}; {how}).")
     if gain + pm < 0:
         return (f"Distillation lost {-gain:.2f} ± {pm:.2f} pt against the same student without the teacher ({accs}; "
                 f"{how}): the teacher did not pay here. {what_to_try(m)}")

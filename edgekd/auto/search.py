@@ -5,10 +5,11 @@ tiny_cnn width x depth, mobilenet_student width_mult x depth x expand); every co
 (a seeded sample of `max_candidates` when there are more). Latency per target: the calibrated predictor
 (edgekd.profile.predict) on the candidate's fp32 ONNX graph, and on cpu-local also measured (ORT, 1 thread) when
 `measure_local` (the lowest median of MEASURE_ROUNDS short rounds); the measured figure is then the one budgets
-are checked against, and the prediction's error is recorded. Accuracy: a short KD proxy (the recipe's logit losses) on a subset of the training split, scored on
-the validation split. The chosen student is the most accurate candidate inside every budget (ties: faster).
-`full_train` candidates are then trained with the full distill budget to say how far the proxy ranking agrees
-with full training (Spearman rank correlation of validation accuracies).
+are checked against, and the prediction's error is recorded. Accuracy: a short KD proxy (the recipe's logit
+losses) on a subset of the training split, scored on the validation split. The chosen student is the most
+accurate candidate inside every budget (ties: faster). `full_train` candidates are then trained with the full
+distill budget to say how far the proxy ranking agrees with full training (Spearman rank correlation of
+validation accuracies).
 """
 from __future__ import annotations
 
@@ -126,7 +127,8 @@ def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[st
             rows.append({"name": name, **c, "error": str(e), "latency": {}})
             log(f"search: {name}: not buildable for this data ({e})")
             continue
-        row = {"name": name, **c, "params": count_params(built.module), "macs": count_macs(built.module, ds.input_shape),
+        row = {"name": name, **c, "params": count_params(built.module),
+               "macs": count_macs(built.module, ds.input_shape),
                "latency": latencies(built.module, ds.input_shape, cfg.targets, cfg.measure_local)}
         res = proxy_train(built.module, ds, idx, terms, pcfg, teacher=outputs, seed=recipe.seed,
                           batch_size=recipe.data.batch_size)
