@@ -201,3 +201,15 @@ def test_the_verdict_when_tune_chose_no_teacher():
     m = {"gain_pt": 0.0, "pm_pt": 0.0, "images": 100, "seeds": 1, "kd_accuracy": 0.9, "baseline_accuracy": 0.9,
          "kd_losses": [{"name": "ce", "weight": 1.0}]}
     assert gain_verdict(m).startswith("The student was trained without the teacher")
+
+
+def test_a_gain_verdict_of_students_re_trained_since_is_called_out_of_date(run_dir):
+    from edgekd.auto.report import auto_results, auto_verdicts
+    from edgekd.runs import load_run
+
+    run_stages(recipe(), ["teacher", "baseline", "distill", "kd_gain"], run_dir=run_dir, progress=False,
+               log=lambda s: None)
+    run_stages(recipe(**{"distill.train.lr": 0.02}), ["teacher", "baseline", "distill"], run_dir=run_dir,
+               progress=False, log=lambda s: None)
+    assert auto_verdicts({"auto": auto_results(load_run(run_dir))})[0].startswith(
+        "The no-teacher comparison is out of date")

@@ -100,7 +100,8 @@ def run_kd_gain(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
                "teacher_accuracy": teacher.metrics.get("test_accuracy") if teacher else None,
                "kd_losses": distill.metrics.get("losses"), "kd_seconds": distill.wall_time_s,
                "baseline_seconds": base.wall_time_s, "test_images": len(ds.y_test),
-               "tuned": bool(ctx.recipe.distill.auto and "tune" in ctx.records)}
+               "tuned": bool(ctx.recipe.distill.auto and "tune" in ctx.records),
+               "compared": {"distill": distill.fingerprint, "baseline": base.fingerprint}}
     metrics["verdict"] = gain_verdict(metrics)
     ctx.log(metrics["verdict"])
     return {}, metrics

@@ -21,6 +21,10 @@ def auto_results(run: "RunRecord") -> dict[str, Any]:
         m = run.metrics(stage)
         if m:
             out[key] = {k: v for k, v in m.items() if k not in DROP_KEYS}
+    gain = out.get("gain") or {}
+    now = {s: run.records[s].fingerprint for s in ("distill", "baseline") if s in run.records}
+    if gain.get("ran") and gain.get("compared") and gain["compared"] != now:
+        gain["stale"] = True   # the students it compared were re-trained since (e.g. `edgekd run --until distill`)
     return out
 
 
@@ -32,6 +36,9 @@ def auto_verdicts(results: dict[str, Any]) -> list[str]:
     if base and not base.get("ran"):
         out.append(f"No no-teacher baseline was trained ({base.get('reason')}): this run cannot say whether "
                    "distillation paid.")
+    elif gain.get("stale"):
+        out.append("The no-teacher comparison is out of date: the distilled or the baseline student was re-trained "
+                   "since it was made; run the recipe to the end (edgekd run) to refresh it.")
     elif gain.get("ran"):
         out.append(gain["verdict"])
     t = a.get("tune") or {}
@@ -67,7 +74,7 @@ def auto_tables(results: dict[str, Any]) -> list[Any]:
     a = results.get("auto") or {}
     out = []
     gain = a.get("gain") or {}
-    if gain.get("ran"):
+    if gain.get("ran") and not gain.get("stale"):
         lo, hi = gain["ci95_pt"]
         out.append(Table("Distillation vs the same student without the teacher",
                          ["student", "losses", "test top-1", "gain", "95% interval (bootstrap)", "train s"],

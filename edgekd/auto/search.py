@@ -99,6 +99,13 @@ def pareto(points: list[dict[str, Any]], target: str) -> list[str]:
     return [p["name"] for p in sorted(front, key=lat)]
 
 
+def proxy_losses(recipe: "Recipe", teacher: Any) -> list[dict[str, Any]]:
+    """The recipe's logit losses (feature taps differ per candidate); cross-entropy without a teacher."""
+    if teacher is None:
+        return [{"name": "ce", "weight": 1.0}]
+    return [dict(t) for t in recipe.distill.losses if "student" not in t] or [{"name": "ce", "weight": 1.0}]
+
+
 def within_budget(c: dict[str, Any], budgets: dict[str, float]) -> bool:
     return all(c["latency"].get(t, {}).get("ms", float("inf")) <= b for t, b in budgets.items())
 
@@ -114,7 +121,7 @@ def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[st
     t0 = time.perf_counter()
     idx = train_subset(ds, cfg.proxy_train, cfg.seed)
     outputs = TeacherOutputs.compute(teacher, ds.x_train[idx]) if teacher is not None else None
-    terms = [dict(t) for t in recipe.distill.losses if "student" not in t] or [{"name": "ce", "weight": 1.0}]
+    terms = proxy_losses(recipe, teacher)
     pcfg = proxy_config(recipe.distill.train, cfg.proxy_epochs)
     from edgekd.models import count_params
 
@@ -163,7 +170,7 @@ def full_train_check(ds, recipe: "Recipe", ok: list[dict[str, Any]], k: int, tea
         step = (len(ranked) - 1) / max(1, k - 1)
         picks = [ranked[round(i * step)] for i in range(k)]
     outputs = TeacherOutputs.compute(teacher, ds.x_train) if teacher is not None else None
-    terms = [dict(t) for t in recipe.distill.losses if "student" not in t] or [{"name": "ce", "weight": 1.0}]
+    terms = proxy_losses(recipe, teacher)
     cfg = proxy_config(recipe.distill.train, recipe.distill.train.epochs)
     full = []
     for r in picks:

@@ -79,7 +79,8 @@ register_stage(Stage("baseline", run_baseline, sections=("student",), inputs=bas
                      enabled=baseline_enabled,
                      missing="no no-teacher baseline: the report cannot say whether distillation paid"))
 register_stage(Stage("tune", run_tune, sections=("student", "tune"), upstream=("teacher",), inputs=search_inputs,
-                     enabled=lambda r: image_task(r) and bool(r.distill.enabled and r.distill.auto),
+                     enabled=lambda r: image_task(r) and bool(r.distill.enabled and r.distill.auto)
+                     and r.distill.mode == "teacher",
                      missing="no measured choice of KD settings (the recipe's losses were used as written)"))
 register_stage(Stage("search", run_search, sections=("search",), upstream=("teacher",), inputs=search_inputs,
                      enabled=lambda r: image_task(r) and bool(r.search.enabled),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekd.auto.proxy import (CE_ONLY, ProxyResult, Pruned, TeacherOutputs, build_student, proxy_config,
                                proxy_train, require_validation, split_record, train_subset)
+from edgekd.errors import EdgeKDError
 
 if TYPE_CHECKING:
     from edgekd.config import Recipe, TuneConfig
@@ -67,6 +68,13 @@ def tune_losses(ds, recipe: "Recipe", teacher: Any, *, log=print, checks: int = 
 
     cfg = recipe.tune
     require_validation(ds, "tune")
+    if cfg.hint is not None and not (isinstance(cfg.hint, dict) and {"student", "teacher"} <= set(cfg.hint)):
+        raise EdgeKDError(f"tune.hint names the feature taps to try a FitNets hint on, as {{student: features.N, "
+                          f"teacher: features.M}}; got {cfg.hint!r}")
+    unknown = [f for f in cfg.families if f not in FAMILIES]
+    if unknown or not cfg.families:
+        raise EdgeKDError(f"tune.families: {unknown or cfg.families!r} not searchable; choose from "
+                          f"{', '.join(FAMILIES)}")
     t_start = time.perf_counter()
     deadline = t_start + cfg.budget_s
     idx = train_subset(ds, cfg.proxy_train, cfg.seed)
