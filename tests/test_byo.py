@@ -94,3 +94,40 @@ def test_byo_mistakes_are_one_line(tmp_path):
     done = run_cli("run", "r.yaml", "--until", "teacher", "--run-dir", "run", "--no-progress", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "training labels run 1..3 (3 distinct) but class(es) [0] never appear" in done.stderr + done.stdout
+
+
+NET = '''
+from torch import nn
+
+
+def build(classes=5):
+    """A third-party model with its own argument names and a pretrained head of another class count."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, classes))
+'''
+
+
+def test_loaded_teacher_with_other_classes_is_refused_unless_finetuned(tmp_path):
+    from edgekd.errors import EdgeKDError
+    from edgekd.pipeline import run
+
+    (tmp_path / "netlib.py").write_text(NET)  # beside the recipe: imported as netlib:build
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import netlib
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.save(netlib.build().state_dict(), tmp_path / "pretrained.pt")
+    sys.modules.pop("netlib")
+    recipe = {"data": {"dataset": "digits", "subset_train": 200, "batch_size": 16},
+              "teacher": {"model": "netlib:build", "weights": "pretrained.pt", "train": {"epochs": 5, "lr": 0.01}},
+              "profile": {"targets": ["cpu-local"]}, "bundle": {"targets": ["cpu-local"]}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(EdgeKDError, match=r"outputs 5 classes, the data has 10: .*set teacher.finetune: true"):
+        run(tmp_path / "r.yaml", run_dir=tmp_path / "run", until="teacher", progress=False, log=lambda m: None)
+    recipe["teacher"]["finetune"] = True
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    lines: list[str] = []
+    run(tmp_path / "r.yaml", run_dir=tmp_path / "run", until="teacher", progress=False, log=lines.append)
+    assert any("replaced the 5-class head (3) with a new 10-class one" in line for line in lines)
+    metrics = read_json(tmp_path / "run" / "teacher" / "stage.json")["metrics"]
+    assert metrics["source"] == "trained" and metrics["test_accuracy"] > 0.4  # 10 classes: chance is 0.1

@@ -224,6 +224,8 @@ def test_recipe_data_section_flows_into_the_dataset(tmp_path):
                                     "class_names": ["no", "yes"], "val_size": 10}})
     ds = dataset_from_config(recipe.data, seed=0)
     assert ds.labels == ["no", "yes"] and ds.mean == (100,) and len(ds.y_val) == 10 and len(ds.y_train) == 30
+    written = dataset_from_config(recipe.to_dict()["data"])  # the dict form in a run's recipe.yaml (bundle)
+    assert written.labels == ["no", "yes"] and written.std == (50,) and written.split == ds.split
     with pytest.raises(EdgeKDError, match=r"data.val_fraction: a fraction in \[0, 1\)"):
         parse_recipe({"data": {"val_fraction": 1.5}})
 

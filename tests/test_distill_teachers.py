@@ -107,6 +107,9 @@ def test_onnx_teacher_matches_torch_model(tmp_path):
         teacher.forward_with_features(x, ["features.1"])
     assert len(teacher.fingerprint()) == 64
     assert export_s < 60
+    with pytest.raises(EdgeKDError, match=r"onnx teacher teacher.onnx cannot run on the data's images of shape "
+                                          r"3x6x6 \(C x H x W\)"):
+        teacher.logits(torch.randn(2, 3, 6, 6))
 
 
 def test_ensemble_weighted_logit_average():
