@@ -224,7 +224,11 @@ def test_hung_adb_fails_within_the_timeout_and_kills_its_process_group(phone, mo
 
 
 def test_transient_adb_failures_are_retried_a_bounded_number_of_times(phone, monkeypatch, tmp_path):
+    from edgekd.profile.runners import _process
+
     model, _, log = phone
+    waits = []
+    monkeypatch.setattr(_process, "sleep", waits.append)
     monkeypatch.setenv("FAKE_ADB_FLAKY", "2")
     monkeypatch.setenv("FAKE_ADB_FLAKY_COUNT", str(tmp_path / "count"))
     assert profile_android(model, "pixel-8", precision="fp32").runs == 5904  # 2 protocol faults, then fine
@@ -233,6 +237,7 @@ def test_transient_adb_failures_are_retried_a_bounded_number_of_times(phone, mon
     with pytest.raises(EdgeKDError, match="'adb devices' failed: error: protocol fault"):
         profile_android(model, "pixel-8", precision="fp32")
     assert (tmp_path / "count").read_text() == "3"  # 1 try + 2 retries (the default connect.retries)
+    assert waits == [1.0, 2.0, 1.0, 2.0]  # backing off 1 s, then 2 s, each time
 
 
 def test_adb_timeouts_in_the_target_yaml_are_validated():

@@ -336,3 +336,21 @@ def test_the_next_run_reaps_what_a_sigkill_left(board, onnx_file, tmp_path, monk
     assert list(remote.iterdir()) == [] and list(tmpdir.iterdir()) == []
     assert _wait_for(lambda: not _processes_mentioning(str(tmpdir)), 5), _processes_mentioning(str(tmpdir))
     shutil.rmtree(tmpdir)
+
+
+def test_an_error_mid_measurement_leaves_no_master_socket_or_remote_folder(board, onnx_file, tmp_path, monkeypatch):
+    import tempfile
+
+    target, remote = board
+    tmpdir = _short_tmp()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    slow = tmp_path / "slow_python"
+    slow.write_text("#!/bin/sh\nsleep 10\n")
+    slow.chmod(0o755)
+    t0 = time.time()
+    with pytest.raises(EdgeKDError, match="remote onnxruntime benchmark on .* did not finish within 2.5 s"):
+        profile_ssh(onnx_file, target, timeout_s=2.5, python=str(slow))
+    assert time.time() - t0 < 15  # connect + copies + 2.5 s + a short clean-up, no long second wait
+    assert list(remote.iterdir()) == [] and list(tmpdir.iterdir()) == []
+    assert _wait_for(lambda: not _processes_mentioning(str(tmpdir)), 5), _processes_mentioning(str(tmpdir))
+    shutil.rmtree(tmpdir)

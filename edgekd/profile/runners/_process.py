@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import threading
-import time
+from time import sleep
 from typing import Callable, Iterator, Sequence
 
 from edgekd.errors import EdgeKDError
@@ -73,7 +73,7 @@ def with_retries(call: Callable[[], subprocess.CompletedProcess], transient: Cal
         res = call()
         if res.returncode == 0 or attempt == retries or not transient((res.stderr or "") + (res.stdout or "")):
             return res
-        time.sleep(delay_s * (attempt + 1))
+        sleep(delay_s * (attempt + 1))
     return res  # pragma: no cover (the loop always returns)
 
 

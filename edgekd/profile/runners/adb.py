@@ -147,10 +147,12 @@ class Adb:
     def _call(self, args: list[str], timeout_s: float | None = None, retry: bool = True
               ) -> subprocess.CompletedProcess:
         timeout = timeout_s or self.timeouts.connect_timeout_s
+        words = " ".join(args[2:] if args[:1] == ["-s"] else args)
+        what = f"adb {words[:60]}{'...' if len(words) > 60 else ''}"
 
         def once() -> subprocess.CompletedProcess:
             try:
-                return _process.run([self.exe, *args], timeout, f"adb {' '.join(args[:3])}")
+                return _process.run([self.exe, *args], timeout, what)
             except _process.DeviceTimeout as e:
                 raise EdgeKDError(f"{e}; check the USB connection, or raise connect.connect_timeout_s / "
                                   f"connect.command_timeout_s in the target YAML (or --timeout)") from None
