@@ -213,3 +213,23 @@ def test_a_gain_verdict_of_students_re_trained_since_is_called_out_of_date(run_d
                progress=False, log=lambda s: None)
     assert auto_verdicts({"auto": auto_results(load_run(run_dir))})[0].startswith(
         "The no-teacher comparison is out of date")
+
+
+def test_the_tune_command_prints_the_trials_and_writes_the_tuned_recipe(run_dir, tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    src, out = tmp_path / "r.yaml", tmp_path / "tuned.yaml"
+    src.write_text(yaml.safe_dump(RECIPE))
+    res = CliRunner().invoke(main, ["tune", str(src), "--trials", "1", "--budget-s", "30", "--run-dir", str(run_dir),
+                                    "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "recipe" in res.output and "trial 0" in res.output and "chosen:" in res.output
+    tuned = load_recipe(out)
+    assert tuned.distill.auto is False
+    assert tuned.distill.losses == require_record(run_dir, "tune").metrics["chosen"]["losses"]
+    bad = CliRunner().invoke(main, ["search", str(src), "--target", "cpu-local", "--budget-ms", "1",
+                                    "--budget-ms", "2", "--run-dir", str(run_dir)])
+    assert bad.exit_code == 2 and "one --budget-ms per --target" in bad.output

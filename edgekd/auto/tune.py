@@ -52,8 +52,14 @@ def sample_losses(trial: Any, cfg: "TuneConfig") -> list[dict[str, Any]]:
     return terms
 
 
+def _optuna():
+    from edgekd.extras import require
+
+    return require("optuna", "auto", "edgekd tune (distill.auto)")
+
+
 def make_pruner(name: str, checks: int):
-    import optuna
+    optuna = _optuna()
 
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=checks, reduction_factor=3)
@@ -64,7 +70,7 @@ def make_pruner(name: str, checks: int):
 
 def tune_losses(ds, recipe: "Recipe", teacher: Any, *, log=print, checks: int = 4) -> dict[str, Any]:
     """Run the references and the Optuna study; return the trials table and the choice (JSON-able)."""
-    import optuna
+    optuna = _optuna()
 
     cfg = recipe.tune
     require_validation(ds, "tune")
