@@ -233,3 +233,28 @@ def test_the_tune_command_prints_the_trials_and_writes_the_tuned_recipe(run_dir,
     bad = CliRunner().invoke(main, ["search", str(src), "--target", "cpu-local", "--budget-ms", "1",
                                     "--budget-ms", "2", "--run-dir", str(run_dir)])
     assert bad.exit_code == 2 and "one --budget-ms per --target" in bad.output
+
+
+def test_tune_records_a_diverging_trial_as_failed_and_keeps_the_recipe_inside_the_noise(monkeypatch):
+    import edgekd.auto.tune as tune
+    from edgekd.auto.proxy import ProxyResult
+    from edgekd.data import load_dataset
+    from edgekd.train import NonFiniteLossError
+
+    ds = load_dataset("digits", val_fraction=0.2)
+
+    def fake_proxy(model, ds, idx, terms, cfg, **kw):
+        names = [t["name"] for t in terms]
+        if "dkd" in names:
+            raise NonFiniteLossError("loss part 'dkd' is nan at step 3")
+        acc = {"kd_soft": 0.80, "dist": 0.81}.get(names[-1], 0.70)   # dist beats kd_soft by less than one SE
+        return ProxyResult(acc, [(1.0, acc)], 0.01)
+
+    monkeypatch.setattr(tune, "proxy_train", fake_proxy)
+    r = recipe(**{"tune.trials": 6, "tune.families": ["dkd", "dist"]})
+    out = tune.tune_losses(ds, r, None, log=lambda s: None)
+    states = {row["name"]: row["state"] for row in out["trials"]}
+    assert states["recipe"] == "complete" and "fail" in states.values()
+    assert out["chosen"]["source"] == "recipe" and "standard error" in out["chosen"]["why"]
+    with pytest.raises(Exception, match="tune.families"):
+        tune.tune_losses(ds, recipe(**{"tune.families": ["fitnets"]}), None)

@@ -115,8 +115,8 @@ def tune_losses(ds, recipe: "Recipe", teacher: Any, *, log=print, checks: int = 
             if trial.should_prune():
                 raise Pruned("pruned")
 
-        res = run(terms, report)
         trial.set_user_attr("losses", terms)
+        res = run(terms, report)
         trial.set_user_attr("curve", res.curve)
         trial.set_user_attr("seconds", res.seconds)
         if res.pruned:
@@ -125,7 +125,10 @@ def tune_losses(ds, recipe: "Recipe", teacher: Any, *, log=print, checks: int = 
 
     remaining = deadline - time.perf_counter()
     if remaining > 0 and cfg.trials > 0:
-        study.optimize(objective, n_trials=cfg.trials, timeout=remaining, catch=())
+        from edgekd.train import NonFiniteLossError
+
+        # a diverging setting (NaN loss) is a failed trial, recorded as such, not the end of the search
+        study.optimize(objective, n_trials=cfg.trials, timeout=remaining, catch=(NonFiniteLossError,))
     for tr in study.trials:
         curve = tr.user_attrs.get("curve", [])
         val = tr.value if tr.value is not None else (curve[-1][1] if curve else None)
