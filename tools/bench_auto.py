@@ -53,10 +53,10 @@ SETTINGS = {
     "quick": {"fashion_mnist": {"subset_train": 6000, "subset_test": 2000, "epochs": 3,
                                 "tune": {"trials": 8, "budget_s": 120, "proxy_epochs": 2, "proxy_train": None},
                                 "search": {"max_candidates": 12, "proxy_epochs": 2, "proxy_train": 2000,
-                                           "full_train": 3}},
+                                           "full_train": 4}},
               "digits": {"epochs": 12,
                          "tune": {"trials": 8, "budget_s": 60, "proxy_epochs": 4, "proxy_train": None},
-                         "search": {"max_candidates": 12, "proxy_epochs": 4, "proxy_train": None, "full_train": 3}}},
+                         "search": {"max_candidates": 12, "proxy_epochs": 4, "proxy_train": None, "full_train": 6}}},
 }
 SPACE = [{"model": "tiny_cnn", "kwargs": {"width": [8, 12, 16, 20], "depth": [2, 3]}},
          {"model": "mobilenet_student", "kwargs": {"width_mult": [0.5, 0.75], "depth": [1], "expand": [2, 4]}}]
@@ -170,6 +170,7 @@ def bench_dataset(name: str, st: dict, seeds: tuple[int, ...], log) -> dict[str,
                                              for c in found["candidates"] if "cpu-local" in c.get("latency", {})],
                    "cost_vs_one_distill_run": search_s / plain},
         "plain_distill_run_s": plain,
+        "baseline_cost_vs_one_distill_run": float(np.mean(seconds["baseline"])) / plain,
     }
     out["targets_met"] = {
         "student_at_most_1_20_of_teacher": s_params * 20 <= t_params,
