@@ -21,6 +21,8 @@ def auto_results(run: "RunRecord") -> dict[str, Any]:
         m = run.metrics(stage)
         if m:
             out[key] = {k: v for k, v in m.items() if k not in DROP_KEYS}
+    if out and "distill" in run.records:
+        out["distill_seconds"] = run.records["distill"].wall_time_s   # what each automatic choice is measured against
     gain = out.get("gain") or {}
     now = {s: run.records[s].fingerprint for s in ("distill", "baseline") if s in run.records}
     if gain.get("ran") and gain.get("compared") and gain["compared"] != now:
@@ -50,6 +52,7 @@ def auto_verdicts(results: dict[str, Any]) -> list[str]:
         line = (f"KD settings chosen on the validation split ({t['split'].get('val')} images): {c['source']} "
                 f"({describe_losses(c['losses'])}), validation {c['val_accuracy'] * 100:.2f}% after {n} proxy runs "
                 f"in {t.get('spent_s', 0):.0f} s")
+        line += _cost(t.get("spent_s"), a.get("distill_seconds"))
         if not c.get("teacher_used", True):
             line += "; cross-entropy alone won, so the student trains without the teacher"
         out.append(line + ".")
@@ -64,8 +67,15 @@ def auto_verdicts(results: dict[str, Any]) -> list[str]:
         rho = (s.get("rank_check") or {}).get("spearman")
         if rho is not None:
             line += f"; proxy vs full-training rank agreement (Spearman) {rho:.2f}"
-        out.append(line + ".")
+        out.append(line + _cost(s.get("seconds"), a.get("distill_seconds")) + ".")
     return out
+
+
+def _cost(seconds: Any, distill_seconds: Any) -> str:
+    """' (3.1x the distill stage's time)': what an automatic choice cost, next to one distillation run."""
+    if isinstance(seconds, (int, float)) and isinstance(distill_seconds, (int, float)) and distill_seconds > 0:
+        return f" ({seconds / distill_seconds:.1f}x the distill stage's time)"
+    return ""
 
 
 def auto_tables(results: dict[str, Any]) -> list[Any]:
