@@ -151,7 +151,11 @@ def _row(name: str, terms, res: ProxyResult, state: str) -> dict[str, Any]:
 
 def choose(rows: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
     """The best complete run; the recipe's losses stay unless beaten by more than one validation SE."""
-    done = [r for r in rows if r["state"] == "complete" and isinstance(r.get("val_accuracy"), (int, float))]
+    scored = [r for r in rows if isinstance(r.get("val_accuracy"), (int, float))]
+    done = [r for r in scored if r["state"] == "complete"] or scored  # a budget spent mid-run leaves partial runs
+    if not done:
+        raise EdgeKDError("tune: no run finished a validation check inside tune.budget_s; raise the budget or "
+                          "lower tune.proxy_epochs / tune.proxy_train")
     best = max(done, key=lambda r: r["val_accuracy"])
     ref = next((r for r in done if r["name"] == "recipe"), None)
     se = math.sqrt(max(best["val_accuracy"] * (1 - best["val_accuracy"]), 1e-12) / max(1, n_val))
