@@ -102,7 +102,9 @@ def tune_losses(ds, recipe: "Recipe", teacher: Any, *, log=print, checks: int = 
         log(f"tune: reference {name}: validation {res.val_accuracy:.4f} ({res.seconds:.1f} s)")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+    # A fixed study name: Hyperband assigns trials to brackets by hashing it, so a random name made runs differ.
+    study = optuna.create_study(study_name=f"edgekd-tune-{cfg.seed}", direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=cfg.seed),
                                 pruner=make_pruner(cfg.pruner, checks))
 
     def objective(trial) -> float:
