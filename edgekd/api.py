@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "fashion_mnist_demo.yaml"
 
 __all__ = ["run", "run_stage", "validate", "demo", "export", "verify", "profile", "quantize", "bundle",
-           "bundle_verify", "bundle_keygen", "report", "targets", "target", "calibrate", "DEMO_RECIPE"]
+           "bundle_verify", "bundle_keygen", "report", "targets", "target", "calibrate", "tune", "search",
+           "DEMO_RECIPE"]
 
 
 def _recipe(recipe: str | Path | Recipe, overrides: dict[str, Any] | None) -> Recipe:
@@ -216,3 +217,23 @@ def calibrate(target: str = "cpu-local", *, runtime: str = "onnxruntime", precis
 
     return calibrate_target(target, runtime=runtime, precision=precision, threads=threads, rounds=rounds,
                             time_cap_s=time_cap, out_path=Path(out) if out else None, progress=progress, log=None)
+
+
+def tune(recipe: str | Path | Recipe, *, budget_s: float | None = None, trials: int | None = None,
+         out: str | Path | None = None, run_dir: str | Path | None = None, overrides: dict[str, Any] | None = None,
+         force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Choose KD losses on the validation split with Optuna (docs/auto.md); write the tuned recipe to `out`."""
+    from edgekd.auto.commands import tune as run_tune
+
+    return run_tune(recipe, budget_s=budget_s, trials=trials, out=out, run_dir=run_dir, overrides=overrides,
+                    force=force, progress=progress)
+
+
+def search(recipe: str | Path | Recipe, *, target: Sequence[str] = (), budget_ms: Sequence[float] = (),
+           out: str | Path | None = None, run_dir: str | Path | None = None,
+           overrides: dict[str, Any] | None = None, force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """The most accurate student inside a latency budget per target (docs/auto.md); its recipe written to `out`."""
+    from edgekd.auto.commands import search as run_search
+
+    return run_search(recipe, targets=target, budget_ms=budget_ms, out=out, run_dir=run_dir, overrides=overrides,
+                      force=force, progress=progress)

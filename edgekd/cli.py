@@ -394,5 +394,64 @@ def calibrate(target: str, runtime: str, precision: str, threads: int | None, ro
                f"predictions carry +-{calib.uncertainty:.0%})")
 
 
+
+
+@main.command("tune")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--budget-s", type=float, help="Wall-clock budget of the search (default tune.budget_s).")
+@click.option("--trials", type=int, help="Optuna trials (default tune.trials).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write RECIPE with the chosen losses here.")
+@click.option("--run-dir", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Tune again even when the inputs are unchanged.")
+@click.option("--set", "overrides", multiple=True)
+@click.option("--no-progress", is_flag=True)
+@user_errors
+def tune_cmd(recipe: Path, budget_s: float | None, trials: int | None, out: Path | None, run_dir: Path | None,
+             force: bool, overrides: tuple[str, ...], no_progress: bool) -> None:
+    """Choose KD losses, temperature and weights for RECIPE by short proxy runs on its validation split."""
+    from edgekd import api
+    from edgekd.auto.tune import describe_losses
+
+    res = api.tune(recipe, budget_s=budget_s, trials=trials, out=out, run_dir=run_dir,
+                   overrides=parse_overrides(overrides), force=force, progress=not no_progress)
+    for row in res["trials"]:
+        mark = "*" if row["name"] == res["chosen"]["source"] else " "
+        acc = f"{row['val_accuracy'] * 100:6.2f}%" if row.get("val_accuracy") is not None else "   n/a "
+        click.echo(f"{mark} {row['name']:<10} {acc}  {row['state']:<9} {describe_losses(row.get('losses'))}")
+    c = res["chosen"]
+    click.echo(f"chosen: {c['source']} ({describe_losses(c['losses'])}): {c['why']}; {res['spent_s']:.0f} s")
+    click.echo(f"run directory: {res['run_dir']}" + (f"; tuned recipe: {res['recipe']}" if res["recipe"] else ""))
+
+
+@main.command("search")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--target", "targets", multiple=True, help="Target to meet a budget on (repeat for several).")
+@click.option("--budget-ms", "budgets", type=float, multiple=True, help="p50 budget in ms, one per --target.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write RECIPE with the chosen student here.")
+@click.option("--run-dir", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Search again even when the inputs are unchanged.")
+@click.option("--set", "overrides", multiple=True)
+@click.option("--no-progress", is_flag=True)
+@user_errors
+def search_cmd(recipe: Path, targets: tuple[str, ...], budgets: tuple[float, ...], out: Path | None,
+               run_dir: Path | None, force: bool, overrides: tuple[str, ...], no_progress: bool) -> None:
+    """Find the most accurate student of a declared space inside a latency budget per target."""
+    from edgekd import api
+
+    res = api.search(recipe, target=targets, budget_ms=budgets, out=out, run_dir=run_dir,
+                     overrides=parse_overrides(overrides), force=force, progress=not no_progress)
+    for target, front in res["fronts"].items():
+        click.echo(f"Pareto front on {target}: {', '.join(front)}")
+    c = res["chosen"]
+    lat = ", ".join(f"{t} {v['ms']:.3g} ms" for t, v in c["latency"].items())
+    click.echo(f"chosen: {c['name']} ({c['params']:,} params, {lat}, proxy validation {c['val_accuracy'] * 100:.2f}%)")
+    rho = (res.get("rank_check") or {}).get("spearman")
+    if rho is not None:
+        click.echo(f"proxy vs full training rank agreement (Spearman): {rho:.2f}")
+    click.echo(f"recipe: {res['recipe']}  (edgekd run it to continue)")
+
+
 if __name__ == "__main__":
     main()

@@ -109,6 +109,9 @@ class DistillConfig:
     cache_teacher: bool = True
     cache_topk: int | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=1e-2))
+    # The same student trained without the teacher (docs/auto.md): "auto" trains it when it is cheap.
+    baseline: Literal["auto", True, False] = "auto"
+    auto: bool = False                 # choose the losses by measurement first (the `tune` stage, docs/auto.md)
 
 
 @dataclass
@@ -163,6 +166,46 @@ class BundleConfig:
     signing_key: str | None = None     # Ed25519 private key (PEM): archives carry manifest.sig (bundle.signing)
 
 
+def _default_search_space() -> list[dict[str, Any]]:
+    return [{"model": "tiny_cnn", "kwargs": {"width": [8, 12, 16, 24], "depth": [2, 3]}},
+            {"model": "mobilenet_student", "kwargs": {"width_mult": [0.5, 0.75, 1.0], "depth": [1, 2],
+                                                      "expand": [2, 4]}},
+            {"model": "resnet_student", "kwargs": {"width": [8, 12], "depth": [1]}}]
+
+
+@dataclass
+class TuneConfig:
+    """KD settings chosen by short proxy runs on the validation split (docs/auto.md; on with distill.auto)."""
+
+    trials: int = 16
+    budget_s: float = 600.0                # wall-clock budget of the whole search
+    proxy_epochs: float = 2.0
+    proxy_train: int | None = 5000         # training images per proxy run (None: all)
+    families: list[str] = field(default_factory=lambda: ["kd_soft", "dkd", "dist"])
+    standardize: bool = True               # also try logit standardisation
+    include_ce: bool = True                # the no-teacher objective competes too
+    temperature: list[float] = field(default_factory=lambda: [1.0, 8.0])   # [low, high], sampled on a log scale
+    hint: dict[str, Any] | None = None     # {student: features.N, teacher: features.M}: also try a FitNets hint
+    pruner: Literal["hyperband", "successive_halving", "none"] = "hyperband"
+    seed: int = 0
+
+
+@dataclass
+class SearchConfig:
+    """Student search under a latency budget per target (docs/auto.md; `edgekd search`)."""
+
+    enabled: bool = False
+    targets: list[str] = field(default_factory=lambda: ["cpu-local"])
+    budget_ms: dict[str, float] = field(default_factory=dict)             # target -> p50 budget in ms
+    space: list[dict[str, Any]] = field(default_factory=_default_search_space)
+    max_candidates: int = 24
+    proxy_epochs: float = 2.0
+    proxy_train: int | None = 5000
+    measure_local: bool = True             # measure cpu-local candidates (ONNX, ORT) besides predicting them
+    full_train: int = 0                    # train this many candidates fully to check the proxy ranking
+    seed: int = 0
+
+
 @dataclass
 class Recipe:
     name: str = "run"
@@ -177,6 +220,8 @@ class Recipe:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     bundle: BundleConfig = field(default_factory=BundleConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,7 +11,7 @@ from edgekd.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["demo", "run", "validate", "teacher", "distill", "quantize", "export", "verify", "profile", "bundle",
-            "report", "targets", "calibrate"]
+            "report", "targets", "calibrate", "tune", "search"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

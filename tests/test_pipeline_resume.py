@@ -41,7 +41,7 @@ def test_finished_stages_are_skipped_and_changed_ones_rerun(tmp_path):
     first = read_json(run_dir / "distill" / "stage.json")
     logs.clear()
     run(recipe, run_dir=run_dir, until="distill", progress=False, log=logs.append)
-    assert logs == ["teacher: up to date, skipped", "distill: up to date, skipped"]
+    assert logs == ["teacher: up to date, skipped", "baseline: up to date, skipped", "distill: up to date, skipped"]
     recipe = write_recipe(tmp_path, **{"distill.train.lr": 0.02})
     logs.clear()
     run(recipe, run_dir=run_dir, until="distill", progress=False, log=logs.append)

@@ -15,7 +15,9 @@ from edgekd.errors import EdgeKDError
 from edgekd.pipeline import run, staging_dir
 from edgekd.stages import STAGES, Stage, StageRecord, recipe_stages, register_stage, stage_names
 
-DEFAULT_ORDER = ["teacher", "distill", "quantize", "export", "verify", "profile", "bundle", "report"]
+DEFAULT_ORDER = ["teacher", "baseline", "tune", "distill", "quantize", "export", "verify", "profile", "bundle", "search",
+                 "kd_gain", "report"]
+OFF_BY_DEFAULT = ("tune", "search")  # distill.auto and search.enabled are false by default
 TOY = "toy_task"  # a task registered by this test module, as a task package would register its own stages
 CALLS: list[str] = []
 
@@ -68,19 +70,20 @@ def test_default_stages_in_order_and_the_cli_reads_them():
 
     assert stage_names() == DEFAULT_ORDER
     assert [s.name for s in STAGES] == DEFAULT_ORDER
-    assert list(CLI_CHOICE.choices)[:8] == DEFAULT_ORDER and "toy_extra" in CLI_CHOICE.choices
+    assert list(CLI_CHOICE.choices)[:len(DEFAULT_ORDER)] == DEFAULT_ORDER and "toy_extra" in CLI_CHOICE.choices
     assert STAGES.get("quantize").upstream == ("teacher", "distill")
 
 
 def test_a_task_replaces_stages_and_adds_its_own():
     assert stage_names(TOY) == ["teacher", "distill", "quantize", "export", "verify", "profile", "bundle",
-                                "toy_extra", "report"]  # the report reads every stage: last
+                                "baseline", "tune", "search", "kd_gain", "toy_extra",
+                                "report"]  # the report reads every stage: last
     assert STAGES.get("distill", TOY).run is toy_distill
     assert STAGES.get("distill").run is not toy_distill  # other tasks keep the default
     assert STAGES.get("report", TOY) is STAGES.get("report")
     assert [s.name for s in recipe_stages(toy_recipe())] == ["teacher", "distill", "toy_extra", "report"]
     assert [s.name for s in recipe_stages(parse_recipe({"bundle": {"enabled": False}}))] == \
-        [n for n in DEFAULT_ORDER if n != "bundle"]
+        [n for n in DEFAULT_ORDER if n != "bundle" and n not in OFF_BY_DEFAULT]
 
 
 def test_registry_refuses_a_second_stage_under_one_name_and_a_cycle():

@@ -51,7 +51,7 @@ def test_results_hold_accuracy_latency_pareto_and_headline(report_run):
     assert pixel["student_int8.tflite"]["measured"] is False and pixel["student_int8.tflite"]["uncertainty"] == 0.35
     assert [len(r["training"][k]) for k in ("teacher", "student", "qat")] == [5, 6, 2]
     assert "student_int8.onnx FAILED parity against fake_quant (max abs diff 2.9): do not ship it." in r["summary"]
-    assert r["missing_stages"] == ["bundle"]
+    assert r["missing_stages"] == ["baseline", "bundle", "kd_gain"]
 
 
 def test_markdown_leads_with_the_headline_then_details(built):
@@ -115,7 +115,8 @@ def test_a_run_with_only_a_recipe_lists_every_stage_missing(tmp_path):
     run = tmp_path / "fresh"
     run.mkdir()
     (run / "recipe.yaml").write_text("name: fresh\nbundle: {enabled: false}\n")
-    assert results_json(run)["missing_stages"] == ["teacher", "distill", "quantize", "export", "verify", "profile"]
+    assert results_json(run)["missing_stages"] == ["teacher", "baseline", "distill", "quantize", "export", "verify",
+                                                   "profile", "kd_gain"]
     assert build_report(run).plots == {}
 
 

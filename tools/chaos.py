@@ -149,26 +149,26 @@ def kill_scenario(recipe: Path, ref: dict, windows, work: Path, i: int, rng: ran
     return row
 
 
-def enospc_scenario(recipe: Path, ref: dict, work: Path, size_mb: int, timeout: float) -> dict:
+def enospc_scenario(recipe: Path, ref: dict, work: Path, size_kb: int, timeout: float) -> dict:
     """A run directory on a small tmpfs: the run must stop with one line; after the space grows it must finish."""
     mount = work / "tmpfs"
     mount.mkdir(exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return {"scenario": "enospc", "outcome": "skipped", "detail": "needs root to mount a small tmpfs"}
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mount)]).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mount)]).returncode:
         return {"scenario": "enospc", "outcome": "skipped", "detail": "mount -t tmpfs failed"}
     try:
-        log = work / f"enospc{size_mb}.log"
+        log = work / f"enospc{size_kb}.log"
         code, output = finish(recipe, mount / "run", log, timeout)
         refused = clean_refusal(code, output)
         subprocess.run(["mount", "-o", "remount,size=512m", str(mount)], check=True)
         code2, output2 = finish(recipe, mount / "run", log, timeout)
         same = code2 == 0 and fingerprint(mount / "run") == ref
-        outcome = ("resumed bit-exact" if same and refused else "refused cleanly" if refused and code == 0 else
-                   "failed")
         if code == 0:  # the run fit in the space: nothing was injected
-            outcome = "resumed bit-exact" if same else "failed"
-        return {"scenario": "enospc", "size_mb": size_mb, "exit": code, "refused_cleanly": refused,
+            outcome = "too large to fill" if same else "failed"
+        else:
+            outcome = "resumed bit-exact" if refused and same else "failed"
+        return {"scenario": "enospc", "size_kb": size_kb, "exit": code, "refused_cleanly": refused,
                 "first_output": output.strip().splitlines()[-2:], "exit_after_space": code2, "outcome": outcome}
     finally:
         subprocess.run(["umount", "-l", str(mount)])
@@ -227,9 +227,10 @@ def main() -> int:
         r = rows[-1]
         print(f"kill {i + 1}/{args.kills}: {r['stage']:<9} at {r['delay_s']:6.2f} s -> {r['outcome']}", flush=True)
     if args.enospc:
-        for size in (1, 2, 4):
+        run_kb = sum(f.stat().st_size for f in (work / "ref").rglob("*") if f.is_file()) // 1024
+        for size in sorted({max(8, run_kb * k // 8) for k in (1, 2, 4, 6)}):  # an eighth to three quarters of a run
             rows.append(enospc_scenario(recipe, ref, work, size, args.timeout))
-            print(f"enospc {size} MiB -> {rows[-1]['outcome']}", flush=True)
+            print(f"enospc {size} KiB (a run writes {run_kb} KiB) -> {rows[-1]['outcome']}", flush=True)
     if args.concurrent:
         for gap in (0.0, 2.0, 12.0):
             rows.append(concurrent_scenario(recipe, ref, work, gap, args.timeout))
@@ -238,7 +239,8 @@ def main() -> int:
     table = Counter((r["scenario"], r.get("stage", "-"), r["outcome"]) for r in rows)
     print(f"\n{'scenario':<11} {'stage':<9} {'tried':>5} {'bit-exact':>9} {'refused':>8} {'failed':>7}")
     for scenario, stage in sorted({(s, st) for s, st, _ in table}):
-        n = {o: table[(scenario, stage, o)] for o in ("resumed bit-exact", "refused cleanly", "failed", "skipped")}
+        n = {o: table[(scenario, stage, o)] for o in ("resumed bit-exact", "refused cleanly", "failed", "skipped",
+                                                       "too large to fill")}
         print(f"{scenario:<11} {stage:<9} {sum(n.values()):>5} {n['resumed bit-exact']:>9} {n['refused cleanly']:>8}"
               f" {n['failed']:>7}")
     failed = sum(1 for r in rows if r["outcome"] == "failed")

@@ -109,7 +109,9 @@ def run_distill(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     student = built.module
     for note in built.notes:
         ctx.log(f"distill: {note}")
-    terms = r.distill.losses if r.distill.enabled else [{"name": "ce", "weight": 1.0}]
+    from edgekd.auto.stage import tuned_losses
+
+    terms = (tuned_losses(ctx) or r.distill.losses) if r.distill.enabled else [{"name": "ce", "weight": 1.0}]
     objective = build_objective(terms)
     mode = r.distill.mode if r.distill.enabled else "teacher"
     offline = mode == "teacher"  # born-again generations change teachers, so only offline KD can use the cache
@@ -172,5 +174,5 @@ def teacher_signal(ctx: "RunContext", objective, cfg: "TrainConfig", use_cache: 
 
 register_stage(Stage("teacher", run_teacher, sections=("teacher",), inputs=teacher_inputs,
                      missing="no teacher accuracy or training curve"))
-register_stage(Stage("distill", run_distill, sections=("student", "distill"), upstream=("teacher",),
+register_stage(Stage("distill", run_distill, sections=("student", "distill"), upstream=("teacher", "tune"),
                      missing="no student fp32 accuracy or distillation curve"))

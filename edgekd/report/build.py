@@ -5,13 +5,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekd.fileio import write_json, write_text
+from edgekd.auto.report import search_pareto
 from edgekd.report.plots import accuracy_vs_latency, int8_vs_fp32, training_curves
 from edgekd.report.render import render_html, render_markdown
 from edgekd.report.results import collect_results
 from edgekd.runs import load_run
 
 PLOTS = {"accuracy_vs_latency": accuracy_vs_latency, "training_curves": training_curves,
-         "int8_vs_fp32": int8_vs_fp32}
+         "int8_vs_fp32": int8_vs_fp32, "search_pareto": search_pareto}
 
 
 @dataclass

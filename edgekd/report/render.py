@@ -11,7 +11,8 @@ from edgekd.report.results import _num, format_bytes, missing_effect
 
 PLOT_TITLES = {"accuracy_vs_latency": "Accuracy vs latency per target (Pareto front marked)",
                "training_curves": "Training curves: total loss and each part, accuracy",
-               "int8_vs_fp32": "int8 vs fp32 per runtime: latency and size"}
+               "int8_vs_fp32": "int8 vs fp32 per runtime: latency and size",
+               "search_pareto": "Student search: proxy accuracy vs latency per target (Pareto front joined)"}
 
 
 @dataclass
@@ -78,6 +79,9 @@ def tables(results: dict[str, Any]) -> list[Table]:
             f"held-out training images: full int8 {_pct(sens.get('int8_accuracy'))}, fp32 {_pct(sens.get('fp32_accuracy'))}. "
             + (f"Keeping {', '.join(fb.get('keep_float') or [])} in float gives {_pct(fb.get('accuracy'))} at "
                f"{format_bytes(fb.get('bytes'))} (full int8 {format_bytes(fb.get('int8_bytes'))})." if fb else "")))
+    from edgekd.auto.report import auto_tables
+
+    out += auto_tables(results)
     if results["files"] and not results["latency"]:
         out.append(Table("Exported files", ["file", "format", "runtime", "precision", "size", "top-1"],
                          [[f["name"], str(f.get("format")), str(f.get("runtime")), str(f.get("precision")),

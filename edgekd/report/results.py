@@ -47,6 +47,9 @@ def collect_results(run: RunRecord) -> dict[str, Any]:
                          if k in ("scheme", "method", "keep_float", "sensitivity", "fallback", "sensitivity_samples")
                          and v is not None},
     }
+    from edgekd.auto.report import auto_results
+
+    results["auto"] = auto_results(run)
     results["headline"] = headline(results)
     results["summary"] = verdict_sentences(results)
     return results
@@ -61,7 +64,9 @@ def missing_effect(stage: str) -> str:
 
 def verdict_sentences(results: dict[str, Any]) -> list[str]:
     """Plain sentences a reader takes away: compression, accuracy kept, int8 vs fp32, parity failures."""
-    out: list[str] = []
+    from edgekd.auto.report import auto_verdicts
+
+    out: list[str] = auto_verdicts(results)  # first: did distillation pay over the no-teacher baseline
     models = results["models"]
     t, s = models.get("teacher", {}), models.get("student", {})
     if _num(t.get("params")) and _num(s.get("params")) and s["params"]:

@@ -1,0 +1,184 @@
+"""Student search under a latency budget per target: candidates, latency, proxy accuracy, Pareto front, choice.
+
+Candidates come from a declared space (`search.space`: zoo families with lists of constructor values, e.g.
+tiny_cnn width x depth, mobilenet_student width_mult x depth x expand); every combination is one candidate
+(a seeded sample of `max_candidates` when there are more). Latency per target: the calibrated predictor
+(edgekd.profile.predict) on the candidate's fp32 ONNX graph, and on cpu-local also measured (ORT, 1 thread) when
+`measure_local` (the lowest median of MEASURE_ROUNDS short rounds); the measured figure is then the one budgets
+are checked against, and the prediction's error is recorded. Accuracy: a short KD proxy (the recipe's logit
+losses) on a subset of the training split, scored on the validation split. The chosen student is the most
+accurate candidate inside every budget (ties: faster). `full_train` candidates are then trained with the full
+distill budget to say how far the proxy ranking agrees with full training (Spearman rank correlation of
+validation accuracies).
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgekd.auto.proxy import (TeacherOutputs, build_student, count_macs, proxy_config, proxy_train,
+                               require_validation, split_record, train_subset)
+from edgekd.auto.stats import spearman
+from edgekd.errors import EdgeKDError
+
+if TYPE_CHECKING:
+    from edgekd.config import Recipe
+
+LOCAL = "cpu-local"
+MEASURE_ROUNDS = 3
+
+
+def expand_space(space: list[dict[str, Any]], limit: int, seed: int = 0) -> list[dict[str, Any]]:
+    """[{model, kwargs}] for every combination of the listed values (a seeded sample of `limit` if more)."""
+    out: list[dict[str, Any]] = []
+    for i, family in enumerate(space):
+        if not isinstance(family, dict) or "model" not in family:
+            raise EdgeKDError(f"search.space[{i}]: each entry is {{model: NAME, kwargs: {{arg: [values]}}}}, "
+                              f"got {family!r}")
+        kw = family.get("kwargs") or {}
+        keys = list(kw)
+        values = [v if isinstance(v, list) else [v] for v in kw.values()]
+        for combo in itertools.product(*values):
+            out.append({"model": family["model"], "kwargs": dict(zip(keys, combo))})
+    if len(out) > limit:
+        keep = sorted(random.Random(seed).sample(range(len(out)), limit))
+        out = [out[i] for i in keep]
+    return out
+
+
+def candidate_name(c: dict[str, Any]) -> str:
+    return c["model"] + "(" + ", ".join(f"{k}={v}" for k, v in c["kwargs"].items()) + ")"
+
+
+def latencies(module, input_shape: tuple[int, ...], targets: list[str], measure_local: bool,
+              threads: int = 1) -> dict[str, dict[str, Any]]:
+    """{target: {"ms", "predicted_ms", "uncertainty", "measured_ms"|None, "basis"}} for a torch module."""
+    from edgekd.profile.predict import predict
+
+    shape = (1, *input_shape)
+    out: dict[str, dict[str, Any]] = {}
+    onnx_path = None
+    with tempfile.TemporaryDirectory(prefix="edgekd-search-") as tmp:
+        if measure_local and LOCAL in targets:
+            from edgekd.export.onnx import export_onnx
+            import torch
+
+            onnx_path = export_onnx(module.eval(), (torch.zeros(shape),), Path(tmp) / "candidate.onnx")
+        for target in targets:
+            p = predict(onnx_path if (onnx_path and target == LOCAL) else module.eval(), target,
+                        input_shape=shape, threads=threads if target == LOCAL else None)
+            row = {"predicted_ms": p.ms, "uncertainty": p.uncertainty, "measured_ms": None, "basis": p.basis}
+            if target == LOCAL and onnx_path is not None:
+                from edgekd.profile.runners.local import profile_file
+
+                # Other processes only ever add time: the lowest median of a few short rounds is the figure
+                # least disturbed by a busy machine.
+                medians = [profile_file(onnx_path, "onnxruntime", threads=threads, warmup=10, min_runs=30,
+                                        time_cap_s=1.0, min_time_s=0.2).p50_ms for _ in range(MEASURE_ROUNDS)]
+                row["measured_ms"] = min(medians)
+                row["measured_rounds_ms"] = medians
+                row["prediction_error"] = p.ms / row["measured_ms"] - 1 if row["measured_ms"] else None
+            row["ms"] = row["measured_ms"] if row["measured_ms"] is not None else row["predicted_ms"]
+            out[target] = row
+    return out
+
+
+def pareto(points: list[dict[str, Any]], target: str) -> list[str]:
+    """Names of candidates no other beats on both latency on `target` (lower) and proxy accuracy (higher)."""
+    pts = [p for p in points if isinstance(p.get("val_accuracy"), float) and target in p["latency"]]
+
+    def lat(p):
+        return p["latency"][target]["ms"]
+
+    front = [p for p in pts if not any(lat(o) <= lat(p) and o["val_accuracy"] >= p["val_accuracy"]
+                                       and (lat(o) < lat(p) or o["val_accuracy"] > p["val_accuracy"]) for o in pts)]
+    return [p["name"] for p in sorted(front, key=lat)]
+
+
+def proxy_losses(recipe: "Recipe", teacher: Any) -> list[dict[str, Any]]:
+    """The recipe's logit losses (feature taps differ per candidate); cross-entropy without a teacher."""
+    if teacher is None:
+        return [{"name": "ce", "weight": 1.0}]
+    return [dict(t) for t in recipe.distill.losses if "student" not in t] or [{"name": "ce", "weight": 1.0}]
+
+
+def within_budget(c: dict[str, Any], budgets: dict[str, float]) -> bool:
+    return all(c["latency"].get(t, {}).get("ms", float("inf")) <= b for t, b in budgets.items())
+
+
+def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[str, Any]:
+    """Run the search (module docstring); the result is JSON-able and names the chosen student."""
+    cfg = recipe.search
+    require_validation(ds, "search")
+    unknown = [t for t in cfg.budget_ms if t not in cfg.targets]
+    if unknown:
+        raise EdgeKDError(f"search.budget_ms names {', '.join(unknown)}, which search.targets does not list "
+                          f"({', '.join(cfg.targets)}); add the target or remove its budget")
+    t0 = time.perf_counter()
+    idx = train_subset(ds, cfg.proxy_train, cfg.seed)
+    outputs = TeacherOutputs.compute(teacher, ds.x_train[idx]) if teacher is not None else None
+    terms = proxy_losses(recipe, teacher)
+    pcfg = proxy_config(recipe.distill.train, cfg.proxy_epochs)
+    from edgekd.models import count_params
+
+    rows: list[dict[str, Any]] = []
+    for c in expand_space(cfg.space, cfg.max_candidates, cfg.seed):
+        name = candidate_name(c)
+        try:
+            built = build_student(c["model"], c["kwargs"], ds, recipe.seed)
+        except EdgeKDError as e:
+            rows.append({"name": name, **c, "error": str(e), "latency": {}})
+            log(f"search: {name}: not buildable for this data ({e})")
+            continue
+        row = {"name": name, **c, "params": count_params(built.module),
+               "macs": count_macs(built.module, ds.input_shape),
+               "latency": latencies(built.module, ds.input_shape, cfg.targets, cfg.measure_local)}
+        res = proxy_train(built.module, ds, idx, terms, pcfg, teacher=outputs, seed=recipe.seed,
+                          batch_size=recipe.data.batch_size)
+        row.update(val_accuracy=res.val_accuracy, proxy_seconds=round(res.seconds, 2))
+        row["within_budget"] = within_budget(row, cfg.budget_ms)
+        lat = ", ".join(f"{t} {v['ms']:.3g} ms" for t, v in row["latency"].items())
+        log(f"search: {name}: {row['params']:,} params, {lat}, validation {res.val_accuracy:.4f}")
+        rows.append(row)
+    ok = [r for r in rows if r.get("within_budget")]
+    if not ok:
+        raise EdgeKDError(f"no candidate of search.space fits the budgets {cfg.budget_ms} on "
+                          f"{', '.join(cfg.targets)}: raise the budget or add smaller candidates")
+    primary = next(iter(cfg.budget_ms), cfg.targets[0])
+    chosen = max(ok, key=lambda r: (r["val_accuracy"], -r["latency"][primary]["ms"]))
+    result = {"candidates": rows, "fronts": {t: pareto(rows, t) for t in cfg.targets}, "budgets_ms": cfg.budget_ms,
+              "chosen": {k: chosen[k] for k in ("name", "model", "kwargs", "params", "val_accuracy", "latency")},
+              "proxy": {"epochs": cfg.proxy_epochs, "train_images": len(idx), "losses": terms},
+              "split": split_record(ds)}
+    if cfg.full_train:
+        result["rank_check"] = full_train_check(ds, recipe, ok, cfg.full_train, teacher, log)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    log(f"search: chose {chosen['name']} (validation {chosen['val_accuracy']:.4f}) in {result['seconds']:.0f} s")
+    return result
+
+
+def full_train_check(ds, recipe: "Recipe", ok: list[dict[str, Any]], k: int, teacher, log) -> dict[str, Any]:
+    """Train `k` in-budget candidates (spread over the proxy ranking) fully; Spearman of proxy vs full."""
+    ranked = sorted(ok, key=lambda r: -r["val_accuracy"])
+    if k >= len(ranked):
+        picks = ranked
+    else:
+        step = (len(ranked) - 1) / max(1, k - 1)
+        picks = [ranked[round(i * step)] for i in range(k)]
+    outputs = TeacherOutputs.compute(teacher, ds.x_train) if teacher is not None else None
+    terms = proxy_losses(recipe, teacher)
+    cfg = proxy_config(recipe.distill.train, recipe.distill.train.epochs)
+    full = []
+    for r in picks:
+        built = build_student(r["model"], r["kwargs"], ds, recipe.seed)
+        res = proxy_train(built.module, ds, None, terms, cfg, teacher=outputs, seed=recipe.seed,
+                          batch_size=recipe.data.batch_size)
+        full.append({"name": r["name"], "proxy_val": r["val_accuracy"], "full_val": res.val_accuracy,
+                     "seconds": round(res.seconds, 1)})
+        log(f"search: full training of {r['name']}: validation {res.val_accuracy:.4f} (proxy {r['val_accuracy']:.4f})")
+    rho = spearman([f["proxy_val"] for f in full], [f["full_val"] for f in full])
+    return {"trained": full, "spearman": rho}

@@ -1,0 +1,224 @@
+"""Issue-15 benchmark: does automatic distillation pay, and does the student search find a student in budget?
+
+    .venv/bin/python tools/bench_auto.py --out runs/bench/auto.json            # full settings
+    .venv/bin/python tools/bench_auto.py --quick --out runs/bench/auto_quick.json
+
+Per data set (Fashion-MNIST subset with the shipped teacher; sklearn digits with a teacher trained here), every
+choice is made on the validation split carved from the training data; the test set is read only at the end:
+
+- KD: the same student (<= 1/20 of the teacher's parameters) trained per seed three ways: without the teacher
+  (CE), with the library's fixed default (CE 0.1 + soft-target KD 0.9, T=2: the best fixed setting of the KD
+  benchmark), and with the losses `tune` chose (Optuna, once, on seed 0's proxies). Paired bootstrap over test
+  images and seeds (edgekd.auto.stats) for auto vs baseline and auto vs default.
+- Search: budget = the demo student's (tiny_cnn width 16, depth 3) measured cpu-local latency; the chosen
+  student and the demo student trained fully per seed with the default KD losses; predicted vs measured latency
+  of the chosen student; Spearman of proxy vs full training on the candidates the search trained fully.
+- Cost: tune's and search's wall time over one plain distillation run (the default KD run, mean over seeds).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+
+from edgekd.auto.proxy import TeacherOutputs, build_student, predictions
+from edgekd.auto.search import latencies, search_students
+from edgekd.auto.stats import mean_std, paired_bootstrap
+from edgekd.auto.tune import describe_losses, tune_losses
+from edgekd.config import DISTILL_KD_TERMS, parse_recipe
+from edgekd.data import load_dataset
+from edgekd.distill import TorchTeacher, build_objective
+from edgekd.fileio import write_json
+from edgekd.models import build_model, count_params, load_shipped_teacher
+from edgekd.train import TeacherSignal, TrainConfig, evaluate, train
+
+DEMO_STUDENT = {"model": "tiny_cnn", "kwargs": {"width": 16, "depth": 3}}
+CE = [{"name": "ce", "weight": 1.0}]
+
+SETTINGS = {
+    "full": {"fashion_mnist": {"subset_train": 20000, "subset_test": None, "epochs": 10,
+                               "tune": {"trials": 20, "budget_s": 900, "proxy_epochs": 2, "proxy_train": 5000},
+                               "search": {"max_candidates": 16, "proxy_epochs": 2, "proxy_train": 5000,
+                                          "full_train": 4}},
+             "digits": {"epochs": 30,
+                        "tune": {"trials": 20, "budget_s": 300, "proxy_epochs": 10, "proxy_train": None},
+                        "search": {"max_candidates": 16, "proxy_epochs": 10, "proxy_train": None, "full_train": 4}}},
+    "quick": {"fashion_mnist": {"subset_train": 6000, "subset_test": 2000, "epochs": 3,
+                                "tune": {"trials": 8, "budget_s": 120, "proxy_epochs": 2, "proxy_train": None},
+                                "search": {"max_candidates": 12, "proxy_epochs": 2, "proxy_train": 2000,
+                                           "full_train": 4}},
+              "digits": {"epochs": 12,
+                         "tune": {"trials": 8, "budget_s": 60, "proxy_epochs": 4, "proxy_train": None},
+                         "search": {"max_candidates": 12, "proxy_epochs": 4, "proxy_train": None, "full_train": 6}}},
+}
+SPACE = [{"model": "tiny_cnn", "kwargs": {"width": [8, 12, 16, 20], "depth": [2, 3]}},
+         {"model": "mobilenet_student", "kwargs": {"width_mult": [0.5, 0.75], "depth": [1], "expand": [2, 4]}}]
+
+
+def teacher_for(name: str, ds, seed: int, log) -> tuple[torch.nn.Module, str]:
+    if name == "fashion_mnist":
+        module, _ = load_shipped_teacher()
+        return module, "shipped teacher_cnn (edgekd/weights)"
+    torch.manual_seed(seed)
+    module = build_model("teacher_cnn", num_classes=ds.num_classes, in_channels=1, widths=(32, 64, 128), hidden=256)
+    cfg = TrainConfig(epochs=30, lr=3e-3, weight_decay=5e-4)
+    t0 = time.perf_counter()
+    train(module, ds.x_train, ds.y_train, cfg, seed=seed, batch_size=64, progress=False)
+    log(f"{name}: teacher trained in {time.perf_counter() - t0:.0f} s (train split only)")
+    return module.eval(), "teacher_cnn trained here for 30 epochs on the training split"
+
+
+def fit(ds, student: dict, terms, cfg: TrainConfig, seed: int, outputs: TeacherOutputs | None, batch: int):
+    """Train one student on the whole training split; (model, seconds)."""
+    model = build_student(student["model"], student["kwargs"], ds, seed).module
+    objective = build_objective(terms)
+    signal = outputs.signal() if objective.needs_teacher else TeacherSignal()
+    t0 = time.perf_counter()
+    train(model, ds.x_train, ds.y_train, cfg, objective=objective, teacher=signal, seed=seed, batch_size=batch,
+          progress=False)
+    return model, time.perf_counter() - t0
+
+
+def bench_dataset(name: str, st: dict, seeds: tuple[int, ...], log) -> dict[str, Any]:
+    d = st[name]
+    ds = load_dataset(name, subset_train=d.get("subset_train"), subset_test=d.get("subset_test"), seed=0,
+                      val_fraction=0.1 if name == "fashion_mnist" else 0.2)
+    log(f"{name}: {ds.describe()}")
+    teacher_module, teacher_src = teacher_for(name, ds, 0, log)
+    teacher = TorchTeacher(teacher_module)
+    t_params = count_params(teacher_module)
+    student = {"model": "tiny_cnn", "kwargs": {"width": 12, "depth": 3}} if name == "fashion_mnist" else \
+        {"model": "tiny_cnn", "kwargs": {"width": 8, "depth": 2}}
+    batch = 128 if name == "fashion_mnist" else 64
+    cfg = TrainConfig(epochs=d["epochs"], lr=1e-2, checkpoint_every=10 ** 9)
+    recipe = parse_recipe({"name": f"bench-{name}", "data": {"dataset": name, "batch_size": batch},
+                           "student": student, "distill": {"train": {"epochs": d["epochs"], "lr": 1e-2}},
+                           "tune": d["tune"], "search": {"enabled": True, "space": SPACE, **d["search"]}})
+    outputs = TeacherOutputs.compute(teacher, ds.x_train)
+
+    t0 = time.perf_counter()
+    tuned = tune_losses(ds, recipe, teacher, log=log)
+    tune_s = time.perf_counter() - t0
+    methods = {"baseline": CE, "default": [dict(t) for t in DISTILL_KD_TERMS], "auto": tuned["chosen"]["losses"]}
+    correct: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    seconds: dict[str, list[float]] = {m: [] for m in methods}
+    val: dict[str, list[float]] = {m: [] for m in methods}
+    for seed in seeds:
+        for m, terms in methods.items():
+            model, s = fit(ds, student, terms, cfg, seed, outputs, batch)
+            seconds[m].append(s)
+            val[m].append(evaluate(model, ds.x_val, ds.y_val))
+            correct[m].append((predictions(model, ds.x_test) == ds.y_test).numpy())
+            log(f"{name}: seed {seed} {m}: val {val[m][-1]:.4f} ({s:.0f} s)")
+    plain = float(np.mean(seconds["default"]))
+
+    # Search: budget = the demo student's measured cpu-local latency on this input shape.
+    demo = build_student(DEMO_STUDENT["model"], DEMO_STUDENT["kwargs"], ds, 0).module
+    demo_lat = latencies(demo, ds.input_shape, ["cpu-local"], True)["cpu-local"]
+    budget = demo_lat["measured_ms"]
+    recipe.search = replace(recipe.search, budget_ms={"cpu-local": budget}, targets=["cpu-local"])
+    t0 = time.perf_counter()
+    found = search_students(ds, recipe, teacher, log=log)
+    search_s = time.perf_counter() - t0
+    chosen = found["chosen"]
+    search_correct: dict[str, list[np.ndarray]] = {"chosen": [], "demo": []}
+    for seed in seeds:
+        for key, spec in (("chosen", chosen), ("demo", DEMO_STUDENT)):
+            model, _ = fit(ds, {"model": spec["model"], "kwargs": spec["kwargs"]}, methods["default"], cfg, seed,
+                           outputs, batch)
+            search_correct[key].append((predictions(model, ds.x_test) == ds.y_test).numpy())
+
+    # The end: the test set, read once.
+    teacher_acc = evaluate(teacher_module, ds.x_test, ds.y_test)
+    acc = {m: mean_std([c.mean() * 100 for c in v]) for m, v in correct.items()}
+    s_params = count_params(build_student(student["model"], student["kwargs"], ds, 0).module)
+    lat = chosen["latency"]["cpu-local"]
+    out = {
+        "dataset": ds.describe(), "split": ds.split, "teacher": {"source": teacher_src, "params": t_params,
+                                                                 "test_accuracy": teacher_acc},
+        "student": {**student, "params": s_params, "fraction_of_teacher": s_params / t_params},
+        "epochs": d["epochs"], "seeds": list(seeds),
+        "kd": {m: {"losses": methods[m], "describe": describe_losses(methods[m]), "test_mean": acc[m][0],
+                   "test_std": acc[m][1], "per_seed": [float(c.mean() * 100) for c in correct[m]],
+                   "val_mean": float(np.mean(val[m]) * 100), "seconds_mean": float(np.mean(seconds[m]))}
+               for m in methods},
+        "auto_vs_baseline": paired_bootstrap(correct["auto"], correct["baseline"]),
+        "auto_vs_default": paired_bootstrap(correct["auto"], correct["default"]),
+        "default_vs_baseline": paired_bootstrap(correct["default"], correct["baseline"]),
+        "tune": {k: tuned[k] for k in ("chosen", "spent_s", "budget_s", "proxy", "pruner")} |
+                {"trials": [{k: r[k] for k in ("name", "val_accuracy", "state", "seconds")} |
+                            {"losses": describe_losses(r.get("losses"))} for r in tuned["trials"]],
+                 "cost_vs_one_distill_run": tune_s / plain},
+        "search": {"budget_ms": budget, "demo_latency": demo_lat, "chosen": chosen,
+                   "front": found["fronts"]["cpu-local"],
+                   "candidates": [{k: c.get(k) for k in ("name", "params", "val_accuracy", "within_budget",
+                                                         "latency")} for c in found["candidates"]],
+                   "rank_check": found.get("rank_check"),
+                   "chosen_test_mean": float(np.mean([c.mean() * 100 for c in search_correct["chosen"]])),
+                   "demo_test_mean": float(np.mean([c.mean() * 100 for c in search_correct["demo"]])),
+                   "chosen_vs_demo": paired_bootstrap(search_correct["chosen"], search_correct["demo"]),
+                   "predicted_ms": lat["predicted_ms"], "measured_ms": lat["measured_ms"],
+                   "prediction_error": lat.get("prediction_error"),
+                   "prediction_errors_all": [c["latency"]["cpu-local"].get("prediction_error")
+                                             for c in found["candidates"] if "cpu-local" in c.get("latency", {})],
+                   "cost_vs_one_distill_run": search_s / plain},
+        "plain_distill_run_s": plain,
+        "baseline_cost_vs_one_distill_run": float(np.mean(seconds["baseline"])) / plain,
+    }
+    out["targets_met"] = {
+        "student_at_most_1_20_of_teacher": s_params * 20 <= t_params,
+        "auto_ge_default": acc["auto"][0] >= acc["default"][0],
+        "auto_ge_baseline_plus_0_5": acc["auto"][0] >= acc["baseline"][0] + 0.5,
+        "search_chosen_ge_demo": out["search"]["chosen_test_mean"] >= out["search"]["demo_test_mean"],
+        "search_prediction_within_10pct": lat.get("prediction_error") is not None
+                                          and abs(lat["prediction_error"]) <= 0.10,
+    }
+    return out
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Small subsets, few epochs and trials (figures marked quick).")
+@click.option("--datasets", multiple=True, default=("fashion_mnist", "digits"), show_default=True)
+@click.option("--seeds", multiple=True, type=int, default=(0, 1, 2), show_default=True)
+@click.option("--threads", default=1, show_default=True)
+@click.option("--out", default="runs/bench/auto.json", show_default=True)
+def main(quick, datasets, seeds, threads, out) -> None:
+    torch.set_num_threads(threads)
+    st = SETTINGS["quick" if quick else "full"]
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {"quick": quick, "settings": st, "space": SPACE, "threads": threads,
+                               "host": platform.platform(), "torch": torch.__version__, "datasets": {}}
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+
+    for name in datasets:
+        results["datasets"][name] = bench_dataset(name, st, tuple(seeds), log)
+        results["wall_s"] = time.perf_counter() - t0
+        write_json(Path(out), results)   # after each data set: a killed run keeps what it finished
+    for name, r in results["datasets"].items():
+        kd = r["kd"]
+        print(f"\n{name} ({'QUICK' if quick else 'full'}): teacher {r['teacher']['test_accuracy'] * 100:.2f}%, "
+              f"student {r['student']['params']:,} params (1/{1 / r['student']['fraction_of_teacher']:.0f})")
+        for m in ("baseline", "default", "auto"):
+            print(f"  {m:<9} {kd[m]['test_mean']:.2f} ± {kd[m]['test_std']:.2f}  {kd[m]['describe']}")
+        for key in ("auto_vs_baseline", "auto_vs_default"):
+            g = r[key]
+            print(f"  {key}: {g['gain_pt']:+.2f} ± {g['pm_pt']:.2f} pt")
+        s = r["search"]
+        print(f"  search: chosen {s['chosen']['name']} {s['chosen_test_mean']:.2f}% vs demo {s['demo_test_mean']:.2f}% "
+              f"(budget {s['budget_ms']:.3g} ms; predicted {s['predicted_ms']:.3g} vs measured {s['measured_ms']:.3g})")
+        print(f"  cost: tune {r['tune']['cost_vs_one_distill_run']:.1f}x, search "
+              f"{s['cost_vs_one_distill_run']:.1f}x one distillation run; targets {json.dumps(r['targets_met'])}")
+    print(f"wall {time.perf_counter() - t0:.0f} s -> {out}")
+
+
+if __name__ == "__main__":
+    main()
