@@ -18,7 +18,7 @@ EXTRA_OF_MODULE = {
     "tensorflow": "tensorflow", "tf_keras": "tensorflow",
     "torchvision": "vision", "timm": "vision",
     "transformers": "lm", "gguf": "lm", "accelerate": "lm", "safetensors": "lm", "sentencepiece": "lm",
-    "pytest": "test",
+    "optuna": "auto", "pytest": "test",
 }
 # tflite-support pins protobuf<4 and is installed on its own with --no-deps (tools/setup_env.sh).
 _SPECIAL_INSTALL = {"tensorflow_lite_support": "pip install --no-deps tflite-support==0.4.4"}
