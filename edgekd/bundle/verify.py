@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.bundle.archive import BUNDLE_FORMAT, MANIFEST
-from edgekd.bundle.metadata import LABELS_NAME, read_onnx_metadata, read_tflite_metadata
+from edgekd.bundle.archive import BUNDLE_FORMAT, MANIFEST, bundle_formats
+from edgekd.bundle.metadata import LABELS_NAME
 from edgekd.bundle.safe_zip import ExtractLimits, member_problems, safe_extract
 from edgekd.bundle.signing import SIGNATURE, check_signature
 from edgekd.errors import EdgeKDError
+from edgekd.formats import format_for, open_session
 
 
 @dataclass
@@ -201,7 +202,7 @@ def _manifest(report: BundleReport, small: dict[str, bytes]) -> dict[str, Any] |
 
 def _check_metadata(report: BundleReport, name: str, blob: bytes, labels: list[str], manifest: dict) -> None:
     try:
-        md = read_tflite_metadata(blob) if name.endswith(".tflite") else read_onnx_metadata(blob)
+        md = format_for(name).read_metadata(blob)
     except EdgeKDError as e:
         report.problems.append(f"{name}: {e}")
         return
@@ -219,8 +220,6 @@ def _check_metadata(report: BundleReport, name: str, blob: bytes, labels: list[s
 
 
 def _run_models(report: BundleReport, models: list[str], labels: list[str], limits: ExtractLimits) -> None:
-    from edgekd.runtimes import open_session
-
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="edgekd-verify-") as tmp:
         root = Path(tmp) / "bundle"
