@@ -222,3 +222,21 @@ def test_archive_record_is_the_bundle_stage_entry(archive, onnx_run):
     rec = archive_record(inside, "pixel-8", onnx_run)
     assert rec == {"target": "pixel-8", "path": f"bundle/{archive.name}",
                    "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(), "bytes": archive.stat().st_size}
+
+
+def test_bundle_facts_of_a_float_npz_run_use_its_pixel_scale(tmp_path):
+    """Float images (0..1) keep mean/std on their own scale and pixel_max 1, instead of failing the 0..255 check."""
+    import numpy as np
+
+    from edgekd.bundle.from_run import _data_facts
+    from edgekd.config import parse_recipe
+    from edgekd.runs import RunRecord
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 1, 8, 8)).astype(np.float32)
+    y = np.arange(40) % 4
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:8], y_test=y[:8])
+    recipe = parse_recipe({"data": {"dataset": "npz", "root": str(tmp_path / "d.npz")}})
+    labels, mean, std, pixel_max = _data_facts(RunRecord(tmp_path, recipe), None, None, None)
+    assert pixel_max == 1.0 and labels == ["0", "1", "2", "3"]
+    assert 0.4 < mean[0] < 0.6 and 0.2 < std[0] < 0.4

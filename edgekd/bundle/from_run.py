@@ -13,7 +13,7 @@ from edgekd.summary import accuracy_table, choose_shipped, file_table, latency_t
 
 
 def bundle_run(run_dir: str | Path, target: str, out_dir: str | Path, *, labels: Sequence[str] | None = None,
-               mean: Sequence[float] | None = None, std: Sequence[float] | None = None, pixel_max: float = 255.0,
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None, pixel_max: float | None = None,
                name: str | None = None, version: str | None = None, signing_key: str | Path | None = None) -> Path:
     """Bundle a run's exported files for `target` into out_dir/<name>-<target>.zip and return its path.
 
@@ -24,7 +24,8 @@ def bundle_run(run_dir: str | Path, target: str, out_dir: str | Path, *, labels:
     """
     run = load_run(run_dir)
     files = model_files(run)
-    labels, mean, std = _data_facts(run, labels, mean, std)
+    labels, mean, std, data_pixel_max = _data_facts(run, labels, mean, std)
+    pixel_max = pixel_max if pixel_max is not None else data_pixel_max
     card = card_from_run(run, target, name=name, version=version)
     return make_bundle(files, labels, mean, std, card, target, Path(out_dir) / f"{card.name}-{target}.zip",
                        pixel_max=pixel_max, signing_key=signing_key)
@@ -77,7 +78,10 @@ def archive_record(archive: str | Path, target: str, run_dir: str | Path) -> dic
     return {"target": target, "path": rel, "sha256": sha256_file(archive), "bytes": archive.stat().st_size}
 
 
-def _data_facts(run: RunRecord, labels: Any, mean: Any, std: Any) -> tuple[list[str], list[float], list[float]]:
+def _data_facts(run: RunRecord, labels: Any, mean: Any, std: Any
+                ) -> tuple[list[str], list[float], list[float], float]:
+    """labels, mean, std (pixel scale) and the pixel scale's maximum (255 for uint8 images, 1 for float data)."""
+    pixel_max = 255.0
     if (labels is None or mean is None or std is None) and run.recipe is not None:
         from edgekd.data import dataset_from_config
 
@@ -90,12 +94,13 @@ def _data_facts(run: RunRecord, labels: Any, mean: Any, std: Any) -> tuple[list[
         labels = labels if labels is not None else ds.labels
         mean = mean if mean is not None else ds.mean
         std = std if std is not None else ds.std
+        pixel_max = float(ds.pixel_max)
     missing = [k for k, v in (("labels", labels), ("mean", mean), ("std", std)) if v is None]
     if missing:
         raise EdgeKDError(f"cannot bundle {run.root.name}: {', '.join(missing)} not given and not recorded in the "
                           f"run; pass them (the data set's class names and normalization), e.g. "
                           f"bundle_run(..., labels=[...], mean=[72.94], std=[90.02]) on the 0..255 scale")
-    return list(labels), [float(m) for m in mean], [float(s) for s in std]
+    return list(labels), [float(m) for m in mean], [float(s) for s in std], pixel_max
 
 
 def _safe_name(name: str) -> str:
