@@ -55,12 +55,9 @@ def run(recipe: str | Path | Recipe, *, run_dir: str | Path | None = None, until
 
 def validate(recipe: str | Path | Recipe) -> Recipe:
     """Dry-run a recipe (edgekd.validate.dry_run): raises ConfigError listing every problem before anything trains."""
-    from edgekd.config import Recipe, load_recipe
     from edgekd.validate import dry_run
 
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    dry_run(recipe)
-    return recipe
+    return dry_run(recipe)[0]
 
 
 def run_stage(recipe: str | Path | Recipe, stage: str, *, run_dir: str | Path | None = None,

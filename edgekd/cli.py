@@ -394,8 +394,6 @@ def calibrate(target: str, runtime: str, precision: str, threads: int | None, ro
                f"predictions carry +-{calib.uncertainty:.0%})")
 
 
-
-
 @main.command("tune")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--budget-s", type=float, help="Wall-clock budget of the search (default tune.budget_s).")

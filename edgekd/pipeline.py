@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from edgekd.config import Recipe, dump_recipe, load_recipe
+from edgekd.config import Recipe, dump_recipe
 from edgekd.errors import EdgeKDError
 from edgekd.fileio import write_text
 from edgekd.runlock import run_lock
@@ -96,9 +96,7 @@ def run(recipe: Recipe | str | Path, *, run_dir: str | Path | None = None, until
     """
     from edgekd.validate import dry_run
 
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe)
-    dry_run(recipe)  # every problem at once, before any stage writes to the run directory
+    recipe, dataset = dry_run(recipe)  # every problem at once, before any stage writes to the run directory
     run_dir = Path(run_dir) if run_dir else Path(recipe.runs_dir) / recipe.name
     task = recipe_task(recipe)
     for name in list(only or []) + ([until] if until else []):
@@ -111,7 +109,7 @@ def run(recipe: Recipe | str | Path, *, run_dir: str | Path | None = None, until
     with run_lock(run_dir):
         with disk_full_as_error("run", run_dir):
             write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
-        ctx = RunContext(recipe, run_dir, progress=progress, log=log)
+        ctx = RunContext(recipe, run_dir, progress=progress, log=log, _dataset=dataset)
         for stage in stages:
             run_stage(ctx, stage, skip=bool(only) and stage.name not in only, force=force)
     return run_dir

@@ -16,8 +16,11 @@ from edgekd.config import Recipe, load_recipe, range_problems
 from edgekd.errors import ConfigError, EdgeKDError
 
 
-def dry_run(recipe: Recipe | str | Path) -> None:
+def dry_run(recipe: Recipe | str | Path) -> tuple[Recipe, Any]:
     """Check a recipe (or a recipe file) as far as possible without training; raise one ConfigError listing all.
+
+    Returns the recipe and the dataset loaded to check the models against it (None for a task recipe that checks
+    itself), so that a run goes on with both instead of parsing and loading them again.
 
     Raises:
         ConfigError: every problem, one per line, each with the bad value, what is allowed and what to do.
@@ -29,17 +32,25 @@ def dry_run(recipe: Recipe | str | Path) -> None:
         problems = [] if loaded else recipe.problems()
         if problems:
             raise ConfigError(problems, f"recipe {recipe.name!r}")
-        return
+        return recipe, None
     if loaded:
         problems = file_problems(recipe)
     else:
         problems = range_problems(recipe) + recipe_problems(recipe) + file_problems(recipe)
+    dataset = None
     if not problems:  # names resolve: load the data and build the models to check that they fit each other
+        from edgekd.data import dataset_from_config
         from edgekd.models import recipe_model_problems
 
-        problems = recipe_model_problems(recipe)
+        try:
+            dataset = dataset_from_config(recipe.data, recipe.seed)
+        except EdgeKDError as e:
+            problems = [f"data: {e}"]
+        else:
+            problems = recipe_model_problems(recipe, dataset)
     if problems:
         raise ConfigError(problems, f"recipe {recipe.name!r}")
+    return recipe, dataset
 
 
 def recipe_problems(r: Recipe) -> list[str]:
