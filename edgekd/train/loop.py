@@ -6,8 +6,9 @@ an exact resume needs (model, objective adapters, optimizer, scheduler, RNG stat
 every `checkpoint_every` steps; a run killed mid-epoch resumes to the same final weights as an uninterrupted one.
 
 The loop reads in parts: `_Loop.__init__` (teacher checks, DDP wrap, feature taps), `_warm_up` (lazy adapters),
-`make_optimizer`/`make_scheduler`, `_resume`/`_checkpoint_state`, `_epoch_batches` (the shuffle order),
-`_step` (one optimization step), `_end_epoch` (evaluation and the epoch record).
+`make_optimizer`/`make_scheduler`, `_resume`/`_checkpoint_state`, `_step` (one optimization step), `_end_epoch`
+(evaluation and the epoch record). Data come from an `edgekd.data.source.BatchSource`, one epoch at a time; its
+batches depend only on (seed, epoch), so a resumed run needs no data-order state.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.data.source import Batch, BatchSource, TensorSource
 from edgekd.errors import EdgeKDError
 from edgekd.train.checkpoint import load_checkpoint, plain_state_dict, restore_state_dict, save_checkpoint
 from edgekd.train.config import TrainConfig
@@ -75,15 +77,16 @@ class CrossEntropyObjective(nn.Module):
         return {"loss": ce, "ce": ce}
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
+def evaluate(model: nn.Module, x: torch.Tensor | BatchSource, y: torch.Tensor | None = None, batch_size: int = 1000,
              set_eval: Callable[[nn.Module], None] | None = None) -> float:
-    """Top-1 accuracy of `model` on (x, y), in eval mode, no grad."""
+    """Top-1 accuracy of `model` on (x, y) or on a BatchSource `x` (y None), in eval mode, no grad."""
     (set_eval or (lambda m: m.eval()))(model)
+    source = x if isinstance(x, BatchSource) else TensorSource(x, y)
     correct = 0
     with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            correct += (model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum().item()
-    return correct / max(1, len(x))
+        for batch in source.epoch(0, 0, batch_size, shuffle=False):
+            correct += (model(batch.x).argmax(-1) == batch.y).sum().item()
+    return correct / max(1, len(source))
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -117,11 +120,9 @@ def check_labels(y: torch.Tensor, where: str = "training labels") -> None:
 
 @dataclass
 class _Data:
-    x: torch.Tensor
-    y: torch.Tensor
+    train: BatchSource
     batch_size: int
-    x_test: torch.Tensor | None
-    y_test: torch.Tensor | None
+    test: BatchSource | None
     eval_batch_size: int
 
 
@@ -156,7 +157,6 @@ class _Loop:
         self.step = 0
         self.epoch_sums: dict[str, float] = {}
         self.window: dict[str, float] = {}
-        self.order_state: torch.Tensor | None = None
 
     def forward_student(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         return self.tap.run(self.trained, x) if self.tap else (self.trained(x), None)
@@ -165,26 +165,24 @@ class _Loop:
         """Materialize lazily built parts (hint adapters) before the optimizer sees the parameters."""
         with torch.no_grad():
             self.set_eval(self.model)
-            idx0 = torch.arange(min(data.batch_size, len(data.x)))
-            logits0, feats0 = self.forward_student(data.x[idx0])
-            t_out0, t_feats0 = self.teacher.outputs(data.x[idx0], idx0)
-            self.objective(logits0, data.y[idx0], t_out0, feats0, t_feats0)
+            b0 = data.train.first_batch(data.batch_size)
+            logits0, feats0 = self.forward_student(b0.x)
+            t_out0, t_feats0 = self.teacher.outputs(b0.x, b0.idx)
+            self.objective(logits0, b0.y, t_out0, feats0, t_feats0)
 
     def make_optimization(self, total_steps: int, seed: int) -> None:
-        """Optimizer over the model and the objective's trainable parts, its schedule, and the data generator."""
-        self.total_steps = total_steps
+        """Optimizer over the model and the objective's trainable parts, and its schedule."""
+        self.total_steps, self.seed = total_steps, seed
         self.params = list(self.model.parameters()) + [p for p in self.objective.parameters() if p.requires_grad]
         self.opt = make_optimizer(self.params, self.cfg)
         self.sched = make_scheduler(self.opt, self.cfg, total_steps)
-        self.data_gen = torch.Generator().manual_seed(seed)
 
     def checkpoint_state(self, key: str | None) -> dict[str, Any]:
         return {"model": self.get_state(self.model), "objective": plain_state_dict(self.objective),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "data": self.data_gen.get_state()}, "step": self.step,
+                "rng": {"torch": torch.get_rng_state()}, "step": self.step,
                 "total_steps": self.total_steps, "key": key, "history": self.result.history,
-                "epoch_sums": self.epoch_sums, "curve": self.result.curve, "window": self.window,
-                "order_state": self.order_state}
+                "epoch_sums": self.epoch_sums, "curve": self.result.curve, "window": self.window}
 
     def resume(self, path: Path, key: str | None) -> None:
         """Continue from the checkpoint at `path` if it was written for these inputs (`key`)."""
@@ -200,46 +198,20 @@ class _Loop:
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"]["torch"])
-            self.data_gen.set_state(state["rng"]["data"])
             self.step = state["step"]
             self.result.history, self.result.curve = state["history"], state["curve"]
-            self.window, self.epoch_sums, self.order_state = state["window"], state["epoch_sums"], state["order_state"]
+            self.window, self.epoch_sums = state["window"], state["epoch_sums"]
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise EdgeKDError(f"checkpoint {path} does not fit this run ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start over") from None
         self.result.resumed_from_step = self.step
 
-    def epoch_batches(self, n: int, batch_size: int, steps_per_epoch: int) -> list[torch.Tensor]:
-        """The rest of the current epoch's batches, in the epoch's shuffle order.
-
-        The order comes from the data generator's state at the epoch's start; a resumed run re-creates it from the
-        saved state, then the generator continues from its saved position.
-        """
-        from edgekd.data.loader import iterate_batches
-
-        start_batch = self.step % steps_per_epoch
-        if self.order_state is None:
-            self.order_state = self.data_gen.get_state()
-        resume_state = self.data_gen.get_state()
-        self.data_gen.set_state(self.order_state)
-        batches = list(iterate_batches(n, batch_size, shuffle=True, generator=self.data_gen, start=start_batch))
-        if start_batch:
-            self.data_gen.set_state(resume_state)
-        return batches
-
-    def train_step(self, data: _Data, idx: torch.Tensor, step_hook: StepHook | None) -> dict[str, torch.Tensor]:
-        """One optimization step on the samples `idx` (this rank's shard under DDP)."""
-        if self.world > 1:
-            idx = idx[self.rank::self.world]
+    def train_step(self, batch: Batch, step_hook: StepHook | None) -> dict[str, torch.Tensor]:
+        """One optimization step on `batch` (this rank's share of the global batch under DDP)."""
         if step_hook:
             step_hook(self.model, self.step, self.total_steps)
-        x = data.x[idx]
-        if self.cfg.augment:
-            from edgekd.data.loader import augment_batch
-
-            x = augment_batch(x, self.data_gen)
-        y = data.y[idx]
-        t_out, t_feats = self.teacher.outputs(x, idx)
+        x, y = batch.x, batch.y
+        t_out, t_feats = self.teacher.outputs(x, batch.idx)
         logits, feats = self.forward_student(x)
         parts = self.objective(logits, y, t_out, feats, t_feats)
         _check_finite(parts, self.step)
@@ -259,16 +231,16 @@ class _Loop:
         if self.world > 1:
             _average_buffers(self.model, self.world)
         record = _epoch_record(epoch + 1, self.step, self.epoch_sums, self.opt.param_groups[0]["lr"])
-        if data.x_test is not None and data.y_test is not None:
-            record["test_accuracy"] = evaluate(self.model, data.x_test, data.y_test, data.eval_batch_size,
-                                               self.set_eval)
+        if data.test is not None:
+            record["test_accuracy"] = evaluate(self.model, data.test, None, data.eval_batch_size, self.set_eval)
         self.result.history.append(record)
-        self.epoch_sums, self.order_state = {}, None
+        self.epoch_sums = {}
 
 
-def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: TrainConfig, *,
+def train(model: nn.Module, x_train: torch.Tensor | BatchSource, y_train: torch.Tensor | None, cfg: TrainConfig, *,
           objective: nn.Module | None = None, teacher: TeacherSignal | None = None, seed: int = 0,
-          x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None, batch_size: int = 128,
+          x_test: torch.Tensor | BatchSource | None = None, y_test: torch.Tensor | None = None,
+          batch_size: int = 128,
           eval_batch_size: int = 1000, checkpoint: str | Path | None = None, progress: bool = True,
           desc: str = "train", step_hook: StepHook | None = None,
           set_train: Callable[[nn.Module], None] | None = None,
@@ -278,6 +250,9 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
     """Train `model` in place on (x_train, y_train) and return the per-epoch history.
 
     Args:
+        x_train, y_train: in-memory images and labels (batched by a `TensorSource`, augmented with
+            `edgekd.data.loader.augment_batch` when `cfg.augment`), or a `BatchSource` as x_train and None as
+            y_train (the source does its own augmentation). x_test/y_test alike, for the per-epoch test accuracy.
         objective: loss module returning {"loss": total, part: value, ...}; cross-entropy when None.
         teacher: online teacher or cached logits; required when the objective needs teacher outputs.
         checkpoint: file to resume from if it exists, and to write every `cfg.checkpoint_every` steps.
@@ -292,14 +267,12 @@ def train(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: T
         NonFiniteLossError: a loss part is NaN/inf (names the step and the part).
         EdgeKDError: labels that are no class indices; a checkpoint that is unsafe, damaged or of another run.
     """
-    check_labels(y_train)
     loop = _Loop(model, cfg, objective, teacher, set_train, set_eval, model_state)
     if loop.rank != 0:
         checkpoint, progress = None, False
-    data = _Data(x_train, y_train, batch_size, x_test, y_test, eval_batch_size)
-    n = len(x_train)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = total_steps_for(cfg, n, batch_size)
+    data = _Data(_train_source(x_train, y_train, cfg), batch_size, _eval_source(x_test, y_test), eval_batch_size)
+    steps_per_epoch = data.train.steps_per_epoch(batch_size)
+    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     torch.manual_seed(seed)
     loop.warm_up(data)
     loop.make_optimization(total_steps, seed)
@@ -334,12 +307,13 @@ def _run_epochs(loop: _Loop, data: _Data, steps_per_epoch: int, bar, save: Calla
     log_every = max(1, total_steps // 50)
     while loop.step < total_steps:
         epoch = loop.step // steps_per_epoch
-        batches = loop.epoch_batches(len(data.x), data.batch_size, steps_per_epoch)
+        batches = data.train.epoch(epoch, loop.seed, data.batch_size, start=loop.step % steps_per_epoch,
+                                   rank=loop.rank, world=loop.world)
         loop.set_train(loop.model)
-        for idx in batches:
+        for batch in batches:
             if loop.step >= total_steps:
                 break
-            loop.train_step(data, idx, step_hook)
+            loop.train_step(batch, step_hook)
             step = loop.step
             if step % log_every == 0 or step == total_steps:
                 loop.result.curve.append(_curve_point(step, loop.window))
@@ -354,6 +328,23 @@ def _run_epochs(loop: _Loop, data: _Data, steps_per_epoch: int, bar, save: Calla
         loop.end_epoch(epoch, data)
         save()
     return False
+
+
+def _train_source(x: torch.Tensor | BatchSource, y: torch.Tensor | None, cfg: TrainConfig) -> BatchSource:
+    if isinstance(x, BatchSource):
+        if y is not None:
+            raise ValueError("a BatchSource carries its labels: pass y_train=None")
+        return x
+    check_labels(y)
+    from edgekd.data.loader import augment_batch
+
+    return TensorSource(x, y, augment_batch if cfg.augment else None)
+
+
+def _eval_source(x: torch.Tensor | BatchSource | None, y: torch.Tensor | None) -> BatchSource | None:
+    if x is None or isinstance(x, BatchSource):
+        return x
+    return None if y is None else TensorSource(x, y)
 
 
 def _distributed() -> tuple[int, int]:
