@@ -324,6 +324,7 @@ def range_problems(r: Recipe) -> list[str]:
         positive(t.lr, f"{where}.lr")
         positive(t.weight_decay, f"{where}.weight_decay", allow_zero=True)
         positive(t.checkpoint_every, f"{where}.checkpoint_every")
+        p.extend(t.problems(where, include_typed=False))  # precision's allowed values: checked as its Literal
     positive(r.data.batch_size, "data.batch_size")
     positive(r.data.eval_batch_size, "data.eval_batch_size")
     positive(r.data.subset_train, "data.subset_train")

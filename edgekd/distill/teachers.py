@@ -3,7 +3,9 @@
 Every teacher gives logits without gradients in eval mode and a fingerprint (sha256 of weights or file bytes)
 that keys the teacher-logit cache. Only a torch module teacher can give intermediate features.
 
-A teacher always receives the data's normalized NCHW batch. A loaded teacher that expects another normalization
+A teacher always receives the data's normalized NCHW batch, on the training device. `place(device, dtype)` puts a torch
+teacher on the training device and runs it in `torch.inference_mode` under autocast `dtype` (half precision on
+CUDA); file teachers (TorchScript, ONNX, Keras) run on the CPU and hand their logits back on the batch's device. A loaded teacher that expects another normalization
 declares it (spec `mean`/`std`, pixel scale or "imagenet"): `load_teacher(spec, data=ds)` then wraps it in a
 `RenormalizedTeacher` that converts the batch first. A Keras teacher gets NHWC when its model wants channels-last.
 """
@@ -45,6 +47,9 @@ class Teacher:
     def fingerprint(self) -> str:
         raise NotImplementedError
 
+    def place(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        """Where a torch teacher runs and in what autocast dtype (None: fp32); file teachers run on the CPU."""
+
     def __call__(self, x: Tensor) -> Tensor:
         return self.logits(x)
 
@@ -69,25 +74,47 @@ class TorchTeacher(Teacher):
         if not isinstance(module, nn.Module):
             raise EdgeKDError(f"TorchTeacher needs an nn.Module, got {type(module).__name__}")
         self.module = module
+        self.dtype: torch.dtype | None = None  # autocast dtype while training places it (None: fp32)
 
     def _device(self) -> torch.device:
         p = next(self.module.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
-    @torch.no_grad()
-    def logits(self, x: Tensor) -> Tensor:
-        with _eval_mode(self.module):
-            return self.module(x.to(self._device()))
+    def place(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        """Move the module to `device` and run it under autocast `dtype` (its weights stay fp32, so its
+        fingerprint and a saved teacher do not change)."""
+        self.module.to(device)
+        self.dtype = dtype
 
-    @torch.no_grad()
+    def _inference(self, device: torch.device) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(_eval_mode(self.module))
+        stack.enter_context(torch.inference_mode())
+        if self.dtype is not None:
+            stack.enter_context(torch.autocast(device.type, dtype=self.dtype))
+        return stack
+
+    def logits(self, x: Tensor) -> Tensor:
+        device = self._device()
+        with self._inference(device):
+            out = self.module(x.to(device))
+        return _usable(out)
+
     def forward_with_features(self, x: Tensor, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
         from edgekd.distill.features import FeatureTap
 
-        with _eval_mode(self.module), FeatureTap(self.module, names) as tap:
-            return tap.run(self.module, x.to(self._device()))
+        device = self._device()
+        with FeatureTap(self.module, names) as tap, self._inference(device):
+            logits, feats = tap.run(self.module, x.to(device))
+        return _usable(logits), {k: _usable(v) for k, v in feats.items()}
 
     def fingerprint(self) -> str:
         return state_dict_sha256(self.module)
+
+
+def _usable(t: Tensor) -> Tensor:
+    """An fp32 tensor autograd may save: inference-mode outputs are copied once outside inference mode."""
+    return t.float().clone() if t.is_inference() or t.dtype != torch.float32 else t
 
 
 @contextlib.contextmanager
@@ -117,7 +144,7 @@ class TorchScriptTeacher(Teacher):
 
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
-        return self.module(x)
+        return self.module(x.cpu()).to(x.device)
 
     def fingerprint(self) -> str:
         return self._sha
@@ -172,6 +199,10 @@ class EnsembleTeacher(Teacher):
                 raise EdgeKDError(f"ensemble member {i} weight must be a finite number > 0, got {w!r}")
         total = sum(float(w) for _, w in members)
         self.members = [(t, float(w) / total) for t, w in members]
+
+    def place(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        for teacher, _ in self.members:
+            teacher.place(device, dtype)
 
     def logits(self, x: Tensor) -> Tensor:
         out = None
@@ -294,6 +325,9 @@ class RenormalizedTeacher(Teacher):
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps([self.inner.fingerprint(), self.stats]).encode()).hexdigest()
+
+    def place(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        self.inner.place(device, dtype)
 
     def __getattr__(self, name: str) -> Any:  # module, path, built: those of the wrapped teacher
         if name == "inner":

@@ -9,9 +9,16 @@ The loop reads in parts: `_Loop.__init__` (teacher checks, DDP wrap, feature tap
 `make_optimizer`/`make_scheduler`, `_resume`/`_checkpoint_state`, `_step` (one optimization step), `_end_epoch`
 (evaluation and the epoch record). Data come from an `edgekd.data.source.BatchSource`, one epoch at a time; its
 batches depend only on (seed, epoch), so a resumed run needs no data-order state.
+
+Where it runs (edgekd.train.device): `cfg.device` (auto picks CUDA), `cfg.precision` (autocast, GradScaler for
+fp16), `cfg.channels_last`, `cfg.compile`. The model always comes back on the CPU in fp32, and checkpoints hold CPU
+tensors, so what follows training (export, quantization, verify) and a resume do not depend on where it ran.
+Under torchrun (edgekd.train.distributed) every rank trains its share of each batch, rank 0 alone writes
+checkpoints and TensorBoard events, and the recorded metrics are sums over all ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,8 +31,12 @@ from torch import nn
 
 from edgekd.data.source import Batch, BatchSource, TensorSource
 from edgekd.errors import EdgeKDError
+from edgekd.train import distributed
 from edgekd.train.checkpoint import load_checkpoint, plain_state_dict, restore_state_dict, save_checkpoint
 from edgekd.train.config import TrainConfig
+from edgekd.train.device import (Precision, back_to_cpu_fp32, compile_errors_as_edgekd, compile_model,
+                                 resolve_device, to_cpu, to_device)
+from edgekd.train.monitor import Monitor, current_log_dir
 
 StepHook = Callable[[nn.Module, int, int], None]
 ModelState = tuple[Callable[[nn.Module], Any], Callable[[nn.Module, Any], Any]]
@@ -42,16 +53,32 @@ class TeacherSignal:
     teacher: Any = None                 # edgekd.distill.teachers.Teacher (online)
     cached: Any = None                  # indexable by a LongTensor of sample indices -> logits or (values, indices)
     feature_names: tuple[str, ...] = ()
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def outputs(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor] | None]:
+        """Teacher outputs for the batch `x` (on the training device) whose source indices are `idx` (CPU)."""
         if self.cached is not None and not self.feature_names:
-            return self.cached[idx], None
+            return _move(self.cached[idx], self.device), None
         if self.teacher is None:
             return None, None
         with torch.no_grad():
             if self.feature_names:
                 return self.teacher.forward_with_features(x, list(self.feature_names))
             return self.teacher.logits(x), None
+
+    def place(self, device: torch.device, dtype: torch.dtype | None) -> None:
+        """Run an online teacher on `device` with autocast `dtype` (None: fp32); cached logits follow to `device`."""
+        self.device = device
+        if self.teacher is not None and hasattr(self.teacher, "place"):
+            self.teacher.place(device, dtype)
+
+
+def _move(out: Any, device: torch.device) -> Any:
+    if device.type == "cpu":
+        return out
+    if isinstance(out, torch.Tensor):
+        return out.to(device, non_blocking=True)
+    return type(out)(_move(o, device) for o in out)
 
 
 @dataclass
@@ -78,15 +105,26 @@ class CrossEntropyObjective(nn.Module):
 
 
 def evaluate(model: nn.Module, x: torch.Tensor | BatchSource, y: torch.Tensor | None = None, batch_size: int = 1000,
-             set_eval: Callable[[nn.Module], None] | None = None) -> float:
-    """Top-1 accuracy of `model` on (x, y) or on a BatchSource `x` (y None), in eval mode, no grad."""
+             set_eval: Callable[[nn.Module], None] | None = None, precision: Precision | None = None,
+             channels_last: bool = False) -> float:
+    """Top-1 accuracy of `model` on (x, y) or on a BatchSource `x` (y None), in eval mode, no grad.
+
+    Batches go to the device of the model's parameters; `precision` (autocast) only inside the training loop.
+    """
     (set_eval or (lambda m: m.eval()))(model)
     source = x if isinstance(x, BatchSource) else TensorSource(x, y)
-    correct = 0
-    with torch.no_grad():
+    device = _model_device(model)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with torch.no_grad(), (precision.autocast() if precision else contextlib.nullcontext()):
         for batch in source.epoch(0, 0, batch_size, shuffle=False):
-            correct += (model(batch.x).argmax(-1) == batch.y).sum().item()
-    return correct / max(1, len(source))
+            xb = to_device(batch.x, device, channels_last)
+            correct += (model(xb).argmax(-1) == batch.y.to(device)).sum()
+    return int(correct) / max(1, len(source))
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -127,7 +165,7 @@ class _Data:
 
 
 class _Loop:
-    """The state of one training run: model, objective, teacher, optimizer and where the run stands."""
+    """The state of one training run: model, objective, teacher, optimizer, device and where the run stands."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, objective: nn.Module | None,
                  teacher: TeacherSignal | None, set_train, set_eval, model_state: ModelState | None):
@@ -147,28 +185,57 @@ class _Loop:
             raise EdgeKDError("cached teacher logits are wrong for randomly augmented inputs: run the teacher online "
                               "(distill.cache_teacher: false) or train without augmentation")
         self.teacher.feature_names = tuple(getattr(self.objective, "teacher_taps", ()) or ())
-        self.world, self.rank = _distributed()
+        problems = cfg.problems()
+        if problems:
+            raise EdgeKDError("; ".join(problems))
+        self.device = resolve_device(cfg.device)
+        self.precision = Precision(cfg.precision, self.device)
+        self.scaler = self.precision.grad_scaler()
+        self.channels_last = bool(cfg.channels_last)
+        # A GPU step must not wait for the host: on CUDA, loss values are read (and checked for NaN) once per
+        # logging window instead of after every step.
+        self.sync_every_step = self.device.type == "cpu"
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.objective.to(self.device)
+        self.teacher.place(self.device, self.precision.teacher_dtype())
+        self.world, self.rank = distributed.world_and_rank()
         # DDP: every rank draws the same global batch order and trains on its 1/world shard of each batch;
         # gradients are averaged, so all ranks hold identical weights (initial weights are broadcast from rank 0).
-        self.trained = nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.trained = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        else:
+            self.trained = model
+        if cfg.compile:
+            self.trained = compile_model(self.trained)
         student_taps = tuple(getattr(self.objective, "student_taps", ()) or ())
         self.tap = FeatureTap(model, student_taps) if student_taps else None  # hooks on `model`, not the wrapper
         self.result = TrainResult()
         self.step = 0
-        self.epoch_sums: dict[str, float] = {}
-        self.window: dict[str, float] = {}
+        self.epoch_sums: dict[str, Any] = {}
+        self.window: dict[str, Any] = {}
 
     def forward_student(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         return self.tap.run(self.trained, x) if self.tap else (self.trained(x), None)
 
+    def batch_on_device(self, batch: Batch) -> Batch:
+        if self.device.type == "cpu" and not self.channels_last:
+            return batch
+        y = batch.y.to(self.device, non_blocking=True) if self.device.type == "cuda" else batch.y
+        return Batch(to_device(batch.x, self.device, self.channels_last), y, batch.idx)
+
     def warm_up(self, data: _Data) -> None:
         """Materialize lazily built parts (hint adapters) before the optimizer sees the parameters."""
-        with torch.no_grad():
+        with torch.no_grad(), compile_errors_as_edgekd():
             self.set_eval(self.model)
-            b0 = data.train.first_batch(data.batch_size)
-            logits0, feats0 = self.forward_student(b0.x)
-            t_out0, t_feats0 = self.teacher.outputs(b0.x, b0.idx)
-            self.objective(logits0, b0.y, t_out0, feats0, t_feats0)
+            b0 = self.batch_on_device(data.train.first_batch(data.batch_size))
+            with self.precision.autocast():
+                logits0, feats0 = self.forward_student(b0.x)
+                t_out0, t_feats0 = self.teacher.outputs(b0.x, b0.idx)
+                self.objective(logits0, b0.y, t_out0, feats0, t_feats0)
+        self.objective.to(self.device)  # adapters built by the warm-up pass
 
     def make_optimization(self, total_steps: int, seed: int) -> None:
         """Optimizer over the model and the objective's trainable parts, and its schedule."""
@@ -178,14 +245,23 @@ class _Loop:
         self.sched = make_scheduler(self.opt, self.cfg, total_steps)
 
     def checkpoint_state(self, key: str | None) -> dict[str, Any]:
-        return {"model": self.get_state(self.model), "objective": plain_state_dict(self.objective),
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "rng": {"torch": torch.get_rng_state()}, "step": self.step,
-                "total_steps": self.total_steps, "key": key, "history": self.result.history,
-                "epoch_sums": self.epoch_sums, "curve": self.result.curve, "window": self.window}
+        """Everything a resume needs, as CPU tensors and plain data (portable between CPU and GPU machines)."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return to_cpu({"model": self.get_state(self.model), "objective": plain_state_dict(self.objective),
+                       "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                       "scaler": self.scaler.state_dict(), "rng": rng, "step": self.step,
+                       "total_steps": self.total_steps, "key": key, "history": self.result.history,
+                       "epoch_sums": _floats(self.epoch_sums), "curve": self.result.curve,
+                       "window": _floats(self.window)})
 
     def resume(self, path: Path, key: str | None) -> None:
-        """Continue from the checkpoint at `path` if it was written for these inputs (`key`)."""
+        """Continue from the checkpoint at `path` if it was written for these inputs (`key`).
+
+        Tensors load onto the CPU (map_location) and are copied to the training device by load_state_dict, so a
+        run checkpointed on a GPU resumes on a CPU and the other way round.
+        """
         state = load_checkpoint(path, required=("key",))
         if state is None or state["key"] != key:
             return  # none, or written for other inputs: start over (it is overwritten at the first checkpoint)
@@ -195,9 +271,13 @@ class _Loop:
         try:
             self.load_state(self.model, state["model"])
             self.objective.load_state_dict(restore_state_dict(state["objective"]))
-            self.opt.load_state_dict(state["optimizer"])
+            self.opt.load_state_dict(state["optimizer"])  # moves the optimizer state to the parameters' device
             self.sched.load_state_dict(state["scheduler"])
+            if state.get("scaler") and self.scaler.is_enabled():
+                self.scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng"]["torch"])
+            if "cuda" in state["rng"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
             self.step = state["step"]
             self.result.history, self.result.curve = state["history"], state["curve"]
             self.window, self.epoch_sums = state["window"], state["epoch_sums"]
@@ -210,31 +290,61 @@ class _Loop:
         """One optimization step on `batch` (this rank's share of the global batch under DDP)."""
         if step_hook:
             step_hook(self.model, self.step, self.total_steps)
+        batch = self.batch_on_device(batch)
         x, y = batch.x, batch.y
-        t_out, t_feats = self.teacher.outputs(x, batch.idx)
-        logits, feats = self.forward_student(x)
-        parts = self.objective(logits, y, t_out, feats, t_feats)
-        _check_finite(parts, self.step)
+        with self.precision.autocast():
+            t_out, t_feats = self.teacher.outputs(x, batch.idx)
+            logits, feats = self.forward_student(x)
+            parts = self.objective(logits, y, t_out, feats, t_feats)
+        if self.sync_every_step:
+            _check_finite(parts, self.step)
         self.opt.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        self.opt.step()
+        if self.scaler.is_enabled():
+            self.scaler.scale(parts["loss"]).backward()
+            if self.cfg.grad_clip:
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            parts["loss"].backward()
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            self.opt.step()
         self.sched.step()
         self.step += 1
-        _accumulate(self.epoch_sums, parts, logits, y)
-        _accumulate(self.window, parts, logits, y)
+        _accumulate(self.epoch_sums, parts, logits, y, self.sync_every_step)
+        _accumulate(self.window, parts, logits, y, self.sync_every_step)
         return parts
 
-    def end_epoch(self, epoch: int, data: _Data) -> None:
-        """Log the epoch (or fractional last epoch): mean loss parts, train and test accuracy."""
+    def end_epoch(self, epoch: int, data: _Data) -> dict[str, Any]:
+        """Log the epoch (or fractional last epoch): mean loss parts, train and test accuracy (over all ranks)."""
         if self.world > 1:
             _average_buffers(self.model, self.world)
-        record = _epoch_record(epoch + 1, self.step, self.epoch_sums, self.opt.param_groups[0]["lr"])
+        sums = distributed.all_reduce_sums(_floats(self.epoch_sums))
+        record = _epoch_record(epoch + 1, self.step, sums, self.opt.param_groups[0]["lr"])
         if data.test is not None:
-            record["test_accuracy"] = evaluate(self.model, data.test, None, data.eval_batch_size, self.set_eval)
+            record["test_accuracy"] = evaluate(self.model, data.test, None, data.eval_batch_size, self.set_eval,
+                                               self.precision, self.channels_last)
         self.result.history.append(record)
         self.epoch_sums = {}
+        return record
+
+    def close_window(self) -> dict[str, Any]:
+        """The loss curve point of the steps since the last one (means over all ranks)."""
+        first = self.result.curve[-1]["step"] if self.result.curve else 0
+        if not self.sync_every_step:
+            _check_finite_window(self.window, first, self.step)
+        point = _curve_point(self.step, distributed.all_reduce_sums(_floats(self.window)))
+        self.result.curve.append(point)
+        self.window.clear()
+        return point
+
+    def release(self) -> None:
+        """The model (and the objective's adapters) back on the CPU in fp32, the teacher too: see the docstring."""
+        back_to_cpu_fp32(self.model, self.channels_last)
+        self.objective.to("cpu")
+        self.teacher.place(torch.device("cpu"), None)
 
 
 def train(model: nn.Module, x_train: torch.Tensor | BatchSource, y_train: torch.Tensor | None, cfg: TrainConfig, *,
@@ -246,8 +356,12 @@ def train(model: nn.Module, x_train: torch.Tensor | BatchSource, y_train: torch.
           set_train: Callable[[nn.Module], None] | None = None,
           set_eval: Callable[[nn.Module], None] | None = None,
           model_state: ModelState | None = None,
-          checkpoint_key: str | None = None, stop_after_steps: int | None = None) -> TrainResult:
+          checkpoint_key: str | None = None, stop_after_steps: int | None = None,
+          log_dir: str | Path | None = None) -> TrainResult:
     """Train `model` in place on (x_train, y_train) and return the per-epoch history.
+
+    The model is trained on `cfg.device` in `cfg.precision` and returned on the CPU in fp32 (also when training
+    stops with an error), so what follows does not depend on where training ran.
 
     Args:
         x_train, y_train: in-memory images and labels (batched by a `TensorSource`, augmented with
@@ -255,7 +369,8 @@ def train(model: nn.Module, x_train: torch.Tensor | BatchSource, y_train: torch.
             y_train (the source does its own augmentation). x_test/y_test alike, for the per-epoch test accuracy.
         objective: loss module returning {"loss": total, part: value, ...}; cross-entropy when None.
         teacher: online teacher or cached logits; required when the objective needs teacher outputs.
-        checkpoint: file to resume from if it exists, and to write every `cfg.checkpoint_every` steps.
+        checkpoint: file to resume from if it exists, and to write every `cfg.checkpoint_every` steps (under
+            torchrun every rank resumes from it, rank 0 alone writes it).
         checkpoint_key: what the checkpoint belongs to (e.g. the stage's input fingerprint); a checkpoint written
             under another key is ignored and overwritten, so a changed recipe never resumes a stale run.
         step_hook: called as hook(model, step, total_steps) before each step (QAT observer/BN freezing).
@@ -263,48 +378,60 @@ def train(model: nn.Module, x_train: torch.Tensor | BatchSource, y_train: torch.
         model_state: (get, load) for checkpointing the model (QAT graphs carry observer buffers and a phase);
             `get` must return tensors and plain data only.
         stop_after_steps: stop early after this global step (tests of kill-and-resume).
+        log_dir: folder for TensorBoard events (rank 0; default: the pipeline's `edgekd.train.monitor.log_to`).
     Raises:
         NonFiniteLossError: a loss part is NaN/inf (names the step and the part).
-        EdgeKDError: labels that are no class indices; a checkpoint that is unsafe, damaged or of another run.
+        EdgeKDError: labels that are no class indices; a checkpoint that is unsafe, damaged or of another run;
+            a device this machine lacks; torch.compile failing on this platform.
     """
-    loop = _Loop(model, cfg, objective, teacher, set_train, set_eval, model_state)
-    if loop.rank != 0:
-        checkpoint, progress = None, False
     data = _Data(_train_source(x_train, y_train, cfg), batch_size, _eval_source(x_test, y_test), eval_batch_size)
-    steps_per_epoch = data.train.steps_per_epoch(batch_size)
-    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    torch.manual_seed(seed)
-    loop.warm_up(data)
-    loop.make_optimization(total_steps, seed)
-    ckpt_path = Path(checkpoint) if checkpoint else None
-    if ckpt_path is not None:
-        loop.resume(ckpt_path, checkpoint_key)
-
-    def save() -> None:
-        if ckpt_path is not None:
-            save_checkpoint(loop.checkpoint_state(checkpoint_key), ckpt_path)
-
-    bar = _progress(total_steps, loop.step, desc, progress)
-    t0 = time.perf_counter()
+    loop = _Loop(model, cfg, objective, teacher, set_train, set_eval, model_state)
+    main = loop.rank == 0
+    monitor = None
     try:
-        stopped = _run_epochs(loop, data, steps_per_epoch, bar, save, step_hook, stop_after_steps)
-    finally:
-        bar.close()
-        if loop.tap:
-            loop.tap.remove()
-    if stopped:
+        steps_per_epoch = data.train.steps_per_epoch(batch_size)
+        total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        torch.manual_seed(seed)
+        loop.warm_up(data)
+        loop.make_optimization(total_steps, seed)
+        ckpt_path = Path(checkpoint) if checkpoint else None
+        if ckpt_path is not None:
+            loop.resume(ckpt_path, checkpoint_key)  # every rank reads it (all must start at the same step)
+            distributed.barrier()  # nobody writes it before everyone has read it
+
+        def save() -> None:
+            if ckpt_path is not None and main:
+                save_checkpoint(loop.checkpoint_state(checkpoint_key), ckpt_path)
+
+        folder = log_dir if log_dir is not None else current_log_dir()
+        monitor = Monitor(folder, enabled=main)
+        bar = _progress(total_steps, loop.step, desc, progress and main)
+        t0 = time.perf_counter()
+        try:
+            with compile_errors_as_edgekd():
+                stopped = _run_epochs(loop, data, steps_per_epoch, bar, save, step_hook, stop_after_steps, monitor)
+        finally:
+            bar.close()
+            if loop.tap:
+                loop.tap.remove()
+        if stopped:
+            return loop.result
+        loop.result.steps = loop.step
+        loop.result.wall_time_s = time.perf_counter() - t0
         return loop.result
-    loop.set_eval(model)
-    loop.result.steps = loop.step
-    loop.result.wall_time_s = time.perf_counter() - t0
-    return loop.result
+    finally:
+        if monitor is not None:
+            monitor.close()
+        loop.release()
+        loop.set_eval(model)
 
 
 def _run_epochs(loop: _Loop, data: _Data, steps_per_epoch: int, bar, save: Callable[[], None],
-                step_hook: StepHook | None, stop_after_steps: int | None) -> bool:
+                step_hook: StepHook | None, stop_after_steps: int | None, monitor: Monitor) -> bool:
     """Train until the last step; True when stopped early by `stop_after_steps`."""
     total_steps = loop.total_steps
     log_every = max(1, total_steps // 50)
+    speed = _Throughput(loop.world)
     while loop.step < total_steps:
         epoch = loop.step // steps_per_epoch
         batches = data.train.epoch(epoch, loop.seed, data.batch_size, start=loop.step % steps_per_epoch,
@@ -314,20 +441,47 @@ def _run_epochs(loop: _Loop, data: _Data, steps_per_epoch: int, bar, save: Calla
             if loop.step >= total_steps:
                 break
             loop.train_step(batch, step_hook)
+            speed.add(len(batch.y))
             step = loop.step
             if step % log_every == 0 or step == total_steps:
-                loop.result.curve.append(_curve_point(step, loop.window))
-                loop.window.clear()
+                point = loop.close_window()
+                lr = loop.opt.param_groups[0]["lr"]
+                monitor.scalars({"train/loss": point["loss"], **{f"train/{k}": v for k, v in point["parts"].items()},
+                                 "train/lr": lr, "train/images_per_s": speed.rate()}, step)
             bar.update(1)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{loop.epoch_sums['loss'] / loop.epoch_sums['n_batches']:.3f}", refresh=False)
+                sums = loop.epoch_sums
+                bar.set_postfix(loss=f"{float(sums['loss']) / sums['n_batches']:.3f}",
+                                img_s=f"{speed.rate():.0f}", refresh=False)
             if step % loop.cfg.checkpoint_every == 0 and step < total_steps:
                 save()
             if stop_after_steps is not None and step >= stop_after_steps:
                 return True
-        loop.end_epoch(epoch, data)
+        record = loop.end_epoch(epoch, data)
+        monitor.scalars({"epoch/train_accuracy": record["train_accuracy"], "epoch/loss": record["loss"],
+                         **({"epoch/test_accuracy": record["test_accuracy"]} if "test_accuracy" in record else {})},
+                        loop.step)
         save()
     return False
+
+
+class _Throughput:
+    """Images per second over all ranks, measured over the last few seconds of steps."""
+
+    def __init__(self, world: int):
+        self.world = world
+        self.t0, self.n, self.last = time.perf_counter(), 0, 0.0
+
+    def add(self, n: int) -> None:
+        self.n += n * self.world
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        if now - self.t0 > 0:
+            self.last = self.n / (now - self.t0)
+        if now - self.t0 > 5.0:  # a moving window, so a slow first step does not weigh forever
+            self.t0, self.n = now, 0
+        return self.last
 
 
 def _train_source(x: torch.Tensor | BatchSource, y: torch.Tensor | None, cfg: TrainConfig) -> BatchSource:
@@ -347,13 +501,6 @@ def _eval_source(x: torch.Tensor | BatchSource | None, y: torch.Tensor | None) -
     return None if y is None else TensorSource(x, y)
 
 
-def _distributed() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
 def _average_buffers(model: nn.Module, world: int) -> None:
     """All-reduce floating buffers (BN running statistics) to their mean over ranks, so every rank agrees."""
     for buf in model.buffers():
@@ -369,13 +516,29 @@ def _check_finite(parts: dict[str, torch.Tensor], step: int) -> None:
                                      "check the data normalization, or set train.grad_clip")
 
 
-def _accumulate(sums: dict[str, float], parts: dict[str, torch.Tensor], logits: torch.Tensor,
-                y: torch.Tensor) -> None:
+def _check_finite_window(window: dict[str, Any], first: int, last: int) -> None:
+    """NaN/inf in the summed loss parts of steps first+1..last (the GPU path checks once per window)."""
+    for name, value in window.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise NonFiniteLossError(f"loss part {name!r} became {value.item()} between steps {first + 1} and "
+                                     f"{last}: lower the learning rate, check the data normalization, or set "
+                                     "train.grad_clip")
+
+
+def _accumulate(sums: dict[str, Any], parts: dict[str, torch.Tensor], logits: torch.Tensor,
+                y: torch.Tensor, sync: bool = True) -> None:
+    """Add a step's loss parts and correct count to `sums` (as Python numbers, or device tensors without `sync`)."""
     for name, value in parts.items():
-        sums[name] = sums.get(name, 0.0) + float(value.detach())
+        v = value.detach().float()
+        sums[name] = sums.get(name, 0.0) + (float(v) if sync else v)
     sums["n_batches"] = sums.get("n_batches", 0) + 1
-    sums["correct"] = sums.get("correct", 0) + int((logits.argmax(-1) == y).sum())
+    correct = (logits.detach().argmax(-1) == y).sum()
+    sums["correct"] = sums.get("correct", 0) + (int(correct) if sync else correct)
     sums["n"] = sums.get("n", 0) + len(y)
+
+
+def _floats(sums: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in sums.items()}
 
 
 def _curve_point(step: int, sums: dict[str, float]) -> dict[str, Any]:
