@@ -46,11 +46,15 @@ def run(recipe: str | Path | Recipe, *, run_dir: str | Path | None = None, until
     """Run every stage of `recipe` (finished, unchanged stages are skipped; training resumes); returns the run dir.
 
     overrides: recipe values by dotted key, as `edgekd run --set distill.train.epochs=2` gives them.
+    Under torchrun (`torchrun --nproc-per-node N -m edgekd run recipe.yaml`) every process joins the process group
+    torchrun describes (NCCL on GPUs, gloo on CPUs) and trains its share of each batch; rank 0 writes the run.
     """
     from edgekd import pipeline
+    from edgekd.train import distributed
 
-    return pipeline.run(_recipe(recipe, overrides), run_dir=run_dir, until=until, only=list(only), force=force,
-                        progress=progress)
+    parsed = _recipe(recipe, overrides)
+    with distributed.session():
+        return pipeline.run(parsed, run_dir=run_dir, until=until, only=list(only), force=force, progress=progress)
 
 
 def validate(recipe: str | Path | Recipe) -> Recipe:

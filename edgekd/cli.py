@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -147,6 +148,8 @@ def run_cmd(recipe: Path, run_dir: Path | None, until: str | None, only: tuple[s
 
     out = api.run(recipe, run_dir=run_dir, until=until, only=only, force=force, overrides=parse_overrides(overrides),
                   progress=not no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports; the others trained their share
+        return
     if _run_task(out) == "causal_lm" and (out / "report" / "report.md").exists():
         click.echo((out / "report" / "report.md").read_text())  # the LM report (edgekd.lm.report)
     elif (out / "report" / "stage.json").exists():

@@ -162,9 +162,12 @@ def teacher_signal(ctx: "RunContext", objective, cfg: "TrainConfig", use_cache: 
         if topk and not objective.accepts_topk:
             raise EdgeKDError(f"distill.cache_topk={topk} stores top-k teacher logits, but a loss in the recipe "
                               "needs full logits; set cache_topk: null or use losses that accept top-k")
-        cached = load_or_build(teacher, ctx.dataset.x_train, ctx.run_dir / "cache",
-                               preprocessing=f"{ctx.dataset.name}:{ctx.dataset.digest()}", topk=topk,
-                               progress=ctx.progress)
+        from edgekd.train.distributed import rank_zero_first
+
+        with rank_zero_first():  # under torchrun rank 0 builds the cache file once, then every rank loads it
+            cached = load_or_build(teacher, ctx.dataset.x_train, ctx.run_dir / "cache",
+                                   preprocessing=f"{ctx.dataset.name}:{ctx.dataset.digest()}", topk=topk,
+                                   progress=ctx.progress)
         return TeacherSignal(teacher=teacher, cached=cached)
     if use_cache:
         why = "random augmentation changes every input" if cfg.augment else "feature losses need teacher features"

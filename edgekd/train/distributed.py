@@ -26,21 +26,40 @@ def launched_by_torchrun() -> bool:
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and not _LOCAL[0]
+
+
+_LOCAL = [False]
 
 
 def world_and_rank() -> tuple[int, int]:
-    """(world size, rank) of the process group, (1, 0) outside one."""
-    if dist.is_available() and dist.is_initialized():
+    """(world size, rank) of the process group, (1, 0) outside one or inside `local_only()`."""
+    if dist.is_available() and dist.is_initialized() and not _LOCAL[0]:
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+def global_rank() -> int:
+    """This process's rank in the group (0 outside one), also inside `local_only()`."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Work that rank 0 does alone (export, profiling, proxy training runs): training inside is not distributed."""
+    previous = _LOCAL[0]
+    _LOCAL[0] = True
+    try:
+        yield
+    finally:
+        _LOCAL[0] = previous
 
 
 def is_main_process() -> bool:
     return world_and_rank()[1] == 0
 
 
-def init_from_env(timeout_s: float = 1800) -> bool:
+def init_from_env(timeout_s: float | None = None) -> bool:
     """Join torchrun's process group if this process was launched by torchrun; True when it did (or already was).
 
     The backend follows the machine: `cpu:gloo,cuda:nccl` where CUDA is available (each process pinned to the GPU
@@ -60,6 +79,8 @@ def init_from_env(timeout_s: float = 1800) -> bool:
     if missing:
         raise EdgeKDError(f"WORLD_SIZE > 1 but {', '.join(missing)} is not set: launch with torchrun "
                           f"(torchrun --nproc-per-node N -m edgekd run recipe.yaml)")
+    # Ranks other than 0 wait at barriers while rank 0 alone writes (a teacher cache, a stage's files): allow long.
+    timeout_s = timeout_s or float(os.environ.get("EDGEKD_DIST_TIMEOUT_S", 4 * 3600))
     backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -70,6 +91,18 @@ def init_from_env(timeout_s: float = 1800) -> bool:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgeKDError(f"cannot join the torchrun process group ({backend}): {first}") from None
     return True
+
+
+@contextlib.contextmanager
+def session() -> Iterator[bool]:
+    """Join torchrun's process group for the block (if launched by torchrun) and leave it after; yields whether
+    this process is one of several. A group the caller created already is used and left as it was."""
+    created = not (dist.is_available() and dist.is_initialized()) and init_from_env()
+    try:
+        yield is_distributed()
+    finally:
+        if created:
+            shutdown()
 
 
 def shutdown() -> None:
