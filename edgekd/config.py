@@ -351,6 +351,9 @@ def range_problems(r: Recipe) -> list[str]:
     if r.distill.enabled and not r.distill.losses:
         p.append("distill.losses: distillation is enabled but no loss is listed")
     q = r.quantize
+    if q.method == "qat" and q.train.precision != "fp32":
+        p.append(f"quantize.train.precision: QAT trains in fp32 (torchao's PT2E fake-quantize ops take fp32 "
+                 f"only), got {q.train.precision!r}; set it to fp32 (device: cuda still applies)")
     if q.enabled and q.method == "qat" and q.kd and not q.kd_losses:
         p.append("quantize.kd_losses: QAT with kd: true needs at least one loss (or set kd: false)")
     return p

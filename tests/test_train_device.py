@@ -269,3 +269,30 @@ def test_cpu_bf16_support_is_read_not_assumed():
     info = cpu_bf16_support()
     assert set(info) == {"avx512_bf16", "amx_bf16", "avx512f", "avx2", "torch_cpu_capability"}
     assert isinstance(info["torch_cpu_capability"], str)
+
+
+def test_qat_refuses_half_precision_at_load_and_in_python(data):
+    with pytest.raises(ConfigError, match="quantize.train.precision: QAT trains in fp32"):
+        parse_recipe({"quantize": {"enabled": True, "method": "qat", "train": {"precision": "bf16"}}})
+    from edgekd.quant import qat_finetune
+
+    with pytest.raises(EdgeKDError, match="QAT trains in fp32 .*got precision 'fp16'"):
+        qat_finetune(_net(), (data[0][:2],), scheme="litert_int8", train_config=TrainConfig(precision="fp16"),
+                     x=data[0], y=data[1], progress=False)
+
+
+def test_qat_trains_channels_last_and_comes_back_to_cpu(data):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from quant_fixtures import TinyNet, separable_task
+    from edgekd.quant import qat_finetune
+
+    x, y = separable_task(128, size=8)
+    torch.manual_seed(0)
+    gm, result = qat_finetune(TinyNet(), (x[:2],), scheme="litert_int8",
+                              train_config=TrainConfig(epochs=1, lr=1e-3, channels_last=True), x=x, y=y,
+                              teacher="self", batch_size=64, progress=False)
+    assert result.steps == 2
+    assert all(t.device.type == "cpu" for t in list(gm.parameters()) + list(gm.buffers()))

@@ -95,6 +95,9 @@ def qat_finetune(student: nn.Module, example_inputs: torch.Tensor | Sequence[tor
         EdgeKDError: a fraction outside [0, 1], a teacher of an unknown kind, a losses/teacher mismatch, an unsafe
             or foreign checkpoint. ConversionError: an op the scheme cannot quantize (names the layer).
     """
+    if train_config.precision != "fp32":  # fake-quantize ops fail under autocast ("expected scalar type Float")
+        raise EdgeKDError(f"QAT trains in fp32 (torchao's PT2E fake-quantize ops take fp32 only), got precision "
+                          f"{train_config.precision!r}: set train_config.precision='fp32'")
     _, freeze_obs, freeze_bn = qat_freeze_steps(train_config, len(x), batch_size, freeze_observers_after,
                                                 freeze_bn_after)
     signal = _teacher_signal(teacher, student)
