@@ -301,11 +301,12 @@ def test_qat_trains_channels_last_and_comes_back_to_cpu(data):
 def test_where_training_runs_is_left_out_of_stage_fingerprints():
     from edgekd.pipeline import placement_free
 
-    base = parse_recipe({}).to_dict()
-    moved = parse_recipe({"distill": {"train": {"device": "cuda:1", "channels_last": True, "compile": True}},
-                          "teacher": {"train": {"device": "cpu"}}}).to_dict()
+    base = parse_recipe({"distill": {"train": {"epochs": 2}}, "teacher": {"train": {"epochs": 3}}}).to_dict()
+    moved = parse_recipe({"distill": {"train": {"epochs": 2, "device": "cuda:1", "channels_last": True,
+                                                "compile": True}},
+                          "teacher": {"train": {"epochs": 3, "device": "cpu"}}}).to_dict()
     sections = ("teacher", "distill", "quantize")
     assert placement_free({s: base[s] for s in sections}) == placement_free({s: moved[s] for s in sections})
-    bf16 = parse_recipe({"distill": {"train": {"precision": "bf16"}}}).to_dict()
+    bf16 = parse_recipe({"distill": {"train": {"epochs": 2, "precision": "bf16"}}}).to_dict()
     assert placement_free({"distill": bf16["distill"]}) != placement_free({"distill": base["distill"]})
     assert "precision" not in placement_free({"distill": base["distill"]})["distill"]["train"]  # old runs' keys
