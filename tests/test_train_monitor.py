@@ -32,9 +32,12 @@ def test_log_to_sets_the_folder_for_runs_inside_it(tmp_path, digits):
     with log_to(tmp_path / "stage"):
         assert current_log_dir() == tmp_path / "stage"
         train(_net(), digits.x_train[:64], digits.y_train[:64], TrainConfig(epochs=1), batch_size=32,
-              progress=False)
+              progress=False, desc="stage")
+        train(_net(), digits.x_train[:64], digits.y_train[:64], TrainConfig(epochs=1), batch_size=32,
+              progress=False, desc="born-again gen 2")
     assert current_log_dir() is None
     assert "train/loss" in read_scalars(tmp_path / "stage")
+    assert "train/loss" in read_scalars(tmp_path / "stage" / "born-again_gen_2")  # a sub-run: its own folder
 
 
 def test_no_folder_or_another_rank_writes_nothing(tmp_path):

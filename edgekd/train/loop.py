@@ -378,7 +378,8 @@ def train(model: nn.Module, x_train: torch.Tensor | BatchSource, y_train: torch.
         model_state: (get, load) for checkpointing the model (QAT graphs carry observer buffers and a phase);
             `get` must return tensors and plain data only.
         stop_after_steps: stop early after this global step (tests of kill-and-resume).
-        log_dir: folder for TensorBoard events (rank 0; default: the pipeline's `edgekd.train.monitor.log_to`).
+        log_dir: folder for TensorBoard events (rank 0). Default: the pipeline's `edgekd.train.monitor.log_to`
+            folder, or its sub-folder `desc` when `desc` is not the stage's name (QAT, born-again generations).
     Raises:
         NonFiniteLossError: a loss part is NaN/inf (names the step and the part).
         EdgeKDError: labels that are no class indices; a checkpoint that is unsafe, damaged or of another run;
@@ -403,7 +404,10 @@ def train(model: nn.Module, x_train: torch.Tensor | BatchSource, y_train: torch.
             if ckpt_path is not None and main:
                 save_checkpoint(loop.checkpoint_state(checkpoint_key), ckpt_path)
 
-        folder = log_dir if log_dir is not None else current_log_dir()
+        folder = log_dir
+        if folder is None and current_log_dir() is not None:  # a stage's folder; its sub-runs get a sub-folder
+            base = current_log_dir()
+            folder = base if desc == base.name else base / desc.replace(" ", "_")
         monitor = Monitor(folder, enabled=main)
         bar = _progress(total_steps, loop.step, desc, progress and main)
         t0 = time.perf_counter()
