@@ -310,3 +310,13 @@ def test_where_training_runs_is_left_out_of_stage_fingerprints():
     bf16 = parse_recipe({"distill": {"train": {"epochs": 2, "precision": "bf16"}}}).to_dict()
     assert placement_free({"distill": bf16["distill"]}) != placement_free({"distill": base["distill"]})
     assert "precision" not in placement_free({"distill": base["distill"]})["distill"]["train"]  # old runs' keys
+
+
+def test_to_cpu_keeps_containers_and_state_dict_metadata():
+    from collections import OrderedDict, defaultdict, namedtuple
+
+    sd = _net().state_dict()
+    moved = to_cpu({"sd": sd, "d": defaultdict(list, a=[torch.ones(1)]), "t": (torch.zeros(1), 2),
+                    "n": namedtuple("P", "x y")(torch.ones(1), "k")})
+    assert isinstance(moved["sd"], OrderedDict) and moved["sd"]._metadata == sd._metadata
+    assert torch.equal(moved["d"]["a"][0], torch.ones(1)) and moved["t"][1] == 2 and moved["n"].y == "k"

@@ -117,17 +117,22 @@ def to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):
-        return type(obj)((k, to_cpu(v)) for k, v in obj.items()) if not hasattr(obj, "_metadata") else \
-            _keep_metadata(obj, {k: to_cpu(v) for k, v in obj.items()})
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
+        moved = {k: to_cpu(v) for k, v in obj.items()}
+        if type(obj) is dict:
+            return moved
+        try:
+            out = type(obj)(moved)  # OrderedDict (state dicts keep their per-module `_metadata`)
+        except TypeError:
+            return moved
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, list):
+        return [to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        items = [to_cpu(v) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
     return obj
-
-
-def _keep_metadata(original: Any, moved: dict) -> Any:
-    out = type(original)(moved)
-    out._metadata = original._metadata
-    return out
 
 
 def back_to_cpu_fp32(model: nn.Module, channels_last: bool = False) -> nn.Module:
