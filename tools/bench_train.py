@@ -11,7 +11,9 @@ beside it) (goal: edgekd >= 0.95x the hand loop). Then edgekd with bf16 autocast
 with the CPU's bf16 features read from /proc/cpuinfo (AVX-512 BF16, AMX), not assumed.
 
 The edgekd side is the whole `train()` call (its warm-up pass, schedule, NaN checks, curve and epoch records,
-progress off); the hand loop has none of that. Threads: torch's default (no set_num_threads).
+progress off); the hand loop has none of that. Threads: torch's default, or OMP_NUM_THREADS from the environment
+(on a 2-core machine shared with other work, 2 OpenMP threads slow down 5-20x whenever another process takes a
+core, so the recorded run used OMP_NUM_THREADS=1 for both sides).
 """
 from __future__ import annotations
 
@@ -129,7 +131,8 @@ def main(n: int, batch_size: int, epochs: int, repeats: int, out: Path) -> None:
     click.echo(f"kd_cached bf16 vs fp32 on this CPU: {precision}")
     report = {
         "benchmark": "edgekd training step vs a hand-written PyTorch loop (CPU, in-memory source)",
-        "command": f"python tools/bench_train.py --n {n} --batch-size {batch_size} --epochs {epochs} "
+        "command": ("OMP_NUM_THREADS=" + os.environ["OMP_NUM_THREADS"] + " " if "OMP_NUM_THREADS" in os.environ
+                    else "") + f"python tools/bench_train.py --n {n} --batch-size {batch_size} --epochs {epochs} "
                    f"--repeats {repeats} --out {out}",
         "setup": {"student": "tiny_cnn width 16 depth 3", "teacher": "teacher_cnn (random weights)",
                   "images": n, "image": "1x28x28", "batch_size": batch_size, "epochs": epochs,
