@@ -250,7 +250,13 @@ def main(smoke: bool, images: int | None, batch_size: int | None, size: int | No
         "online_over_cached_epoch_time": round(rows["edgekd_online"]["seconds"] / rows["edgekd_cached"]["seconds"],
                                                3),
     }
-    trt_row = {"built": False, "why": "smoke mode (CPU)"} if smoke else tensorrt_engine(student_factory, size, smoke)
+    if smoke:
+        trt_row = {"built": False, "why": "smoke mode (CPU)"}
+    else:
+        try:  # the training rows are the benchmark's result: a failing engine build is recorded, not fatal
+            trt_row = tensorrt_engine(student_factory, size, smoke)
+        except Exception as e:  # noqa: BLE001 - TensorRT/ONNX raise many kinds
+            trt_row = {"built": False, "why": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"}
     report = {
         "benchmark": "KD epoch, bf16 + channels-last: edgekd vs a plain PyTorch AMP loop",
         "smoke": smoke,
