@@ -174,6 +174,7 @@ class _Loop:
         self.model, self.cfg = model, cfg
         self.objective = objective or CrossEntropyObjective()
         self.teacher = teacher or TeacherSignal()
+        self.custom_modes = set_train is not None or set_eval is not None
         self.set_train = set_train or (lambda m: m.train())
         self.set_eval = set_eval or (lambda m: m.eval())
         self.get_state, self.load_state = model_state or (
@@ -226,8 +227,27 @@ class _Loop:
         y = batch.y.to(self.device, non_blocking=True) if self.device.type == "cuda" else batch.y
         return Batch(to_device(batch.x, self.device, self.channels_last), y, batch.idx)
 
+    def needs_warm_up(self) -> bool:
+        """Whether a first forward pass must build something before the optimizer sees the parameters: hint
+        adapters, lazy modules, or a graph with its own mode switches (QAT: its observers see that batch)."""
+        from torch.nn.modules.lazy import LazyModuleMixin
+
+        if self.custom_modes:
+            return True
+        unbuilt = getattr(self.objective, "has_unbuilt_adapters", None)
+        if callable(unbuilt) and unbuilt():
+            return True
+        return any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params()
+                   for part in (self.model, self.objective) for m in part.modules())
+
     def warm_up(self, data: _Data) -> None:
-        """Materialize lazily built parts (hint adapters) before the optimizer sees the parameters."""
+        """Materialize lazily built parts (hint adapters) before the optimizer sees the parameters.
+
+        Skipped when nothing is lazy: the pass has no other effect (eval mode, no gradients), and it costs one
+        forward of student and teacher per run.
+        """
+        if not self.needs_warm_up():
+            return
         with torch.no_grad(), compile_errors_as_edgekd():
             self.set_eval(self.model)
             b0 = self.batch_on_device(data.train.first_batch(data.batch_size))
