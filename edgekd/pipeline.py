@@ -91,6 +91,19 @@ def runs_on_every_rank(recipe: Recipe, stage: Stage) -> bool:
     return stage.name in DISTRIBUTED_STAGES and recipe_task(recipe) in (None, DEFAULT_TASK)
 
 
+def check_devices(recipe: Recipe) -> None:
+    """Every training section's device exists on this machine: fail in one line before anything trains."""
+    from edgekd.train.device import resolve_device
+
+    for section in ("teacher", "distill", "quantize"):
+        train = getattr(getattr(recipe, section, None), "train", None)
+        if train is not None and hasattr(train, "device"):
+            try:
+                resolve_device(train.device)
+            except EdgeKDError as e:
+                raise EdgeKDError(f"{section}.train.{e}") from None
+
+
 def scratch_dir(run_dir: Path) -> Path:
     """Where a rank other than 0 writes the files of a stage (thrown away: rank 0's are the run's)."""
     return run_dir / f".rank{distributed.global_rank()}.scratch"
@@ -138,6 +151,7 @@ def run(recipe: Recipe | str | Path, *, run_dir: str | Path | None = None, until
     from edgekd.validate import dry_run
 
     recipe, dataset = dry_run(recipe)  # every problem at once, before any stage writes to the run directory
+    check_devices(recipe)
     run_dir = Path(run_dir) if run_dir else Path(recipe.runs_dir) / recipe.name
     task = recipe_task(recipe)
     for name in list(only or []) + ([until] if until else []):

@@ -320,3 +320,17 @@ def test_to_cpu_keeps_containers_and_state_dict_metadata():
                     "n": namedtuple("P", "x y")(torch.ones(1), "k")})
     assert isinstance(moved["sd"], OrderedDict) and moved["sd"]._metadata == sd._metadata
     assert torch.equal(moved["d"]["a"][0], torch.ones(1)) and moved["t"][1] == 2 and moved["n"].y == "k"
+
+
+def test_a_run_asking_for_a_missing_gpu_stops_before_anything_trains(tmp_path):
+    import yaml
+
+    from edgekd.pipeline import run
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "data": {"dataset": "digits"},
+                                      "quantize": {"train": {"device": "cuda:0"}}}))
+    with mock.patch("torch.cuda.is_available", return_value=False):
+        with pytest.raises(EdgeKDError, match=r"^quantize.train.device 'cuda:0': this machine has no CUDA GPU"):
+            run(recipe, run_dir=tmp_path / "run", progress=False, log=lambda m: None)
+    assert not (tmp_path / "run").exists()
