@@ -1,6 +1,8 @@
 """The shared training loop, its config and its checkpoints (teacher training, distillation, QAT).
 
-Nothing here imports edgekd.config or edgekd.distill at module level, so both can import this package.
+Where training runs is `edgekd.train.device` (device, precision, portable checkpoints), several processes under
+torchrun `edgekd.train.distributed`, TensorBoard/MLflow `edgekd.train.monitor`. Nothing here imports edgekd.config
+or edgekd.distill at module level, so both can import this package.
 """
 from edgekd.train.checkpoint import load_checkpoint, plain_state_dict, restore_state_dict, save_checkpoint
 from edgekd.train.config import TrainConfig
