@@ -334,3 +334,46 @@ def test_a_run_asking_for_a_missing_gpu_stops_before_anything_trains(tmp_path):
         with pytest.raises(EdgeKDError, match=r"^quantize.train.device 'cuda:0': this machine has no CUDA GPU"):
             run(recipe, run_dir=tmp_path / "run", progress=False, log=lambda m: None)
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------- process group from torchrun's env
+
+def test_process_group_backend_follows_the_machine(monkeypatch):
+    from edgekd.train import distributed
+
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert distributed.init_from_env() is False  # not launched by torchrun: nothing to join
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(EdgeKDError, match="MASTER_ADDR, MASTER_PORT, LOCAL_RANK is not set: launch with torchrun"):
+        distributed.init_from_env()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    calls = []
+    with mock.patch("torch.distributed.init_process_group", lambda backend, **kw: calls.append(backend)), \
+            mock.patch("torch.cuda.is_available", return_value=False):
+        assert distributed.init_from_env() is True
+    with mock.patch("torch.distributed.init_process_group", lambda backend, **kw: calls.append(backend)), \
+            mock.patch("torch.cuda.is_available", return_value=True), \
+            mock.patch("torch.cuda.set_device") as set_device:
+        distributed.init_from_env()
+    assert calls == ["gloo", "cpu:gloo,cuda:nccl"]
+    set_device.assert_called_once_with(1)  # each process on the GPU of its LOCAL_RANK
+    with mock.patch("torch.distributed.init_process_group", side_effect=RuntimeError("connect refused\nmore")), \
+            mock.patch("torch.cuda.is_available", return_value=False):
+        with pytest.raises(EdgeKDError, match=r"^cannot join the torchrun process group \(gloo\): connect refused$"):
+            distributed.init_from_env()
+
+
+def test_outside_a_process_group_everything_is_local():
+    from edgekd.train import distributed
+
+    assert distributed.world_and_rank() == (1, 0) and distributed.is_main_process()
+    assert distributed.all_reduce_sums({"a": 1.0}) == {"a": 1.0}
+    assert distributed.broadcast_object("x") == "x"
+    with distributed.rank_zero_first() as main:
+        assert main
+    with distributed.local_only():
+        assert not distributed.is_distributed()
