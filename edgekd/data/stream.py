@@ -210,22 +210,20 @@ class _ShardPlan(torch.utils.data.IterableDataset):
                 yield (b, *self.decode(chunk, t, t.random))
 
     def buffered(self, units: list[tuple[int, int, int]], wid: int) -> Iterator[tuple[int, bytes, str]]:
-        """The worker's samples, repeated as often as needed, through a seeded shuffle buffer."""
+        """The worker's samples through a seeded shuffle buffer, pass after pass (each pass: every sample once)."""
         rng = random.Random(derived_seed(self.seed, self.epoch, self.rank, wid, _BUFFER_SALT))
         size = max(1, self.source.shuffle_buffer)
-        buf: list = []
-
-        def endless():
-            while True:
-                yield from self.samples(units)
-
-        for item in endless():
-            if len(buf) < size:
-                buf.append(item)
-                continue
-            j = rng.randrange(size)
-            out, buf[j] = buf[j], item
-            yield out
+        while True:  # one pass over the units per loop; the buffer drains at the end of a pass
+            buf: list = []
+            for item in self.samples(units):
+                if len(buf) < size:
+                    buf.append(item)
+                    continue
+                j = rng.randrange(size)
+                out, buf[j] = buf[j], item
+                yield out
+            rng.shuffle(buf)
+            yield from buf
 
     def decode(self, chunk: list, t: ImageTransform, augment: bool):
         images = [t.apply(data, name, self.seed, self.epoch, q) for q, data, name in chunk]

@@ -151,6 +151,8 @@ class ImageTransform:
 
     def normalize(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Stack uint8 H,W,C images into float32 N,C,H,W, (x - mean) / std per channel (pixel scale 0..255)."""
+        if len(images) == 0:  # a rank's share of a short last batch can be empty
+            return torch.zeros(0, self.channels, self.resolution, self.resolution)
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
