@@ -293,9 +293,26 @@ class TeacherCache:
 def load_or_build_source(teacher: Teacher, source: Any, directory: str | Path, data_fingerprint: str,
                          preprocessing: str, topk: int | None = None, batch_size: int = 256, progress: bool = True,
                          dtype: str = "float16") -> CachedLogits:
-    """`TeacherCache(directory).load_or_build_source(...)`: memory-mapped logits for a streamed source."""
-    return TeacherCache(directory).load_or_build_source(teacher, source, data_fingerprint, preprocessing, topk,
-                                                        batch_size, progress, dtype)
+    """`TeacherCache(directory).load_or_build_source(...)`: memory-mapped logits for a streamed source.
+
+    Under torch.distributed, rank 0 builds the files while the other ranks wait at a barrier, then every rank maps
+    the same files (one teacher pass per run, not per rank; the run directory must be shared by the ranks).
+    """
+    cache = TeacherCache(directory)
+
+    def build() -> CachedLogits:
+        return cache.load_or_build_source(teacher, source, data_fingerprint, preprocessing, topk, batch_size,
+                                          progress, dtype)
+
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return build()
+    if dist.get_rank() == 0:
+        cached = build()
+        dist.barrier()
+        return cached
+    dist.barrier()
+    return build()  # finds rank 0's files
 
 
 def load_or_build(teacher: Teacher, x: Tensor, directory: str | Path, preprocessing: str, topk: int | None = None,
