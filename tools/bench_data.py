@@ -139,18 +139,21 @@ def peak_rss(kind: str, folder: Path, files: int, resolution: int, batch: int, w
                             workers=workers, batch=batch, mean=list(mean), std=list(std))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    peak = {"total": 0, "main": 0}
+    peak = {"total": 0, "main": 0, "pss": 0}
     p = psutil.Process(proc.pid)
 
     def sample():
         while proc.poll() is None:
             try:
+                procs = [p] + p.children(recursive=True)
                 main = p.memory_info().rss
-                total = main + sum(c.memory_info().rss for c in p.children(recursive=True))
+                total = sum(q.memory_info().rss for q in procs)
+                pss = sum(q.memory_full_info().pss for q in procs)  # shared pages counted once
             except psutil.Error:
                 continue
             peak["main"], peak["total"] = max(peak["main"], main), max(peak["total"], total)
-            time.sleep(0.05)
+            peak["pss"] = max(peak["pss"], pss)
+            time.sleep(0.1)
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
@@ -159,8 +162,8 @@ def peak_rss(kind: str, folder: Path, files: int, resolution: int, batch: int, w
     if proc.returncode != 0:
         raise RuntimeError(f"RSS child failed: {err[-2000:]}")
     res = json.loads(out.strip().splitlines()[-1])
-    return {"files": files, "peak_rss_mib": peak["total"] / 2 ** 20, "peak_main_rss_mib": peak["main"] / 2 ** 20,
-            **res}
+    return {"kind": kind, "files": files, "peak_rss_mib": peak["total"] / 2 ** 20,
+            "peak_pss_mib": peak["pss"] / 2 ** 20, "peak_main_rss_mib": peak["main"] / 2 ** 20, **res}
 
 
 def small_arrays(tmp: Path, batch: int, workers: int, rounds: int) -> dict:
@@ -261,10 +264,12 @@ def teacher_cost(folder: Path, resolution: int, batch: int, workers: int, steps:
 @click.option("--batches", default=40, show_default=True, help="Batches timed per round in (a).")
 @click.option("--rounds", default=3, show_default=True)
 @click.option("--rss-files", default="10000,50000", show_default=True)
+@click.option("--rss-reference/--no-rss-reference", default=True, show_default=True,
+              help="Also measure the torchvision reference's epoch memory.")
 @click.option("--skip", multiple=True, type=click.Choice(["a", "b", "c", "d"]), help="Parts to skip.")
 @click.option("--data-dir", default="runs/bench/data/fmnist-jpeg", show_default=True)
 @click.option("--out", default="runs/bench/data.json", show_default=True)
-def main(images, resolution, batch, workers, batches, rounds, rss_files, skip, data_dir, out) -> None:
+def main(images, resolution, batch, workers, batches, rounds, rss_files, rss_reference, skip, data_dir, out) -> None:
     folder = build_jpeg_set(Path(data_dir), images)
     mean, std = [127.0] * 3, [64.0] * 3
     result = {"machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__,
@@ -275,10 +280,12 @@ def main(images, resolution, batch, workers, batches, rounds, rss_files, skip, d
         result["throughput"] = throughput(folder, resolution, batch, workers, batches, rounds, mean, std)
         print(json.dumps(result["throughput"]["images_per_s"]), flush=True)
     if "b" not in skip:
-        result["peak_rss"] = {"edgekd": [peak_rss("edgekd", folder, int(f), resolution, batch, workers, mean, std)
-                                         for f in rss_files.split(",")]}
-        rows = result["peak_rss"]["edgekd"]
-        result["peak_rss"]["growth_largest_over_smallest"] = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"]
+        kinds = ["edgekd"] + (["reference"] if rss_reference else [])
+        result["peak_rss"] = {k: [peak_rss(k, folder, int(f), resolution, batch, workers, mean, std)
+                                  for f in rss_files.split(",")] for k in kinds}
+        result["peak_rss"]["growth_largest_over_smallest"] = {
+            k: {m: rows[-1][m] / rows[0][m] for m in ("peak_rss_mib", "peak_pss_mib")}
+            for k, rows in result["peak_rss"].items() if isinstance(rows, list)}
         print(json.dumps(result["peak_rss"]), flush=True)
     if "c" not in skip:
         with tempfile.TemporaryDirectory() as d:

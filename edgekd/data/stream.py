@@ -34,6 +34,23 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _worker_init(_worker_id: int) -> None:
+    """Fixed glibc malloc thresholds in each worker, so freed image buffers go back to the system.
+
+    glibc raises its mmap threshold after large blocks are freed; decode/resize buffers then come from the heap,
+    which fragments and never shrinks: measured here, each worker grew by ~2.5 MB per batch (32 images at 112 px)
+    without bound. Setting the thresholds (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = 64 KiB) keeps workers flat.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def _error(e: EdgeKDError) -> tuple[str, str]:
     return ("__edgekd_error__", str(e).splitlines()[0])
 
@@ -116,7 +133,7 @@ class FileSource(BatchSource):
             self._loader = torch.utils.data.DataLoader(
                 self.reader, batch_size=None, sampler=_KeySampler(), num_workers=self.workers,
                 collate_fn=_identity, pin_memory=self.pin_memory, prefetch_factor=self.prefetch,
-                persistent_workers=True)
+                persistent_workers=True, worker_init_fn=_worker_init)
         return self._loader
 
     def epoch(self, epoch: int, seed: int, batch_size: int, *, start: int = 0, rank: int = 0, world: int = 1,
@@ -275,7 +292,7 @@ class ShardSource(BatchSource):
         else:
             outputs = iter(torch.utils.data.DataLoader(
                 plan, batch_size=None, num_workers=self.workers, collate_fn=_identity, pin_memory=self.pin_memory,
-                prefetch_factor=self.prefetch))
+                prefetch_factor=self.prefetch, worker_init_fn=_worker_init))
         if not shuffle:
             for out in outputs:
                 yield _to_batch(out)
