@@ -103,7 +103,7 @@ class StreamingDataset:
                 self._sources[key] = FileSource(s.store.subset(s.select), self.transform(policy), **common)
         return self._sources[key]
 
-    def train_source(self, augment: bool = True) -> BatchSource:
+    def train_source(self, augment: bool = False) -> BatchSource:
         """Training batches: the recipe's augment policy when `augment`, else the un-augmented eval view."""
         return self._source("train", self.options.augment if augment else "none")
 
