@@ -139,3 +139,36 @@ def test_decoders_agree_on_jpeg():
     a = np.asarray(decode(buf.getvalue(), "a.jpg", decoder="pil"), np.int16)
     b = np.asarray(decode(buf.getvalue(), "a.jpg", decoder="simplejpeg"), np.int16)
     assert a.shape == b.shape and np.abs(a - b).max() <= 3
+
+
+@pytest.mark.parametrize("kind", ["folder", "shards"])
+def test_killed_training_resumes_to_the_same_weights(folder, tmp_path, kind):
+    """The real loop over a streamed source: stop mid-epoch, resume from the checkpoint, same final weights."""
+    from edgekd.data.files import scan_folder, write_shards
+    from edgekd.train import TrainConfig, train
+
+    if kind == "folder":
+        make = lambda: _ds(folder).train_source(True)  # noqa: E731
+    else:
+        pattern = write_shards(scan_folder(folder), tmp_path / "tars", per_shard=7)
+        make = lambda: load_streaming("shards", pattern, mean=MEAN, std=STD, val_fraction=0.1,  # noqa: E731
+                                      options=StreamOptions(resolution=16, workers=0, shuffle_buffer=4)
+                                      ).train_source(True)
+    cfg = TrainConfig(epochs=2, lr=0.05, checkpoint_every=3)
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten(), torch.nn.Linear(4, 3))
+
+    whole = model()
+    train(whole, make(), None, cfg, batch_size=8, progress=False)
+    ckpt = tmp_path / "ckpt.pt"
+    resumed = model()
+    train(resumed, make(), None, cfg, batch_size=8, progress=False, checkpoint=ckpt, checkpoint_key="k",
+          stop_after_steps=3)
+    resumed = model()  # a fresh process would start from scratch weights and load the checkpoint
+    result = train(resumed, make(), None, cfg, batch_size=8, progress=False, checkpoint=ckpt, checkpoint_key="k")
+    assert result.resumed_from_step == 3
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
