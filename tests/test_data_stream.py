@@ -103,7 +103,8 @@ def test_random_resized_crop_box_in_bounds_and_scale():
         l, t, r, b = random_resized_crop_box(40, 30, rng, (0.2, 0.9))
         assert 0 <= l < r <= 40 and 0 <= t < b <= 30
         assert (r - l) * (b - t) <= 0.9 * 1200 * 1.02 + 2
-    assert center_crop_box(100, 50, 28) == pytest.approx((25 + 50 * 0.125 / 2 + 0.0, 50 * 0.125 / 2, 75 - 50 * 0.125 / 2, 50 - 50 * 0.125 / 2))
+    # shorter side 50 -> 32 (= 28 / 0.875): the 28 px crop is 43.75 source pixels wide, centred
+    assert center_crop_box(100, 50, 28) == pytest.approx((28.125, 3.125, 71.875, 46.875))
 
 
 def test_eval_transform_of_a_known_image():

@@ -128,7 +128,8 @@ def run_distill(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
 
         peers = [student] + [build_student(ctx).module for _ in range(r.distill.peers - 1)]
         result = train_mutual(peers, ds.train_source(r.distill.train.augment), None, r.distill.train,
-                              kl_weight=r.distill.mutual_kl_weight, checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key, desc="mutual",
+                              kl_weight=r.distill.mutual_kl_weight, checkpoint=ctx.checkpoint("distill"),
+                              checkpoint_key=ctx.checkpoint_key, desc="mutual",
                               **common)
     elif mode == "born_again":
         from edgekd.distill.mutual import born_again
