@@ -256,6 +256,48 @@ def teacher_cost(folder: Path, resolution: int, batch: int, workers: int, steps:
                 "cache_bytes": int(cached.logits.numel() * cached.logits.element_size())}
 
 
+def markdown(r: dict) -> str:
+    """The result as the Markdown tables docs/data.md shows."""
+    out = []
+    if "throughput" in r:
+        t = r["throughput"]
+        out.append(f"(a) train pipeline, {t['resolution']} px, batch {t['batch_size']}, {t['workers']} workers, "
+                   f"median of {len(t['rounds']['reference'])} rounds of {t['batches_timed']} batches:\n")
+        out.append("| pipeline | images/s | vs reference |\n|---|---|---|")
+        for k, v in t["images_per_s"].items():
+            ratio = t["ratio_vs_reference"].get(k, 1.0)
+            out.append(f"| {k} | {v:.0f} | {ratio:.2f}x |")
+    if "peak_rss" in r:
+        out.append("\n(b) one training epoch, peak memory of the main process + workers (sampled every 0.1 s):\n")
+        out.append("| pipeline | files | peak RSS sum (MiB) | peak PSS sum (MiB) | main RSS (MiB) | epoch s |")
+        out.append("|---|---|---|---|---|---|")
+        for k, rows in r["peak_rss"].items():
+            if isinstance(rows, list):
+                for row in rows:
+                    out.append(f"| {k} | {row['files']} | {row['peak_rss_mib']:.0f} | {row['peak_pss_mib']:.0f} | "
+                               f"{row['peak_main_rss_mib']:.0f} | {row['seconds']:.1f} |")
+        g = r["peak_rss"]["growth_largest_over_smallest"]
+        out.append("\ngrowth largest/smallest: " + ", ".join(
+            f"{k} RSS {v['peak_rss_mib']:.3f}x, PSS {v['peak_pss_mib']:.3f}x" for k, v in g.items()))
+    if "small_arrays" in r:
+        c = r["small_arrays"]
+        out.append(f"\n(c) small array set ({c['images']} Fashion-MNIST 28x28 images, batch {c['batch_size']}, "
+                   f"epoch images/s, median of {len(c['rounds']['in_memory_plain'])}):\n")
+        out.append("| source | images/s |\n|---|---|")
+        for k, v in c["images_per_s"].items():
+            out.append(f"| {k} | {v:.0f} |")
+        ratio = c["in_memory_over_streamed"]
+        out.append(f"\nin memory / streamed: {ratio['augmented']:.1f}x augmented, {ratio['plain']:.1f}x plain")
+    if "teacher_cost" in r:
+        d = r["teacher_cost"]
+        out.append(f"\n(d) KD epoch of {d['steps']} steps x {d['batch_size']} at {d['resolution']} px, teacher "
+                   f"{d['teacher_params']:,} params, student {d['student_params']:,}: online "
+                   f"{d['epoch_seconds']['online']:.2f} s vs cached {d['epoch_seconds']['cached']:.2f} s = "
+                   f"**{d['online_over_cached']:.2f}x**; building the cache cost "
+                   f"{d['cache_build_over_cached_epoch']:.2f} cached epochs.")
+    return "\n".join(out)
+
+
 @click.command()
 @click.option("--images", default=60000, show_default=True, help="JPEGs in the built set (>= 50,000).")
 @click.option("--resolution", default=112, show_default=True)
@@ -269,7 +311,12 @@ def teacher_cost(folder: Path, resolution: int, batch: int, workers: int, steps:
 @click.option("--skip", multiple=True, type=click.Choice(["a", "b", "c", "d"]), help="Parts to skip.")
 @click.option("--data-dir", default="runs/bench/data/fmnist-jpeg", show_default=True)
 @click.option("--out", default="runs/bench/data.json", show_default=True)
-def main(images, resolution, batch, workers, batches, rounds, rss_files, rss_reference, skip, data_dir, out) -> None:
+@click.option("--markdown-from", default=None, help="Only print the tables of an earlier result JSON.")
+def main(images, resolution, batch, workers, batches, rounds, rss_files, rss_reference, skip, data_dir, out,
+         markdown_from) -> None:
+    if markdown_from:
+        print(markdown(json.loads(Path(markdown_from).read_text())))
+        return
     folder = build_jpeg_set(Path(data_dir), images)
     mean, std = [127.0] * 3, [64.0] * 3
     result = {"machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "torch": torch.__version__,
@@ -297,6 +344,7 @@ def main(images, resolution, batch, workers, batches, rounds, rss_files, rss_ref
     result["machine"]["load_average_end"] = os.getloadavg()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2))
+    print(markdown(result))
     print(f"wrote {out}")
 
 
