@@ -104,15 +104,36 @@ def throughput(folder, resolution, batch, workers, n_batches, rounds, mean, std)
     ref = reference_loader(folder, resolution, batch, workers, mean, std, None)
     sources = {d: edgekd_dataset(folder, resolution, workers, d, None, mean, std).train_source(True)
                for d in decoders}
-    for r in range(rounds):
-        runs["reference"].append(timed(ref, n_batches, 2))
-        for d in decoders:
-            runs[f"edgekd_{d}"].append(timed(sources[d].epoch(r, 0, batch), n_batches, 2))
+    names = list(runs)
+    for r in range(rounds):  # the order rotates each round; ratios are paired within a round
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            batches = ref if name == "reference" else sources[name[len("edgekd_"):]].epoch(r, 0, batch)
+            runs[name].append(timed(batches, n_batches, 2))
     med = {k: statistics.median(v) for k, v in runs.items()}
-    best = max((k for k in med if k.startswith("edgekd_")), key=med.get)
-    return {"images_per_s": med, "rounds": runs, "edgekd_best": best,
-            "ratio_vs_reference": {k: med[k] / med["reference"] for k in med if k != "reference"},
-            "batch_size": batch, "workers": workers, "resolution": resolution, "batches_timed": n_batches}
+    paired = {k: statistics.median(a / b for a, b in zip(runs[k], runs["reference"])) for k in runs if k != "reference"}
+    best = max(paired, key=paired.get)
+    return {"images_per_s": med, "rounds": runs, "edgekd_best": best, "ratio_vs_reference": paired,
+            "ratio_note": "median over rounds of the within-round ratio", "batch_size": batch, "workers": workers,
+            "resolution": resolution, "batches_timed": n_batches, "per_image_us": per_image(folder, resolution)}
+
+
+def per_image(folder: Path, resolution: int, n: int = 400, rounds: int = 5) -> dict:
+    """Decode + RandomResizedCrop + flip of one JPEG in this process, per decoder (microseconds, medians)."""
+    from edgekd.data.files import scan_folder
+    from edgekd.data.transforms import ImageTransform, _simplejpeg
+
+    store = scan_folder(folder)
+    picks = np.random.default_rng(1).permutation(len(store))[:n]
+    blobs = [(store.read(int(i)), store.name(int(i))) for i in picks]
+    times: dict[str, list[float]] = {d: [] for d in ["pil"] + (["simplejpeg"] if _simplejpeg() else [])}
+    for r in range(rounds):
+        for d in times:
+            t = ImageTransform(resolution, 3, "standard", decoder=d)
+            t0 = time.perf_counter()
+            for k, (data, name) in enumerate(blobs):
+                t.apply(data, name, 0, r, k)
+            times[d].append((time.perf_counter() - t0) / n * 1e6)
+    return {d: statistics.median(v) for d, v in times.items()}
 
 
 RSS_CHILD = r"""
@@ -262,11 +283,15 @@ def markdown(r: dict) -> str:
     if "throughput" in r:
         t = r["throughput"]
         out.append(f"(a) train pipeline, {t['resolution']} px, batch {t['batch_size']}, {t['workers']} workers, "
-                   f"median of {len(t['rounds']['reference'])} rounds of {t['batches_timed']} batches:\n")
+                   f"{len(t['rounds']['reference'])} interleaved rounds of {t['batches_timed']} batches (images/s: "
+                   f"median; ratio: median of the within-round ratios):\n")
         out.append("| pipeline | images/s | vs reference |\n|---|---|---|")
         for k, v in t["images_per_s"].items():
             ratio = t["ratio_vs_reference"].get(k, 1.0)
             out.append(f"| {k} | {v:.0f} | {ratio:.2f}x |")
+        if "per_image_us" in t:
+            out.append("\ndecode + RandomResizedCrop + flip, one process, per image: " + ", ".join(
+                f"{k} {v:.0f} us" for k, v in t["per_image_us"].items()))
     if "peak_rss" in r:
         out.append("\n(b) one training epoch, peak memory of the main process + workers (sampled every 0.1 s):\n")
         out.append("| pipeline | files | peak RSS sum (MiB) | peak PSS sum (MiB) | main RSS (MiB) | epoch s |")
@@ -303,8 +328,8 @@ def markdown(r: dict) -> str:
 @click.option("--resolution", default=112, show_default=True)
 @click.option("--batch", default=128, show_default=True)
 @click.option("--workers", default=2, show_default=True, help="Worker processes (this machine has 2 cores).")
-@click.option("--batches", default=40, show_default=True, help="Batches timed per round in (a).")
-@click.option("--rounds", default=3, show_default=True)
+@click.option("--batches", default=30, show_default=True, help="Batches timed per round in (a).")
+@click.option("--rounds", default=7, show_default=True)
 @click.option("--rss-files", default="10000,50000", show_default=True)
 @click.option("--rss-reference/--no-rss-reference", default=True, show_default=True,
               help="Also measure the torchvision reference's epoch memory.")
