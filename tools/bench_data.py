@@ -83,6 +83,20 @@ def edgekd_dataset(folder: Path, resolution: int, workers: int, decoder: str, fi
                           options=o)
 
 
+def shard_dataset(folder: Path, resolution: int, workers: int, mean, std):
+    """The same images packed once into WebDataset tars of 1,000 samples (beside the folder), streamed."""
+    from edgekd.data.files import scan_folder, write_shards
+    from edgekd.data.streaming import StreamOptions, load_streaming
+
+    out = folder.parent / (folder.name + "-shards")
+    marker = out / "complete.txt"
+    if not marker.is_file():
+        pattern = write_shards(scan_folder(folder), out, per_shard=1000)
+        marker.write_text(pattern)
+    o = StreamOptions(resolution=resolution, workers=workers, augment="standard")
+    return load_streaming("shards", marker.read_text(), test_fraction=0.01, mean=mean, std=std, options=o)
+
+
 def timed(batches, n_batches: int, warmup: int) -> float:
     """images/s over n_batches after `warmup` batches (the worker start-up is excluded)."""
     it = iter(batches)
@@ -104,6 +118,8 @@ def throughput(folder, resolution, batch, workers, n_batches, rounds, mean, std)
     ref = reference_loader(folder, resolution, batch, workers, mean, std, None)
     sources = {d: edgekd_dataset(folder, resolution, workers, d, None, mean, std).train_source(True)
                for d in decoders}
+    sources["shards"] = shard_dataset(folder, resolution, workers, mean, std).train_source(True)
+    runs["edgekd_shards"] = []
     names = list(runs)
     for r in range(rounds):  # the order rotates each round; ratios are paired within a round
         for name in names[r % len(names):] + names[:r % len(names)]:

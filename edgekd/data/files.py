@@ -234,7 +234,9 @@ class ShardStore:
 def iter_shard(path: Path, images: bool = True):
     """(key, image bytes, image ext, label) for each sample of one shard, in file order (images=False: b"")."""
     try:
-        with tarfile.open(path, "r|*") as tf:  # streaming mode: one pass, no seeks
+        # Reading images: streaming mode (one sequential pass). Indexing (images=False): random-access mode, which
+        # seeks over the image data of an uncompressed tar and reads only headers and the small .cls members.
+        with tarfile.open(path, "r|*" if images else "r:*") as tf:
             key, fields = None, {}
             for m in tf:
                 if not m.isfile():
