@@ -51,6 +51,62 @@ class DataConfig:
     val_size: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 1000
+    # Streaming (docs/data.md): images stay on disk and worker processes decode and augment them. dataset is then
+    # image_folder (root/<class>/*), manifest (a .csv path,label or .jsonl) or shards (WebDataset tars by brace
+    # pattern or glob). test_root: the test split's folder/manifest/shards (default: root/test beside root/train,
+    # else test_fraction of the files, seeded). resolution: the square input side. augment: the training
+    # transform when a stage trains with augment: true (standard = RandomResizedCrop(crop_scale) + flip; flip =
+    # centre crop + flip; none). Evaluation: shorter side to resolution/0.875, centre crop.
+    stream: bool = False
+    test_root: str | None = None
+    test_fraction: float = 0.2
+    resolution: int = 224
+    channels: Literal[1, 3] = 3
+    augment: Literal["standard", "flip", "none"] = "standard"
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    workers: int = 2                   # DataLoader worker processes (0 = read in the training process)
+    prefetch: int = 2                  # batches each worker keeps ready
+    shuffle_buffer: int = 2000         # shards: samples each worker mixes
+    decoder: Literal["auto", "pil", "simplejpeg"] = "auto"   # auto: simplejpeg for JPEG when installed
+
+
+STREAM_DATASETS = ("image_folder", "manifest", "shards")
+
+
+def data_problems(d: DataConfig, r: "Recipe | None" = None) -> list[str]:
+    """The data section's ranges and combinations, one line each."""
+    p: list[str] = []
+    if not isinstance(d.stream, bool):
+        return p
+    if d.stream:
+        if isinstance(d.dataset, str) and d.dataset not in STREAM_DATASETS:
+            p.append(f"data.stream: streams {', '.join(STREAM_DATASETS)}; dataset {d.dataset!r} is loaded into "
+                     f"memory (set data.stream: false)")
+        if not d.root:
+            p.append("data.root: a streamed dataset needs its folder, manifest or shard pattern")
+        if r is not None and (r.distill.auto or r.search.enabled):
+            p.append("distill.auto / search.enabled run proxy trainings on in-memory tensors; set them false with "
+                     "data.stream: true")
+    elif d.dataset in ("manifest", "shards"):
+        p.append(f"data.stream: dataset {d.dataset!r} streams its images from disk: set data.stream: true")
+    if isinstance(d.resolution, int) and not 8 <= d.resolution <= 4096:
+        p.append(f"data.resolution: the input side in pixels, 8..4096, got {d.resolution}")
+    for key, lo in (("workers", 0), ("prefetch", 1), ("shuffle_buffer", 1)):
+        v = getattr(d, key)
+        if isinstance(v, int) and v < lo:
+            p.append(f"data.{key}: must be >= {lo}, got {v}")
+    cs = d.crop_scale
+    if isinstance(cs, list) and (len(cs) != 2 or not all(isinstance(v, float) for v in cs)
+                                 or not 0 < cs[0] <= cs[1] <= 1):
+        p.append(f"data.crop_scale: [min, max] area fractions with 0 < min <= max <= 1, got {cs}")
+    if isinstance(d.test_fraction, float) and not 0 < d.test_fraction < 1:
+        p.append(f"data.test_fraction: a fraction in (0, 1), got {d.test_fraction}")
+    if d.decoder == "simplejpeg":
+        import importlib.util
+
+        if importlib.util.find_spec("simplejpeg") is None:
+            p.append("data.decoder: 'simplejpeg' is not installed: pip install 'edgekd[data]' (or decoder: auto)")
+    return p
 
 
 @dataclass
@@ -330,6 +386,7 @@ def range_problems(r: Recipe) -> list[str]:
     positive(r.data.subset_train, "data.subset_train")
     positive(r.data.subset_test, "data.subset_test")
     positive(r.data.val_size, "data.val_size", allow_zero=True)
+    p += data_problems(r.data, r)
     if isinstance(r.data.val_fraction, (int, float)) and not 0 <= r.data.val_fraction < 1:
         p.append(f"data.val_fraction: a fraction in [0, 1) of the training images (0 = no validation split), "
                  f"got {r.data.val_fraction}")
@@ -429,8 +486,14 @@ def resolve_paths(recipe: Recipe, base: Path) -> None:
     if isinstance(recipe.data.class_names, str):
         recipe.data.class_names = resolve_path(recipe.data.class_names, base)
     recipe.quantize.calibration = resolve_path(recipe.quantize.calibration, base) or recipe.quantize.calibration
-    if recipe.data.root:
-        recipe.data.root = resolve_path(recipe.data.root, base)
+    for key in ("root", "test_root"):  # a shard pattern resolves by its folder
+        value = getattr(recipe.data, key)
+        if value and not Path(value).is_absolute():
+            folder = resolve_path(str(Path(value).parent), base) if Path(value).parent != Path(".") else None
+            resolved = resolve_path(value, base)
+            if resolved == value and folder and Path(folder).is_absolute():
+                resolved = str(Path(folder) / Path(value).name)
+            setattr(recipe.data, key, resolved)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -70,15 +70,15 @@ def run_baseline(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
         ctx.log(f"baseline: skipped ({why})")
         return {}, {**base, "ran": False, "reason": why}
     ctx.log(f"baseline: {r.student.model} without the teacher (cross-entropy) for {r.distill.train.epochs} epochs")
-    result = train(student, ds.x_train, ds.y_train, r.distill.train, seed=r.seed, x_test=ds.x_test,
-                   y_test=ds.y_test, batch_size=r.data.batch_size, eval_batch_size=r.data.eval_batch_size,
+    result = train(student, ds.train_source(r.distill.train.augment), None, r.distill.train, seed=r.seed,
+                   x_test=ds.test_source(), batch_size=r.data.batch_size, eval_batch_size=r.data.eval_batch_size,
                    checkpoint=ctx.checkpoint("baseline"), checkpoint_key=ctx.checkpoint_key, progress=ctx.progress,
                    desc="baseline")
     path = save_model_file(student, built.name, built.kwargs, ctx.stage_dir("baseline") / "student.pt",
                            **built.file_info())
-    val = evaluate(student, ds.x_val, ds.y_val, r.data.eval_batch_size) if len(ds.x_val) else None
+    val = evaluate(student, ds.val_source(), None, r.data.eval_batch_size) if len(ds.y_val) else None
     return {"model": path}, {**base, "ran": True, "losses": [{"name": "ce", "weight": 1.0}],
-                             "test_accuracy": evaluate(student, ds.x_test, ds.y_test, r.data.eval_batch_size),
+                             "test_accuracy": evaluate(student, ds.test_source(), None, r.data.eval_batch_size),
                              "val_accuracy": val, "history": result.history, "curve": result.curve,
                              "train_seconds": round(result.wall_time_s, 2)}
 

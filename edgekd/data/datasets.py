@@ -87,6 +87,32 @@ class ImageDataset:
             self._digest = h.hexdigest()[:16]
         return self._digest
 
+    streamed = False  # held in memory (edgekd.data.streaming.StreamingDataset streams from disk)
+
+    def train_source(self, augment: bool = False):
+        """Training batches sliced from memory; `augment` = random pad-crop + flip per batch (augment_batch)."""
+        from edgekd.data.loader import augment_batch
+        from edgekd.data.source import TensorSource
+
+        return TensorSource(self.x_train, self.y_train, augment_batch if augment else None)
+
+    def test_source(self):
+        from edgekd.data.source import TensorSource
+
+        return TensorSource(self.x_test, self.y_test)
+
+    def val_source(self):
+        from edgekd.data.source import TensorSource
+
+        return TensorSource(self.x_val, self.y_val)
+
+    def test_tensors(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `limit` test images and labels (all when None)."""
+        return (self.x_test, self.y_test) if limit is None else (self.x_test[:limit], self.y_test[:limit])
+
+    def val_tensors(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.x_val, self.y_val) if limit is None else (self.x_val[:limit], self.y_val[:limit])
+
     def describe(self) -> str:
         val = f" / {len(self.x_val)} validation" if len(self.x_val) else ""
         return (f"{self.name}: {len(self.x_train)} train{val} / {len(self.x_test)} test, input {self.input_shape}, "
@@ -229,6 +255,18 @@ def image_folder(root: str | None = None, size: int = 32, grayscale: bool = Fals
         n_test = max(1, int(len(x) * test_fraction))
         xte, yte, xtr, ytr = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
     return RawImages(base.name, xtr, ytr, xte, yte, classes, 255.0, str(base))
+
+
+@DATASETS.register("manifest")
+def manifest(root: str | None = None, **_: object) -> RawImages:
+    """A CSV/JSONL manifest of image paths and labels: streamed only (edgekd.data.streaming)."""
+    raise EdgeKDError("dataset 'manifest' streams its images from disk: set data.stream: true")
+
+
+@DATASETS.register("shards")
+def shards(root: str | None = None, **_: object) -> RawImages:
+    """WebDataset-layout tar shards: streamed only (edgekd.data.streaming)."""
+    raise EdgeKDError("dataset 'shards' streams its images from disk: set data.stream: true")
 
 
 def stratified_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:

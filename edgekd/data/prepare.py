@@ -216,9 +216,17 @@ def load_dataset(name: str, root: str | None = None, subset_train: int | None = 
     return ds
 
 
-def dataset_from_config(data: Any, seed: int = 0) -> ImageDataset:
-    """The dataset a recipe's `data` section describes (a DataConfig, or its dict as written in recipe.yaml)."""
+def dataset_from_config(data: Any, seed: int = 0) -> Any:
+    """The dataset a recipe's `data` section describes (a DataConfig, or its dict as written in recipe.yaml).
+
+    An `ImageDataset` in memory, or with `stream: true` an `edgekd.data.streaming.StreamingDataset` (same
+    metadata and `train_source` / `test_source` / `val_source`, images read from disk by worker processes).
+    """
     d = data if isinstance(data, dict) else vars(data)
+    if d.get("stream"):
+        from edgekd.data.streaming import streaming_from_config
+
+        return streaming_from_config(d, seed)
     return load_dataset(d.get("dataset", "fashion_mnist"), d.get("root"), d.get("subset_train"),
                         d.get("subset_test"), seed, mean=d.get("mean"), std=d.get("std"),
                         class_names=d.get("class_names"), val_fraction=d.get("val_fraction", 0.0) or 0.0,

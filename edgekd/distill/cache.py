@@ -5,6 +5,12 @@ storage dtype, format version). The data fingerprint is the sha256 of the tensor
 (exact, ~0.1-0.2 s per 100 MB here). Any change to teacher weights, data, preprocessing or top-k gives another key,
 so another file: the old one is kept (a train and a test cache may share a directory) and can be deleted by hand.
 Valid only when the student sees exactly the cached inputs: see `check_cache_allowed`.
+
+For data streamed from disk (`load_or_build_source`) the cache is built in one pass over the un-augmented
+`BatchSource` and stored as .npy files that are memory-mapped when read: `teacher-logits-<key>.npy` (float16 by
+default, N x classes, or N x k values with top-k) and `teacher-topk-<key>.npy` (int32 indices), plus a .json
+written last (a cache without it is incomplete and rebuilt). Lookups read only the rows a batch asks for, so
+memory does not grow with N. The key uses the data set's digest (files, splits, transform) instead of the bytes.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -183,11 +190,136 @@ class TeacherCache:
         return cached
 
 
+    def mmap_paths(self, key: str) -> tuple[Path, Path, Path]:
+        stem = key[:16]
+        return (self.directory / f"teacher-logits-{stem}.npy", self.directory / f"teacher-topk-{stem}.npy",
+                self.directory / f"teacher-logits-{stem}.json")
+
+    def _load_mmap(self, key: str, n: int) -> CachedLogits | None:
+        values_path, index_path, meta_path = self.mmap_paths(key)
+        try:
+            meta = json.loads(meta_path.read_text())
+            values = np.load(values_path, mmap_mode="c")  # copy-on-write: writable for torch, the file untouched
+            indices = np.load(index_path, mmap_mode="c") if meta.get("topk") else None
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable teacher cache %s (%s); rebuilding", values_path, str(e).splitlines()[0])
+            return None
+        if meta.get("fingerprint") != key or meta.get("n") != n or len(values) != n:
+            log.warning("teacher cache %s does not match this teacher/data; rebuilding", values_path)
+            return None
+        if meta.get("topk"):
+            return CachedLogits(values_path, key, meta["topk"], values=torch.from_numpy(values),
+                                indices=torch.from_numpy(indices), build_seconds=meta.get("build_seconds"), meta=meta)
+        return CachedLogits(values_path, key, None, logits=torch.from_numpy(values),
+                            build_seconds=meta.get("build_seconds"), meta=meta)
+
+    def load_or_build_source(self, teacher: Teacher, source: Any, data_fingerprint: str, preprocessing: str,
+                             topk: int | None = None, batch_size: int = 256, progress: bool = True,
+                             dtype: str = "float16") -> CachedLogits:
+        """Memory-mapped teacher logits for every sample of `source` (a BatchSource, read un-shuffled once).
+
+        Rows are indexed by the source's sample index (Batch.idx). `source` must yield the un-augmented inputs the
+        student will see; `data_fingerprint` must change whenever they do (StreamingDataset.digest()).
+        """
+        teacher = as_teacher(teacher)
+        if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
+            raise EdgeKDError(f"topk must be a positive integer or null (full logits), got {topk!r}")
+        if dtype not in STORAGE_DTYPES:
+            raise EdgeKDError(f"cache dtype must be one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+        n = len(source)
+        teacher_fp = teacher.fingerprint()
+        key = cache_key(teacher_fp, data_fingerprint, preprocessing, topk, dtype + ":mmap")
+        if self.mmap_paths(key)[2].is_file():
+            cached = self._load_mmap(key, n)
+            if cached is not None:
+                return cached
+        from tqdm import tqdm
+
+        values_path, index_path, meta_path = self.mmap_paths(key)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        store = np.float16 if dtype == "float16" else np.float32
+        limit = float(np.finfo(store).max)
+        t0 = time.perf_counter()
+        values = indices = None
+        num_classes = 0
+        seen = 0
+        with atomic_path(values_path) as vtmp, atomic_path(index_path) as itmp:
+            bar = tqdm(total=source.steps_per_epoch(batch_size), desc="teacher logits", unit="batch",
+                       disable=not progress, leave=False)
+            with torch.no_grad():
+                for batch in source.epoch(0, 0, batch_size, shuffle=False):
+                    z = teacher.logits(batch.x).detach().float().cpu()
+                    if values is None:
+                        num_classes = z.shape[-1]
+                        if topk is not None and topk > num_classes:
+                            raise EdgeKDError(f"topk={topk} exceeds the teacher's {num_classes} classes; use topk "
+                                              f"<= {num_classes} or null (full logits)")
+                        width = topk or num_classes
+                        values = np.lib.format.open_memmap(vtmp, mode="w+", dtype=store, shape=(n, width))
+                        if topk is not None:
+                            indices = np.lib.format.open_memmap(itmp, mode="w+", dtype=np.int32, shape=(n, topk))
+                    rows = batch.idx.numpy()
+                    if topk is not None:
+                        v, i = torch.topk(z, topk, dim=-1)
+                        values[rows] = v.clamp(-limit, limit).numpy()
+                        indices[rows] = i.numpy().astype(np.int32)
+                    else:
+                        values[rows] = z.clamp(-limit, limit).numpy()
+                    seen += len(rows)
+                    bar.update(1)
+            bar.close()
+            if seen != n:
+                raise EdgeKDError(f"the teacher cache pass read {seen} samples, the source holds {n}")
+            values.flush()
+            if indices is not None:
+                indices.flush()
+            else:
+                with open(itmp, "wb") as f:  # a file handle: np.save would append .npy to a path
+                    np.save(f, np.zeros((0,), np.int32))
+            del values, indices
+        seconds = time.perf_counter() - t0
+        meta = {"n": n, "topk": topk, "num_classes": num_classes, "dtype": dtype, "teacher": teacher_fp,
+                "data": data_fingerprint, "preprocessing": preprocessing, "build_seconds": seconds,
+                "format": CACHE_FORMAT, "storage": "mmap", "fingerprint": key}
+        with atomic_path(meta_path) as tmp:
+            tmp.write_text(json.dumps(meta))
+        cached = self._load_mmap(key, n)
+        if cached is None:
+            raise EdgeKDError(f"the teacher cache written to {values_path} cannot be read back")
+        cached.rebuilt, cached.build_seconds = True, seconds
+        return cached
+
+
+def load_or_build_source(teacher: Teacher, source: Any, directory: str | Path, data_fingerprint: str,
+                         preprocessing: str, topk: int | None = None, batch_size: int = 256, progress: bool = True,
+                         dtype: str = "float16") -> CachedLogits:
+    """`TeacherCache(directory).load_or_build_source(...)`: memory-mapped logits for a streamed source.
+
+    Under torch.distributed, rank 0 builds the files while the other ranks wait at a barrier, then every rank maps
+    the same files (one teacher pass per run, not per rank; the run directory must be shared by the ranks).
+    """
+    cache = TeacherCache(directory)
+
+    def build() -> CachedLogits:
+        return cache.load_or_build_source(teacher, source, data_fingerprint, preprocessing, topk, batch_size,
+                                          progress, dtype)
+
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return build()
+    if dist.get_rank() == 0:
+        cached = build()
+        dist.barrier()
+        return cached
+    dist.barrier()
+    return build()  # finds rank 0's files
+
+
 def load_or_build(teacher: Teacher, x: Tensor, directory: str | Path, preprocessing: str, topk: int | None = None,
                   batch_size: int = 512, progress: bool = True, dtype: str = "float32") -> CachedLogits:
     """`TeacherCache(directory).load_or_build(...)`: cached teacher logits for every row of `x`."""
     return TeacherCache(directory).load_or_build(teacher, x, preprocessing, topk, batch_size, progress, dtype)
 
 
-__all__ = ["CachedLogits", "TeacherCache", "cache_key", "check_cache_allowed", "load_or_build", "teacher_outputs",
-           "tensor_sha256"]
+__all__ = ["CachedLogits", "TeacherCache", "cache_key", "check_cache_allowed", "load_or_build",
+           "load_or_build_source", "teacher_outputs", "tensor_sha256"]

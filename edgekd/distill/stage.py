@@ -50,18 +50,19 @@ def run_teacher(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
         for note in built.notes:
             ctx.log(f"teacher: {note}")
         ctx.log(f"teacher: training {t.model} ({count_params(model):,} params) for {t.train.epochs} epochs")
-        result = train(model, ds.x_train, ds.y_train, t.train, seed=r.seed, x_test=ds.x_test, y_test=ds.y_test,
+        result = train(model, ds.train_source(t.train.augment), None, t.train, seed=r.seed, x_test=ds.test_source(),
                        batch_size=r.data.batch_size, checkpoint=ctx.checkpoint("teacher"),
                        checkpoint_key=ctx.checkpoint_key, progress=ctx.progress,
                        desc="teacher")
         path = save_model_file(model, t.model, built.kwargs, out / "teacher.pt", **built.file_info())
-        acc = evaluate(model, ds.x_test, ds.y_test, r.data.eval_batch_size)
+        acc = evaluate(model, ds.test_source(), None, r.data.eval_batch_size)
         return {"model": path}, {"params": count_params(model), "test_accuracy": acc, "history": result.history,
                                  "curve": result.curve, "source": "trained"}
     spec = teacher_spec(r)
     teacher = load_teacher(spec, data=ds)
-    logits = torch.cat([teacher.logits(ds.x_test[i:i + 1000]) for i in range(0, len(ds.x_test), 1000)])
-    acc = (logits.argmax(-1) == ds.y_test).float().mean().item()
+    correct = sum(int((teacher.logits(b.x).argmax(-1).cpu() == b.y).sum())
+                  for b in ds.test_source().epoch(0, 0, r.data.eval_batch_size, shuffle=False))
+    acc = correct / max(1, len(ds.test_source()))
     outputs: dict[str, Path] = {}
     params = None
     if t.kind == "torch":
@@ -120,27 +121,29 @@ def run_distill(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     teacher_params = ctx.record("teacher").metrics.get("params")
     ctx.log(f"distill: {r.student.model} ({count_params(student):,} params; teacher {teacher_params or '?'}) "
             f"with {', '.join(t['name'] for t in terms)} for {r.distill.train.epochs} epochs")
-    common = dict(seed=r.seed, x_test=ds.x_test, y_test=ds.y_test, batch_size=r.data.batch_size,
+    common = dict(seed=r.seed, x_test=ds.test_source(), y_test=None, batch_size=r.data.batch_size,
                   eval_batch_size=r.data.eval_batch_size, progress=ctx.progress)
     if mode == "mutual":
         from edgekd.distill.mutual import train_mutual
 
         peers = [student] + [build_student(ctx).module for _ in range(r.distill.peers - 1)]
-        result = train_mutual(peers, ds.x_train, ds.y_train, r.distill.train, kl_weight=r.distill.mutual_kl_weight,
-                              checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key, desc="mutual",
+        result = train_mutual(peers, ds.train_source(r.distill.train.augment), None, r.distill.train,
+                              kl_weight=r.distill.mutual_kl_weight, checkpoint=ctx.checkpoint("distill"),
+                              checkpoint_key=ctx.checkpoint_key, desc="mutual",
                               **common)
     elif mode == "born_again":
         from edgekd.distill.mutual import born_again
 
         generations = born_again(lambda: build_student(ctx).module, signal.teacher,
-                                 r.distill.generations, ds.x_train, ds.y_train, r.distill.train, terms, **common)
+                                 r.distill.generations, ds.train_source(r.distill.train.augment), None,
+                                 r.distill.train, terms, **common)
         student, result = generations[-1]
         result.history = [dict(h, generation=g + 1) for g, (_, res) in enumerate(generations) for h in res.history]
     else:
-        result = train(student, ds.x_train, ds.y_train, r.distill.train, objective=objective, teacher=signal,
-                       checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key, desc="distill",
-                       **common)
-    acc = evaluate(student, ds.x_test, ds.y_test, r.data.eval_batch_size)
+        result = train(student, ds.train_source(r.distill.train.augment), None, r.distill.train, objective=objective,
+                       teacher=signal, checkpoint=ctx.checkpoint("distill"), checkpoint_key=ctx.checkpoint_key,
+                       desc="distill", **common)
+    acc = evaluate(student, ds.test_source(), None, r.data.eval_batch_size)
     path = save_model_file(student, r.student.model, built.kwargs, out / "student.pt", **built.file_info())
     return {"model": path}, {"params": count_params(student), "teacher_params": teacher_params,
                              "test_accuracy": acc, "history": result.history, "curve": result.curve,
@@ -164,10 +167,17 @@ def teacher_signal(ctx: "RunContext", objective, cfg: "TrainConfig", use_cache: 
                               "needs full logits; set cache_topk: null or use losses that accept top-k")
         from edgekd.train.distributed import rank_zero_first
 
+        ds = ctx.dataset
         with rank_zero_first():  # under torchrun rank 0 builds the cache file once, then every rank loads it
-            cached = load_or_build(teacher, ctx.dataset.x_train, ctx.run_dir / "cache",
-                                   preprocessing=f"{ctx.dataset.name}:{ctx.dataset.digest()}", topk=topk,
-                                   progress=ctx.progress)
+            if getattr(ds, "streamed", False):  # memory-mapped fp16 logits, one pass over the un-augmented stream
+                from edgekd.distill.cache import load_or_build_source
+
+                cached = load_or_build_source(teacher, ds.train_source(False), ctx.run_dir / "cache", ds.digest(),
+                                              preprocessing=f"{ds.name}:{ds.digest()}", topk=topk,
+                                              batch_size=ctx.recipe.data.eval_batch_size, progress=ctx.progress)
+            else:
+                cached = load_or_build(teacher, ds.x_train, ctx.run_dir / "cache",
+                                       preprocessing=f"{ds.name}:{ds.digest()}", topk=topk, progress=ctx.progress)
         return TeacherSignal(teacher=teacher, cached=cached)
     if use_cache:
         why = "random augmentation changes every input" if cfg.augment else "feature losses need teacher features"

@@ -55,16 +55,16 @@ def run_quantize(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
                                                         q.freeze_observers_after, q.freeze_bn_after)
         ctx.log(f"quantize: QAT{'+KD (' + q.kd_teacher + ' teaches)' if q.kd else ''} with scheme {scheme.name}, "
                 f"{steps} steps, observers frozen at {freeze_obs}, BN at {freeze_bn}")
-        model, result = qat_finetune(student, example, scheme=scheme, train_config=q.train, x=ds.x_train,
-                                     y=ds.y_train, teacher=teacher, objective=objective,
+        model, result = qat_finetune(student, example, scheme=scheme, train_config=q.train,
+                                     x=ds.train_source(q.train.augment), y=None, teacher=teacher, objective=objective,
                                      freeze_observers_after=q.freeze_observers_after,
                                      freeze_bn_after=q.freeze_bn_after, keep_float=q.keep_float,
                                      batch_size=r.data.batch_size, eval_batch_size=r.data.eval_batch_size,
-                                     seed=r.seed, x_test=ds.x_test, y_test=ds.y_test,
+                                     seed=r.seed, x_test=ds.test_source(), y_test=None,
                                      checkpoint=ctx.checkpoint("quantize"), checkpoint_key=ctx.checkpoint_key,
                                      progress=ctx.progress)
         method, history, curve = ("qat_kd" if q.kd else "qat"), result.history, result.curve
-    fq_acc = evaluate(model, ds.x_test, ds.y_test, r.data.eval_batch_size, set_eval=lambda m: None)
+    fq_acc = evaluate(model, ds.test_source(), None, r.data.eval_batch_size, set_eval=lambda m: None)
     path = save_quantized(model, example, out / "student_int8.pt2")
     ctx.log(f"quantize: fake-quant accuracy {fq_acc:.4f} (fp32 {fp32_acc:.4f})")
     metrics = {"scheme": scheme.to_dict(), "method": method, "fake_quant_accuracy": fq_acc,

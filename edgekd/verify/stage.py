@@ -26,9 +26,8 @@ def run_verify(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
     fake_quant = (load_quantized(ctx.record("quantize").path(ctx.run_dir, "model"))
                   if "quantize" in ctx.records else None)
     files = [dict(f, path=str(ctx.run_dir / f["path"])) for f in ctx.record("export").metrics["files"]]
-    x, y = ds.x_test, ds.y_test
-    if r.verify.test_subset:
-        x, y = x[: r.verify.test_subset], y[: r.verify.test_subset]
+    n = r.verify.test_subset or len(ds.y_test)
+    x, y = ds.x_test[:n], ds.y_test[:n]  # a streamed split (ImageView) decodes only these images
     metrics = verify_files(files, student, fake_quant, x, y, tolerance=r.verify.parity_tolerance,
                            parity_samples=r.verify.parity_samples, progress=ctx.progress)
     for f in metrics["files"]:
