@@ -152,3 +152,11 @@ def test_cli_validate_and_run_print_the_lm_recipe_and_report(lm_project, tmp_pat
                                     "profile.memory=false", "--set", "bundle.enabled=false"])
     assert res.exit_code == 0, res.output
     assert "| student.onnx |" in res.output
+
+
+def test_lm_recipe_checks_phone_targets_and_signing_key(lm_project, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        _recipe(lm_project, profile={"phones": ["pixel-9x"]}, bundle={"signing_key": str(tmp_path / "no.pem")})
+    text = str(e.value)
+    assert "profile.phones: unknown target 'pixel-9x'" in text and "pixel-8" in text
+    assert "bundle.signing_key" in text and "no.pem not found" in text
