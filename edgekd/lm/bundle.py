@@ -183,7 +183,8 @@ def card_from_lm_run(metrics: dict[str, dict[str, Any]], files: list[str]) -> di
     rows = []
     for name in files:
         v, p = ver.get(name, {}), prof.get("files", {}).get(name, {})
-        rows.append({"name": name, "bytes": sizes.get(name, 0), "runtime": v.get("runtime") or p.get("runtime"),
+        runtime = "litert-lm (not run here)" if name.endswith(".litertlm") else v.get("runtime") or p.get("runtime")
+        rows.append({"name": name, "bytes": sizes.get(name, 0), "runtime": runtime,
                      "perplexity": v.get("perplexity"), "greedy_agreement": v.get("greedy_agreement"),
                      "max_abs_logit_diff": v.get("max_abs_logit_diff"), "ppl_vs_fp32": v.get("ppl_vs_fp32"),
                      "ttft_ms": (p.get("ttft_ms") or {}).get("p50"),

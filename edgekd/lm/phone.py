@@ -8,9 +8,11 @@ invocations, so KV-cache decode steps are still predicted even with a phone atta
 Predicted (batch 1, the file's precision):
 - decode, one token with a KV cache, is memory-bound: every weight byte is read once per token, plus the KV cache
   up to the position: t_mem = (file bytes + KV bytes) / (mem_gbps x MEM_EFFICIENCY); compute bounds it from
-  below: t_ops = 2 x MACs per token / (peak ops/s x GEMV_EFFICIENCY); t = max of the two.
+  below: t_ops = 2 x MACs per token / (peak ops/s x GEMV_EFFICIENCY); t = max of the two + the per-invocation
+  overhead of the project's latency predictor priors (T0 + 3 us per matmul + 1.5 us per cheap op: 7 matmuls and
+  ~15 cheap ops per layer, plus the LM head).
 - prefill of P tokens is compute-bound: t = P x 2 x MACs per token / (peak ops/s x GEMM_EFFICIENCY) + one weight
-  read; TTFT = prefill time.
+  read + the same overhead; TTFT = prefill time.
 The file size stands for the weight bytes read per token (an upper bound: a file holding the tied embedding as a
 separate gather table counts it, though decode reads one row of it).
 """
@@ -21,9 +23,19 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-MEM_EFFICIENCY = 0.6    # fraction of the YAML's DRAM bandwidth reached (edgekd.profile.predict's prior)
-GEMM_EFFICIENCY = 0.3   # fraction of peak ops in prefill GEMMs (the predictor's gemm prior)
+from edgekd.profile.predict.predictor import PRIOR_EFFICIENCY, PRIOR_MEM_EFFICIENCY, PRIOR_OVERHEAD_S, PRIOR_T0_S
+
+MEM_EFFICIENCY = PRIOR_MEM_EFFICIENCY     # fraction of the YAML's DRAM bandwidth reached (the predictor's prior)
+GEMM_EFFICIENCY = PRIOR_EFFICIENCY["gemm"]  # fraction of peak ops in prefill GEMMs (the predictor's gemm prior)
 GEMV_EFFICIENCY = 0.1   # fraction of peak ops in batch-1 GEMVs (assumption)
+MATMULS_PER_LAYER, CHEAP_OPS_PER_LAYER = 7, 15
+
+
+def overhead_s(config: dict[str, Any]) -> float:
+    """Fixed cost of one invocation: the predictor's T0 plus its per-op overheads for a Llama's ops."""
+    layers = config["num_hidden_layers"]
+    return (PRIOR_T0_S + (layers * MATMULS_PER_LAYER + 1) * PRIOR_OVERHEAD_S["mac"]
+            + layers * CHEAP_OPS_PER_LAYER * PRIOR_OVERHEAD_S["cheap"])
 
 
 def macs_per_token(config: dict[str, Any], position: int = 0) -> int:
@@ -47,19 +59,21 @@ def predict_lm_speed(target, file_bytes: int, config: dict[str, Any], *, precisi
     """PREDICTED TTFT, prefill and decode tokens/s of a KV-cache file on `target` (an edgekd Target)."""
     ops = target.peak.ops_per_s(precision)
     bandwidth = target.peak.mem_gbps * 1e9 * MEM_EFFICIENCY
+    fixed = overhead_s(config)
     prefill_s = prompt_len * 2 * macs_per_token(config, prompt_len // 2) / (ops * GEMM_EFFICIENCY) \
-        + file_bytes / bandwidth
+        + file_bytes / bandwidth + fixed
     mid = prompt_len + decode_tokens // 2
     t_mem = (file_bytes + kv_bytes(config, mid)) / bandwidth
     t_ops = 2 * macs_per_token(config, mid) / (ops * GEMV_EFFICIENCY)
-    decode_s = max(t_mem, t_ops)
+    decode_s = max(t_mem, t_ops) + fixed
     return {"source": "predicted", "target": target.name, "precision": precision, "threads": target.threads,
             "prompt_len": prompt_len, "decode_tokens": decode_tokens,
             "ttft_ms": prefill_s * 1e3, "prefill_tokens_per_s": prompt_len / prefill_s,
             "decode_tokens_per_s": 1.0 / decode_s, "decode_bound": "memory" if t_mem >= t_ops else "compute",
             "assumptions": (f"decode = max((file bytes + KV bytes) / ({target.peak.mem_gbps} GB/s x "
-                            f"{MEM_EFFICIENCY}), 2 x MACs / ({ops / 1e9:.0f} G{precision} op/s x {GEMV_EFFICIENCY})); "
-                            f"prefill = P x 2 x MACs / (peak x {GEMM_EFFICIENCY}) + one weight read; peak figures "
+                            f"{MEM_EFFICIENCY}), 2 x MACs / ({ops / 1e9:.0f} G{precision} op/s x {GEMV_EFFICIENCY})) + "
+                            f"{fixed * 1e6:.0f} us op overhead; prefill = P x 2 x MACs / (peak x {GEMM_EFFICIENCY}) "
+                            f"+ one weight read + overhead; peak figures "
                             f"from targets/{target.name}.yaml (estimates, see its comments); not measured")}
 
 
