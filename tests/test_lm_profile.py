@@ -118,3 +118,31 @@ def test_phone_figures_without_a_phone_are_predicted_for_kv_files_only(tmp_path,
     assert set(figs) == {"student.kv.tflite", "student.int8.kv.tflite"}
     assert {f["source"] for f in figs.values()} == {"predicted"}
     assert figs["student.int8.kv.tflite"]["precision"] == "int8"
+
+
+def test_phone_figures_with_an_attached_phone_measure_fixed_tflite_over_adb(tmp_path, monkeypatch):
+    """With a phone on adb (the project's fake adb replaying a recorded benchmark_model log), fixed-length .tflite
+    files are measured there; KV-cache files stay predicted (benchmark_model times whole invocations)."""
+    import os
+    from pathlib import Path
+
+    from edgekd.lm import phone
+
+    fakes = Path(__file__).parent / "fakes"
+    root = tmp_path / "device"
+    (root / "data/local/tmp").mkdir(parents=True)
+    (root / "data/local/tmp/benchmark_model").write_text("binary")
+    monkeypatch.setenv("PATH", f"{fakes}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ADB_DEVICES", "38011FDJH000XY:device")
+    monkeypatch.setenv("FAKE_ADB_ROOT", str(root))
+    monkeypatch.setenv("FAKE_ADB_OUTPUT", str(Path(__file__).parent / "data/profile/benchmark_model_xnnpack.txt"))
+    serial = phone.attached_phone()
+    assert serial == "38011FDJH000XY"
+    files = {n: tmp_path / n for n in ("student.tflite", "student.kv.tflite")}
+    for p in files.values():
+        p.write_bytes(b"\0" * 1000)
+    figs = phone.phone_figures("pixel-8", files, CONFIG, prompt_len=4, decode_tokens=2, serial=serial)
+    measured = figs["student.tflite"]
+    assert measured["source"] == "measured" and measured["full_forward_ms"]["p50"] == pytest.approx(0.168712)
+    assert measured["device"].startswith("Pixel 8") and measured["peak_mem_mb"] == pytest.approx(11.3281)
+    assert figs["student.kv.tflite"]["source"] == "predicted"
