@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from edgekd.bundle.card import ModelCard, card_json, card_markdown
 from edgekd.bundle.metadata import LABELS_NAME, Normalization, dequantize_formula, quantize_formula
+from edgekd.bundle.signing import SIGNATURE
 from edgekd.errors import EdgeKDError
 from edgekd.fileio import atomic_path, sha256_file
 from edgekd.formats import FORMATS, Format
@@ -117,7 +118,7 @@ def write_archive(entries: dict[str, bytes | Path], head: dict[str, Any], out_pa
     Entries are read one at a time while hashing and writing, so memory stays bounded by the largest file.
     """
     for name in entries:
-        if name in (MANIFEST, "manifest.sig") or name.startswith("/") or ".." in name.split("/"):
+        if name in (MANIFEST, SIGNATURE) or name.startswith("/") or ".." in name.split("/"):
             raise EdgeKDError(f"bundle entry name {name!r} is reserved or unsafe")
     manifest = {**head, "files": {}}
     for k in sorted(entries):
@@ -127,7 +128,7 @@ def write_archive(entries: dict[str, bytes | Path], head: dict[str, Any], out_pa
     blobs: dict[str, bytes | Path] = dict(entries)
     blobs[MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode()
     if signing_key is not None:
-        from edgekd.bundle.signing import SIGNATURE, sign_manifest
+        from edgekd.bundle.signing import sign_manifest
 
         blobs[SIGNATURE] = sign_manifest(blobs[MANIFEST], signing_key)
     out_path = Path(out_path)
