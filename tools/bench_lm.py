@@ -8,7 +8,7 @@ on the same blocks, training and teacher-cache tokens/s, and for the best KD stu
 tokens/s. Writes runs/bench/lm[-quick]-<time>.json.
 
     PYTHONPATH=. python tools/bench_lm.py --quick          # 1 seed, tiny budget (<= 10 min on 2 cores)
-    PYTHONPATH=. python tools/bench_lm.py --medium         # 1 seed, 128-token blocks, 40 x 8 steps
+    PYTHONPATH=. python tools/bench_lm.py --medium         # 1 seed, 128-token blocks, 30 x 8 steps
     PYTHONPATH=. python tools/bench_lm.py                  # 2 seeds, larger budget, .tflite files too
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "fkl_ce", 
            "teacher_init_fkl_ce"]
 QUICK_METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "teacher_init_fkl_ce"]
 QUICK = dict(seq_len=64, train_blocks=32, eval_blocks=6, steps=20, batch_size=4, topk=32, seqkd_prompt=16, seeds=1)
-MEDIUM = dict(seq_len=128, train_blocks=128, eval_blocks=12, steps=40, batch_size=8, topk=64, seqkd_prompt=96,
+MEDIUM = dict(seq_len=128, train_blocks=96, eval_blocks=12, steps=30, batch_size=8, topk=64, seqkd_prompt=96,
               seeds=1)
 FULL = dict(seq_len=128, train_blocks=256, eval_blocks=16, steps=300, batch_size=8, topk=64, seqkd_prompt=32, seeds=2)
 LR = {"scratch": 3e-3, "teacher": 5e-4}  # a pretrained init is destroyed by the scratch learning rate
@@ -44,7 +44,7 @@ LR = {"scratch": 3e-3, "teacher": 5e-4}  # a pretrained init is destroyed by the
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--medium", action="store_true", help="between quick and full: 128-token blocks, 40 steps x 8 (41k tokens per method)")
+    p.add_argument("--medium", action="store_true", help="between quick and full: 128-token blocks, 30 steps x 8 (31k tokens per method)")
     p.add_argument("--teacher-dtype", choices=("bf16", "fp32"), default="bf16",
                    help="teacher compute for the top-k cache and its perplexity (bf16: CPU autocast; its held-out "
                         "perplexity is also measured in fp32 in the same run); seqkd text is always fp32")
