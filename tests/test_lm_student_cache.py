@@ -57,6 +57,11 @@ def test_topk_cache_round_trip_is_memory_mapped_and_keyed(tmp_path):
     assert again.path == cache.path and json.loads((cache.path / "meta.json").read_text())["k"] == 5
     other = build_topk_cache(teacher, blocks[:2], 5, tmp_path, teacher_fp="t", tokenizer_fp="tok")
     assert other.path != cache.path and len(TopKCache.open(other.path)) == 2
+    bf16 = build_topk_cache(teacher, blocks, 5, tmp_path, teacher_fp="t", tokenizer_fp="tok", dtype=torch.bfloat16)
+    assert bf16.path != cache.path and bf16.meta["dtype"] == "bfloat16"  # another compute precision, another cache
+    assert (bf16[[0]].indices[..., 0] == cache[[0]].indices[..., 0]).float().mean() > 0.9
+    with pytest.raises(EdgeKDError, match="dtype must be float32 or bfloat16"):
+        build_topk_cache(teacher, blocks, 5, tmp_path, teacher_fp="t", tokenizer_fp="tok", dtype=torch.float16)
 
 
 def test_kd_training_lowers_the_loss_and_seqkd_keeps_prompts(tmp_path):

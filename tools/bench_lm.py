@@ -7,13 +7,15 @@ on the same blocks, training and teacher-cache tokens/s, and for the best KD stu
 .tflite) files: fp32 and int8 dynamic-range perplexity in their own runtime, parity, greedy agreement, TTFT and
 tokens/s. Writes runs/bench/lm[-quick]-<time>.json.
 
-    PYTHONPATH=. python tools/bench_lm.py --quick          # 1 seed, tiny budget (<= 10 min on 2 free cores)
+    PYTHONPATH=. python tools/bench_lm.py --quick          # 1 seed, tiny budget (<= 10 min on 2 cores)
+    PYTHONPATH=. python tools/bench_lm.py --medium         # 1 seed, 128-token blocks, 30 x 8 steps
     PYTHONPATH=. python tools/bench_lm.py                  # 2 seeds, larger budget, .tflite files too
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -33,6 +35,8 @@ METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "fkl_ce", 
            "teacher_init_fkl_ce"]
 QUICK_METHODS = ["scratch_ce", "forward_kl", "reverse_kl", "gjsd", "seqkd", "teacher_init_fkl_ce"]
 QUICK = dict(seq_len=64, train_blocks=32, eval_blocks=6, steps=20, batch_size=4, topk=32, seqkd_prompt=16, seeds=1)
+MEDIUM = dict(seq_len=128, train_blocks=96, eval_blocks=12, steps=30, batch_size=8, topk=64, seqkd_prompt=96,
+              seeds=1)
 FULL = dict(seq_len=128, train_blocks=256, eval_blocks=16, steps=300, batch_size=8, topk=64, seqkd_prompt=32, seeds=2)
 LR = {"scratch": 3e-3, "teacher": 5e-4}  # a pretrained init is destroyed by the scratch learning rate
 
@@ -40,6 +44,10 @@ LR = {"scratch": 3e-3, "teacher": 5e-4}  # a pretrained init is destroyed by the
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--medium", action="store_true", help="between quick and full: 128-token blocks, 30 steps x 8 (31k tokens per method)")
+    p.add_argument("--teacher-dtype", choices=("bf16", "fp32"), default="bf16",
+                   help="teacher compute for the top-k cache and its perplexity (bf16: CPU autocast; its held-out "
+                        "perplexity is also measured in fp32 in the same run); seqkd text is always fp32")
     p.add_argument("--teacher", default="smollm2")
     p.add_argument("--methods", help=f"comma-separated (default: all; --quick: {','.join(QUICK_METHODS)})")
     p.add_argument("--layers", type=int, default=4)
@@ -57,20 +65,27 @@ def parse_args(argv=None):
 
 
 def files_section(student, data, seq_len: int, tflite: bool, log) -> dict:
-    """Export the student, quantize, and verify + profile every file in its runtime."""
+    """Export the student (fixed-length and KV-cache files), quantize, and verify + profile every file in its
+    runtime, with the peak RSS of a child process that opens and runs it."""
     from edgekd.lm import export as ex
-    from edgekd.lm.decoder import FixedLengthLM
-    from edgekd.lm.profile import profile_session
+    from edgekd.lm.decoder import CachedLM, FixedLengthLM
+    from edgekd.lm.profile import peak_memory, profile_session
     from edgekd.lm.runtime import TorchSession, open_lm_session
     from edgekd.lm.verify import verify_file
 
     out, tmp = {}, Path(tempfile.mkdtemp(prefix="edgekd-lm-"))
-    ref = TorchSession(FixedLengthLM(student, seq_len), "fixed")
+    cache_len = 2 * seq_len
+    refs = {"fixed": TorchSession(FixedLengthLM(student, seq_len), "fixed"),
+            "kv": TorchSession(CachedLM(student, cache_len), "kv")}
     makers = {"student.onnx": lambda p: ex.export_onnx(student, seq_len, p),
-              "student.int8.onnx": lambda p: ex.quantize_onnx_int8(tmp / "student.onnx", p)}
+              "student.int8.onnx": lambda p: ex.quantize_onnx_int8(tmp / "student.onnx", p),
+              "student.kv.onnx": lambda p: ex.export_onnx_kv(student, cache_len, p),
+              "student.int8.kv.onnx": lambda p: ex.quantize_onnx_int8(tmp / "student.kv.onnx", p)}
     if tflite:
         makers.update({"student.tflite": lambda p: ex.export_tflite(student, seq_len, p),
-                       "student.int8.tflite": lambda p: ex.quantize_tflite_int8(tmp / "student.tflite", p)})
+                       "student.int8.tflite": lambda p: ex.quantize_tflite_int8(tmp / "student.tflite", p),
+                       "student.kv.tflite": lambda p: ex.export_tflite_kv(student, cache_len, seq_len, p),
+                       "student.int8.kv.tflite": lambda p: ex.quantize_tflite_int8(tmp / "student.kv.tflite", p)})
     for name, make in makers.items():
         t0 = time.perf_counter()
         try:
@@ -81,13 +96,22 @@ def files_section(student, data, seq_len: int, tflite: bool, log) -> dict:
             continue
         session = open_lm_session(path, threads=1)
         rec = {"bytes": path.stat().st_size, "export_seconds": round(time.perf_counter() - t0, 1),
-               **verify_file(session, ref, data.heldout, new_tokens=16, prompt_len=seq_len // 2),
-               "profile": profile_session(session, seq_len, decode_tokens=8, repeats=5)}
+               **verify_file(session, refs[session.kind], data.heldout, new_tokens=16, prompt_len=seq_len // 2),
+               "profile": profile_session(session, seq_len, decode_tokens=16 if session.kind == "kv" else 8,
+                                          repeats=5),
+               "memory": peak_memory(path, seq_len, decode_tokens=16 if session.kind == "kv" else 8)}
         out[name] = rec
         log(f"{name}: {rec['bytes'] / 1e6:.1f} MB ppl {rec['perplexity']:.2f} "
             f"(torch {rec['reference_perplexity']:.2f}) "
             f"max|dlogit| {rec['max_abs_logit_diff']:.2e} greedy {rec['greedy_agreement']:.2f}")
-    out["torch"] = {"profile": profile_session(ref, seq_len, decode_tokens=8, repeats=5)}
+    from edgekd.lm.phone import attached_phone, phone_figures
+
+    serial = attached_phone()
+    out["phones"] = {t: phone_figures(t, {n: tmp / n for n in out if "error" not in out[n]},
+                                      student.config.to_dict(), prompt_len=seq_len, decode_tokens=16, serial=serial)
+                     for t in ("pixel-8", "galaxy-s24")}
+    out["torch"] = {"profile": profile_session(refs["fixed"], seq_len, decode_tokens=8, repeats=5)}
+    out["torch.kv"] = {"profile": profile_session(refs["kv"], seq_len, decode_tokens=16, repeats=5)}
     return out
 
 
@@ -98,56 +122,89 @@ def main(argv=None) -> int:
     from edgekd.lm.teacher import load_teacher
     from edgekd.lm.workflow import load_lm_data, teacher_signals, train_method
 
-    cfg = dict(QUICK if args.quick else FULL)
+    mode = "quick" if args.quick else "medium" if args.medium else "full"
+    cfg = dict({"quick": QUICK, "medium": MEDIUM, "full": FULL}[mode])
     cfg["steps"] = args.steps or cfg["steps"]
     cfg["seeds"] = args.seeds or cfg["seeds"]
     start = time.perf_counter()
+    phases: dict[str, float] = {}
     log = lambda msg: print(f"[{time.perf_counter() - start:6.1f}s] {msg}", flush=True)  # noqa: E731
+
+    def phase(name: str, t0: float) -> None:
+        phases[name] = round(phases.get(name, 0.0) + time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
     teacher, tok, fp = load_teacher(args.teacher)
+    phase("teacher_load", t0)
     log(f"teacher {args.teacher} loaded ({fp})")
+    t0 = time.perf_counter()
     data = load_lm_data(tok, seq_len=cfg["seq_len"], train_blocks=cfg["train_blocks"], eval_blocks=cfg["eval_blocks"])
-    names = args.methods.split(",") if args.methods else (QUICK_METHODS if args.quick else METHODS)
+    phase("data", t0)
+    names = args.methods.split(",") if args.methods else (QUICK_METHODS if mode != "full" else METHODS)
     methods = [get_method(m) for m in names]
+    dtype = torch.bfloat16 if args.teacher_dtype == "bf16" else torch.float32
     signals = teacher_signals(teacher, tok, fp, data, topk=cfg["topk"], cache_root=work_cache() / "lm-topk",
                               seqkd_prompt=cfg["seqkd_prompt"] if any(m.text == "teacher" for m in methods) else None,
-                              log=log)
+                              dtype=dtype, log=log)
+    phases["teacher_cache"] = signals["cache_open_seconds"]
+    phases["seqkd_text"] = signals.get("seqkd_seconds", 0.0)
     t0 = time.perf_counter()
-    teacher_ppl = {"ppl_heldout": perplexity(teacher, data.heldout), "ppl_ood": perplexity(teacher, data.ood),
-                   "eval_seconds": round(time.perf_counter() - t0, 1)}
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        teacher_ppl = {"ppl_heldout": perplexity(teacher, data.heldout), "ppl_ood": perplexity(teacher, data.ood),
+                       "dtype": args.teacher_dtype}
+    if dtype != torch.float32:  # the check that bf16 measures the same teacher
+        teacher_ppl["ppl_heldout_fp32"] = perplexity(teacher, data.heldout)
+    phase("teacher_perplexity", t0)
     log(f"teacher perplexity {teacher_ppl}")
     spec = StudentSpec(layers=args.layers, hidden=args.hidden or None)
     runs, best = [], None
     for seed in range(cfg["seeds"]):
         for m in methods:
+            t0 = time.perf_counter()
             tc = LMTrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=LR[m.init],
                                warmup=max(1, cfg["steps"] // 10), seed=seed)
             student, rec = train_method(m, teacher, data, spec, tc, cache=signals["cache"],
                                         seqkd_blocks=signals["seqkd_blocks"])
+            rec["wall_seconds"] = round(time.perf_counter() - t0, 1)
+            phase("students", t0)
             runs.append(rec)
             log(f"seed {seed} {m.name}: held-out ppl {rec['ppl_heldout']:.1f} ood {rec['ppl_ood']:.1f} "
                 f"({rec['train']['tokens']} tokens, {rec['train']['tokens_per_s']} tokens/s)")
             if m.name != "scratch_ce" and (best is None or rec["ppl_heldout"] < best[1]["ppl_heldout"]):
                 best = (student, rec)
+    t0 = time.perf_counter()
     init_study = run_init_study(teacher, data, signals, cfg, args, runs, log) \
-        if args.init_study or not args.quick else None
+        if args.init_study or mode == "full" else None
+    phase("init_study", t0)
     summary = summarize(runs)
-    files = {}
+    files, samples = {}, []
+    if best:
+        from edgekd.lm.stages import samples as sample_generations
+
+        t0 = time.perf_counter()
+        samples = sample_generations(teacher, best[0], tok, data.heldout, prompts=2, prompt_len=16, new_tokens=24)
+        phase("samples", t0)
     if best and not args.no_files:
-        files = files_section(best[0], data, cfg["seq_len"], args.tflite or not args.quick, log)
-    result = {"bench": "lm", "quick": args.quick, "config": cfg, "teacher": {"spec": args.teacher, "fingerprint": fp,
-              **teacher_ppl, "params": sum(p.numel() for p in teacher.parameters())},
+        t0 = time.perf_counter()
+        files = files_section(best[0], data, cfg["seq_len"], args.tflite or mode == "full", log)
+        phase("files", t0)
+    result = {"bench": "lm", "mode": mode, "quick": args.quick, "config": cfg,
+              "teacher": {"spec": args.teacher, "fingerprint": fp,
+                          **teacher_ppl, "params": sum(p.numel() for p in teacher.parameters())},
               "student": spec.to_dict(), "lr": LR, "data": data.describe,
               "teacher_cache": signals["cache_meta"], "seqkd_tokens_per_s": signals.get("seqkd_tokens_per_s"),
               "runs": runs, "summary": summary, "init_study": init_study,
-              "best": best[1]["method"] if best else None, "files": files,
-              "targets": targets(summary, files), "wall_seconds": round(time.perf_counter() - start, 1),
-              "threads": args.threads}
+              "best": best[1]["method"] if best else None, "samples": samples, "files": files,
+              "targets": targets(summary, files), "phases_seconds": phases,
+              "wall_seconds": round(time.perf_counter() - start, 1), "threads": args.threads,
+              "load_average": list(os.getloadavg())}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"lm{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = out / f"lm{'' if mode == 'full' else '-' + mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     log(f"wrote {path}")
-    print(json.dumps({"summary": summary, "targets": result["targets"]}, indent=2))
+    print(json.dumps({"summary": summary, "targets": result["targets"], "phases_seconds": phases,
+                      "wall_seconds": result["wall_seconds"]}, indent=2))
     return 0
 
 
@@ -183,11 +240,12 @@ def targets(summary: dict, files: dict) -> dict:
         best_name = min((m for m in summary if m != "scratch_ce"), key=lambda m: summary[m]["ppl_heldout_mean"])
         gain = 1 - summary[best_name]["ppl_heldout_mean"] / scratch
         out["kd_vs_scratch"] = {"best": best_name, "reduction": round(gain, 4), "target": 0.15, "met": gain >= 0.15}
-    for fmt in ("onnx", "tflite"):
+    for fmt in ("onnx", "kv.onnx", "tflite", "kv.tflite"):
         fp, q = files.get(f"student.{fmt}", {}), files.get(f"student.int8.{fmt}", {})
         if "perplexity" in fp and "perplexity" in q:
             rel = q["perplexity"] / fp["perplexity"] - 1
-            out[f"int8_{fmt}_vs_fp32"] = {"relative": round(rel, 4), "target": 0.03, "met": abs(rel) <= 0.03}
+            out[f"int8_{fmt.replace('.', '_')}_vs_fp32"] = {"relative": round(rel, 4), "target": 0.03,
+                                                            "met": abs(rel) <= 0.03}
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ from typing import Any, Sequence
 
 from edgekd.bundle.card import ModelCard, card_json, card_markdown
 from edgekd.bundle.metadata import LABELS_NAME, Normalization, dequantize_formula, quantize_formula
+from edgekd.bundle.signing import SIGNATURE
 from edgekd.errors import EdgeKDError
-from edgekd.fileio import atomic_path
+from edgekd.fileio import atomic_path, sha256_file
 from edgekd.formats import FORMATS, Format
 
 BUNDLE_FORMAT = "edgekd-bundle/1"
@@ -103,25 +105,49 @@ def make_bundle(files: Sequence[ModelFile], labels: Sequence[str], mean: Sequenc
         entries["model_card.json"] = (json.dumps(cj, indent=2, default=str) + "\n").encode()
         entries["model_card.md"] = card_markdown(cj).encode()
         entries["README.md"] = bundle_readme(card, target, files, norm, described).encode()
-        manifest = {"format": BUNDLE_FORMAT, "name": card.name, "version": str(card.version), "target": target,
-                    "files": {}}
-        blobs = {k: (v.read_bytes() if isinstance(v, Path) else v) for k, v in entries.items()}
-        for k in sorted(blobs):
-            manifest["files"][k] = {"sha256": _sha256(blobs[k]), "bytes": len(blobs[k])}
-        blobs[MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode()
-        if signing_key is not None:
-            from edgekd.bundle.signing import SIGNATURE, sign_manifest
+        head = {"format": BUNDLE_FORMAT, "name": card.name, "version": str(card.version), "target": target}
+        return write_archive(entries, head, out_path, signing_key=signing_key)
 
-            blobs[SIGNATURE] = sign_manifest(blobs[MANIFEST], signing_key)
-        out_path = Path(out_path)
-        with atomic_path(out_path) as tmp_zip:
-            with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as zf:
-                for name in [MANIFEST, "README.md"] + sorted(k for k in blobs if k not in (MANIFEST, "README.md")):
-                    zi = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-                    zi.compress_type = zipfile.ZIP_DEFLATED
-                    zi.external_attr = 0o100644 << 16
-                    zi.create_system = 3
-                    zf.writestr(zi, blobs[name])
+
+def write_archive(entries: dict[str, bytes | Path], head: dict[str, Any], out_path: str | Path, *,
+                  signing_key: str | Path | None = None) -> Path:
+    """The archive every bundle kind shares: `entries` (archive name -> bytes or file), manifest.json = `head`
+    (format, name, version, target, and `kind` for non-image bundles) + the sha256 and size of every entry, an
+    optional Ed25519 manifest.sig, fixed member times (same inputs, same bytes); written atomically.
+
+    Entries are read one at a time while hashing and writing, so memory stays bounded by the largest file.
+    """
+    for name in entries:
+        if name in (MANIFEST, SIGNATURE) or name.startswith("/") or ".." in name.split("/"):
+            raise EdgeKDError(f"bundle entry name {name!r} is reserved or unsafe")
+    manifest = {**head, "files": {}}
+    for k in sorted(entries):
+        v = entries[k]
+        manifest["files"][k] = ({"sha256": sha256_file(v), "bytes": v.stat().st_size} if isinstance(v, Path)
+                                else {"sha256": _sha256(v), "bytes": len(v)})
+    blobs: dict[str, bytes | Path] = dict(entries)
+    blobs[MANIFEST] = (json.dumps(manifest, indent=2) + "\n").encode()
+    if signing_key is not None:
+        from edgekd.bundle.signing import sign_manifest
+
+        blobs[SIGNATURE] = sign_manifest(blobs[MANIFEST], signing_key)
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp_zip:
+        with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name in [MANIFEST, "README.md"] + sorted(k for k in blobs if k not in (MANIFEST, "README.md")):
+                if name not in blobs:
+                    continue
+                zi = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+                zi.compress_type = zipfile.ZIP_DEFLATED
+                zi.external_attr = 0o100644 << 16
+                zi.create_system = 3
+                v = blobs[name]
+                if isinstance(v, Path):
+                    zi.file_size = v.stat().st_size  # as writestr sets it: same header, same bytes
+                    with v.open("rb") as src, zf.open(zi, "w") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                else:
+                    zf.writestr(zi, v)
     return out_path
 
 

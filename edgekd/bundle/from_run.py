@@ -12,6 +12,10 @@ from edgekd.runs import RunRecord, load_run
 from edgekd.summary import accuracy_table, choose_shipped, file_table, latency_table, recipe_summary
 
 
+# tasks whose archives hold other contents than image classifiers ("module:function"; same manifest and verify)
+TASK_BUNDLERS = {"causal_lm": "edgekd.lm.bundle:bundle_lm_run"}
+
+
 def bundle_run(run_dir: str | Path, target: str, out_dir: str | Path, *, labels: Sequence[str] | None = None,
                mean: Sequence[float] | None = None, std: Sequence[float] | None = None, pixel_max: float | None = None,
                name: str | None = None, version: str | None = None, signing_key: str | Path | None = None) -> Path:
@@ -23,6 +27,13 @@ def bundle_run(run_dir: str | Path, target: str, out_dir: str | Path, *, labels:
     `bundle` section.
     """
     run = load_run(run_dir)
+    if getattr(run.recipe, "task", None) in TASK_BUNDLERS:  # e.g. causal_lm: its own contents, the same archive
+        import importlib
+
+        module, func = TASK_BUNDLERS[run.recipe.task].split(":")
+        return getattr(importlib.import_module(module), func)(run_dir, out_dir, target=None if target == "cpu-local"
+                                                              else target, name=name, version=version,
+                                                              signing_key=signing_key)[0]
     files = model_files(run)
     labels, mean, std, data_pixel_max = _data_facts(run, labels, mean, std)
     pixel_max = pixel_max if pixel_max is not None else data_pixel_max

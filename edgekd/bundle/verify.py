@@ -8,7 +8,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -97,17 +97,70 @@ def _check(report: BundleReport, run_models: bool, limits: ExtractLimits, key: s
             return
         _check_signature(report, small, key)
         _compare_manifest(report, manifest, digests, {i.filename for i in infos})
-        labels = small.get(LABELS_NAME, b"").decode(errors="replace").splitlines()
-        if LABELS_NAME not in small:
-            report.problems.append(f"{LABELS_NAME} is missing")
-        suffixes = tuple(f.suffix for f in bundle_formats().values())
-        models = sorted(n for n in digests if n.startswith("models/") and n.lower().endswith(suffixes))
-        if not models:
-            report.problems.append("no model files under models/")
-        for name in models:  # one model in memory at a time
-            _check_metadata(report, name, _read_member(zf, zf.getinfo(name), limits), labels, manifest)
-    if run_models and models and not report.problems:
-        _run_models(report, models, labels, limits)
+        kind = bundle_kind(report, manifest)
+        if kind is None:
+            return
+        state = kind.check_members(report, zf, digests, small, manifest, limits)
+    if run_models and state and not report.problems:
+        with tempfile.TemporaryDirectory(prefix="edgekd-verify-") as tmp:
+            root = Path(tmp) / "bundle"
+            try:
+                safe_extract(report.archive, root, limits)
+            except EdgeKDError as e:
+                report.problems.append(str(e))
+                return
+            kind.run_models(report, root, state)
+
+
+@dataclass(frozen=True)
+class BundleKind:
+    """What a bundle of one kind (manifest `kind`) must hold beyond the shared manifest, checksums and signature.
+
+    check_members(report, zf, digests, small, manifest, limits) -> state | None: checks the members inside the
+    open zip (appending to report.problems); a falsy state means there is nothing to run.
+    run_models(report, root, state): runs the models of the archive safely extracted at `root`.
+    """
+
+    check_members: Callable[..., Any]
+    run_models: Callable[[BundleReport, Path, Any], None]
+
+
+IMAGE_KIND = "image_classifier"  # bundles whose manifest has no `kind` (the first bundle format) are this kind
+_KINDS: dict[str, BundleKind] = {}
+_KIND_MODULES = {"causal_lm": "edgekd.lm.bundle"}  # registers on import; loaded only for such an archive
+
+
+def register_bundle_kind(name: str, kind: BundleKind) -> BundleKind:
+    _KINDS[name] = kind
+    return kind
+
+
+def bundle_kind(report: BundleReport, manifest: dict[str, Any]) -> BundleKind | None:
+    """The checks for the manifest's `kind`; an unknown kind is a problem (listing the known ones)."""
+    name = manifest.get("kind") or IMAGE_KIND
+    if name not in _KINDS and name in _KIND_MODULES:
+        import importlib
+
+        importlib.import_module(_KIND_MODULES[name])
+    if name not in _KINDS:
+        known = sorted({*_KINDS, *_KIND_MODULES})
+        report.problems.append(f"{MANIFEST} kind {name!r} unknown; known: {', '.join(known)}")
+        return None
+    return _KINDS[name]
+
+
+def _check_image_members(report: BundleReport, zf: zipfile.ZipFile, digests: dict[str, tuple[str, int]],
+                         small: dict[str, bytes], manifest: dict[str, Any], limits: ExtractLimits):
+    labels = small.get(LABELS_NAME, b"").decode(errors="replace").splitlines()
+    if LABELS_NAME not in small:
+        report.problems.append(f"{LABELS_NAME} is missing")
+    suffixes = tuple(f.suffix for f in bundle_formats().values())
+    models = sorted(n for n in digests if n.startswith("models/") and n.lower().endswith(suffixes))
+    if not models:
+        report.problems.append("no model files under models/")
+    for name in models:  # one model in memory at a time
+        _check_metadata(report, name, _read_member(zf, zf.getinfo(name), limits), labels, manifest)
+    return (models, labels) if models else None
 
 
 def _hash_members(report: BundleReport, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], limits: ExtractLimits
@@ -219,32 +272,29 @@ def _check_metadata(report: BundleReport, name: str, blob: bytes, labels: list[s
                                f"{manifest.get('name')!r}")
 
 
-def _run_models(report: BundleReport, models: list[str], labels: list[str], limits: ExtractLimits) -> None:
+def _run_image_models(report: BundleReport, root: Path, state: tuple[list[str], list[str]]) -> None:
+    models, labels = state
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory(prefix="edgekd-verify-") as tmp:
-        root = Path(tmp) / "bundle"
+    for name in models:
+        row: dict[str, Any] = {"name": name, "ok": False}
+        report.models.append(row)
         try:
-            safe_extract(report.archive, root, limits)
+            session = open_session(root.joinpath(*PurePosixPath(name).parts))
+            shape = tuple(d if d > 0 else 1 for d in session.input_shape)
+            y = session.run(rng.standard_normal(shape).astype(np.float32))
         except EdgeKDError as e:
-            report.problems.append(str(e))
-            return
-        for name in models:
-            row: dict[str, Any] = {"name": name, "ok": False}
-            report.models.append(row)
-            try:
-                session = open_session(root.joinpath(*PurePosixPath(name).parts))
-                shape = tuple(d if d > 0 else 1 for d in session.input_shape)
-                y = session.run(rng.standard_normal(shape).astype(np.float32))
-            except EdgeKDError as e:
-                report.problems.append(f"{name}: {e}")
-                continue
-            except Exception as e:  # a runtime's own error types: report, keep checking the others
-                report.problems.append(f"{name}: inference failed ({type(e).__name__}: {str(e).splitlines()[0]})")
-                continue
-            row.update(runtime=session.runtime, input_shape=list(shape), output_shape=list(y.shape))
-            if y.shape[-1] != len(labels):
-                report.problems.append(f"{name}: output has {y.shape[-1]} classes, {LABELS_NAME} {len(labels)}")
-            elif not np.all(np.isfinite(y)):
-                report.problems.append(f"{name}: output has NaN or inf on a random input")
-            else:
-                row["ok"] = True
+            report.problems.append(f"{name}: {e}")
+            continue
+        except Exception as e:  # a runtime's own error types: report, keep checking the others
+            report.problems.append(f"{name}: inference failed ({type(e).__name__}: {str(e).splitlines()[0]})")
+            continue
+        row.update(runtime=session.runtime, input_shape=list(shape), output_shape=list(y.shape))
+        if y.shape[-1] != len(labels):
+            report.problems.append(f"{name}: output has {y.shape[-1]} classes, {LABELS_NAME} {len(labels)}")
+        elif not np.all(np.isfinite(y)):
+            report.problems.append(f"{name}: output has NaN or inf on a random input")
+        else:
+            row["ok"] = True
+
+
+register_bundle_kind(IMAGE_KIND, BundleKind(_check_image_members, _run_image_models))

@@ -7,7 +7,10 @@ machinery.
 - `CachedLM(model, cache_len)`: one step of an external-KV-cache decoder: (ids (1, S), positions (S,),
   k_cache, v_cache (L, kv, C, hd)) -> (logits (1, S, V), k_cache, v_cache). S = prompt length gives the prefill
   signature, S = 1 the decode signature; slot j of the cache holds position j.
-Both match the transformers forward to float rounding (tests/test_lm_export.py).
+- `PastKeyValuesLM(model, max_len)`: the Hugging Face / onnxruntime-genai decoder layout with a growing cache:
+  (input_ids (B, S), attention_mask (B, P+S), position_ids (B, S), past_key_values.{i}.key/value (B, kv, P, hd)
+  for each layer i) -> (logits (B, S, V), present.{i}.key/value (B, kv, P+S, hd)); P = 0 on the first call.
+All match the transformers forward to float rounding (tests/test_lm_export.py).
 """
 from __future__ import annotations
 
@@ -120,3 +123,36 @@ class CachedLM(_Base):
                                                   attn_mask=mask)
             h = self.finish_block(layer, h, attn)
         return self.logits(h), torch.stack(new_k), torch.stack(new_v)
+
+
+def past_names(layers: int) -> tuple[list[str], list[str]]:
+    """Input and output names of the Hugging Face layout: past_key_values.{i}.key/value, present.{i}.key/value."""
+    past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    return past, [n.replace("past_key_values", "present") for n in past]
+
+
+class PastKeyValuesLM(_Base):
+    """One step of the HF decoder layout with a concatenating cache (see module docstring); `max_len` bounds the
+    positions (RoPE table). Padding: keys where attention_mask is 0 are never attended."""
+
+    def __init__(self, model, max_len: int):
+        super().__init__(model, max_len)
+        self.max_len = max_len
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *past: Tensor):
+        h = self.embed(input_ids)
+        cos, sin = self.cos[position_ids][:, None], self.sin[position_ids][:, None]      # (B, 1, S, hd)
+        s, total = input_ids.shape[1], attention_mask.shape[1]
+        query_pos = torch.arange(s, device=h.device)[:, None] + (total - s)               # (S, 1) absolute
+        causal = torch.arange(total, device=h.device)[None, :] <= query_pos                # (S, P+S)
+        visible = causal[None, None] & attention_mask[:, None, None, :].bool()            # (B, 1, S, P+S)
+        mask = torch.where(visible, 0.0, float("-inf")).to(h.dtype)
+        present = []
+        for i, layer in enumerate(self.layers):
+            q, k, v = self.qkv(layer, h, cos, sin)
+            k = torch.cat([past[2 * i], k], 2)
+            v = torch.cat([past[2 * i + 1], v], 2)
+            present += [k, v]
+            attn = F.scaled_dot_product_attention(q, self.expand_kv(k), self.expand_kv(v), attn_mask=mask)
+            h = self.finish_block(layer, h, attn)
+        return (self.logits(h), *present)

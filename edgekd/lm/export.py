@@ -1,10 +1,11 @@
 """Files of a student LM: .tflite (litert-torch) and .onnx (torch.onnx), fixed-length or with an external KV cache,
 and their int8 dynamic-range (int8 weights, float activations quantized on the fly) versions.
 
-Graph shapes: fixed-length files take ids (1, T) and return logits (1, T, V). KV-cache files (`*.kv.tflite` with
-signatures `prefill` (S = prompt length) and `decode` (S = 1); `*.kv.onnx` with a dynamic S) take
-(ids (1, S), positions (S,), k_cache, v_cache (L, kv, C, hd)) and return (logits, k_cache, v_cache), see
-`edgekd.lm.decoder`. Each function writes atomically and returns the path; converter failures propagate with the
+Graph shapes: fixed-length files take ids (1, T) and return logits (1, T, V). `*.kv.tflite` (signatures `prefill`,
+S = prompt length, and `decode`, S = 1) takes (ids (1, S), positions (S,), k_cache, v_cache (L, kv, C, hd)) and
+returns (logits, k_cache, v_cache). `*.kv.onnx` uses the Hugging Face past-key-values layout (`input_ids`,
+`attention_mask`, `position_ids`, `past_key_values.{i}.key|value` -> `logits`, `present.{i}.key|value`, dynamic
+batch and lengths) that onnxruntime-genai-style loops drive. See `edgekd.lm.decoder`. Each function writes atomically and returns the path; converter failures propagate with the
 converter's own message (the stage records it).
 """
 from __future__ import annotations
@@ -66,15 +67,40 @@ def export_onnx(model, seq_len: int, path: str | os.PathLike, opset: int = 18) -
     return Path(path)
 
 
-def export_onnx_kv(model, cache_len: int, path: str | os.PathLike, opset: int = 18) -> Path:
-    """.onnx step over an external KV cache with a dynamic number of new tokens S (prefill S > 1, decode S = 1)."""
-    module = CachedLM(model.float().eval(), cache_len).eval()
-    names = ["ids", "positions", "k_cache", "v_cache"]
+def export_onnx_kv(model, max_len: int, path: str | os.PathLike, opset: int = 18) -> Path:
+    """.onnx decoder step in the Hugging Face / onnxruntime-genai layout: inputs `input_ids` (B, S),
+    `attention_mask` (B, P+S), `position_ids` (B, S), `past_key_values.{i}.key|value` (B, kv, P, hd); outputs
+    `logits` (B, S, V) and `present.{i}.key|value` (B, kv, P+S, hd). Batch, S and P are dynamic (P = 0 on the first
+    call: empty past tensors); positions must stay below `max_len`."""
+    from edgekd.lm.decoder import PastKeyValuesLM, past_names
+
+    module = PastKeyValuesLM(model.float().eval(), max_len).eval()
+    layers, kv, hd = len(module.layers), module.kv_heads, module.head_dim
+    past, present = past_names(layers)
+    s, p = 3, 2  # trace with a non-empty past so the concatenation is traced with both parts
+    args = (torch.zeros(1, s, dtype=torch.long), torch.ones(1, p + s, dtype=torch.long),
+            torch.arange(p, p + s)[None], *[torch.zeros(1, kv, p, hd) for _ in past])
+    axes = {"input_ids": {0: "batch_size", 1: "sequence_length"},
+            "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+            "position_ids": {0: "batch_size", 1: "sequence_length"},
+            "logits": {0: "batch_size", 1: "sequence_length"},
+            **{n: {0: "batch_size", 2: "past_sequence_length"} for n in past},
+            **{n: {0: "batch_size", 2: "total_sequence_length"} for n in present}}
     with atomic_path(path) as tmp, _quiet():
-        torch.onnx.export(module, kv_inputs(module, 4), str(tmp), input_names=names,
-                          output_names=["logits", "k_cache_out", "v_cache_out"], opset_version=opset, dynamo=False,
-                          dynamic_axes={"ids": {1: "S"}, "positions": {0: "S"}, "logits": {1: "S"}})
+        torch.onnx.export(module, args, str(tmp), input_names=["input_ids", "attention_mask", "position_ids", *past],
+                          output_names=["logits", *present], opset_version=opset, dynamo=False, dynamic_axes=axes)
+        _onnx_metadata(tmp, {"edgekd.max_len": str(max_len), "edgekd.layout": "past_key_values"})
     return Path(path)
+
+
+def _onnx_metadata(path: Path, props: dict[str, str]) -> None:
+    """Add metadata_props to an .onnx file in place (read back by the runtime, e.g. the cache's max length)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
 
 
 def quantize_tflite_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

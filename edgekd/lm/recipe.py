@@ -10,7 +10,8 @@ field is reported with its closest match, every problem at once.
     quantize: {enabled}                    int8 dynamic-range copy of every exported file
     export:   {formats: [onnx, tflite], kv_cache, cache_len, prefill_len}
     verify:   {new_tokens, prompt_len}
-    profile:  {prompt_len, decode_tokens, repeats, threads}
+    profile:  {prompt_len, decode_tokens, repeats, threads, memory, phones: [pixel-8, ...]}
+    bundle:   {enabled, model_name, version, target, signing_key}   Android-ready archive (edgekd.lm.bundle)
 """
 from __future__ import annotations
 
@@ -90,11 +91,18 @@ class LMProfileConfig:
     decode_tokens: int = 16
     repeats: int = 5
     threads: int = 1
+    memory: bool = True                # peak RSS of each file in a child process
+    phones: list[str] = field(default_factory=lambda: ["pixel-8", "galaxy-s24"])  # measured over adb if attached,
+    #                                                                              else PREDICTED (marked so)
 
 
 @dataclass
 class LMBundleConfig:
-    enabled: bool = False
+    enabled: bool = True
+    model_name: str | None = None      # default: the recipe name
+    version: str = "0.1.0"
+    target: str = "android"
+    signing_key: str | None = None     # Ed25519 private key (PEM): the archive carries manifest.sig
 
 
 @dataclass
@@ -126,6 +134,8 @@ class LMRecipe(Recipe):
         """Relative teacher and text paths are read beside the recipe (then the working directory)."""
         if self.teacher.path != "smollm2":
             self.teacher.path = resolve_path(self.teacher.path, base)
+        if self.bundle.signing_key:
+            self.bundle.signing_key = resolve_path(self.bundle.signing_key, base)
         src = self.data.source
         if src not in ("sotu", "moby-dick"):
             self.data.source = [resolve_path(s, base) for s in ([src] if isinstance(src, str) else src)]
@@ -160,6 +170,15 @@ def _checks(r: LMRecipe) -> list[str]:
     if r.export.kv_cache and r.export.prefill_len + r.verify.new_tokens > r.export.cache_len:
         problems.append(f"export.cache_len ({r.export.cache_len}) must hold prefill_len ({r.export.prefill_len}) "
                         f"+ verify.new_tokens ({r.verify.new_tokens})")
+    if r.bundle.enabled and r.bundle.signing_key and not Path(r.bundle.signing_key).is_file():
+        problems.append(f"bundle.signing_key: {r.bundle.signing_key} not found (edgekd bundle keygen KEY.pem makes one)")
+    if r.profile.phones:
+        from edgekd.profile.targets import list_targets
+
+        known = list_targets()
+        for name in r.profile.phones:
+            if name not in known:
+                problems.append(f"profile.phones: unknown target {name!r}; known: {', '.join(known)}")
     return problems
 
 

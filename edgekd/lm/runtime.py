@@ -3,14 +3,16 @@
 
 A session is either fixed-length (`kind == "fixed"`: `forward(ids (1, T)) -> logits (1, T, V)`) or a KV-cache step
 (`kind == "kv"`: `step(ids (1, S), positions (S,), k, v) -> (logits (1, S, V), k, v)`; `prefill_len` is the S its
-prefill accepts, None when any S works). Inputs and outputs are numpy arrays.
+prefill accepts, None when any S works; `max_len` the positions the cache holds). Inputs and outputs are numpy
+arrays; `k`, `v` are whatever `empty_cache(session)` starts with: one (L, kv, C, hd) array each for the
+fixed-capacity caches of edgekd's .tflite and torch modules, per-layer lists of (1, kv, P, hd) arrays for the
+Hugging Face past-key-values layout of `*.kv.onnx` (which grows by S each step, so positions must continue it).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from edgekd.errors import EdgeKDError
 
@@ -24,15 +26,20 @@ class TorchSession:
         self.module, self.kind, self.prefill_len = module.eval(), kind, prefill_len
         self.seq_len = getattr(module, "seq_len", None)
         self.cache_shape = module.cache_shape() if kind == "kv" else None
+        self.max_len = self.cache_shape[2] if kind == "kv" else None
 
-    @torch.no_grad()
     def forward(self, ids):
-        return self.module(torch.as_tensor(ids, dtype=torch.long)).numpy()
+        import torch
 
-    @torch.no_grad()
+        with torch.no_grad():
+            return self.module(torch.as_tensor(ids, dtype=torch.long)).numpy()
+
     def step(self, ids, positions, k, v):
-        out = self.module(torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(positions, dtype=torch.long),
-                          torch.as_tensor(k), torch.as_tensor(v))
+        import torch
+
+        with torch.no_grad():
+            out = self.module(torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(positions, dtype=torch.long),
+                              torch.as_tensor(k), torch.as_tensor(v))
         return tuple(t.numpy() for t in out)
 
 
@@ -50,12 +57,12 @@ class LiteRTSession:
             details = self.runners["prefill"].get_input_details()
             self.prefill_len = int(details["args_0"]["shape"][1])
             self.cache_shape = tuple(int(d) for d in details["args_2"]["shape"])
-            self.seq_len = None
+            self.max_len, self.seq_len = self.cache_shape[2], None
         else:
             self.kind = "fixed"
             self.runner = self.interp.get_signature_runner()
             self.seq_len = int(self.runner.get_input_details()["args_0"]["shape"][1])
-            self.prefill_len = self.cache_shape = None
+            self.prefill_len = self.cache_shape = self.max_len = None
 
     def forward(self, ids):
         return self.runner(args_0=np.asarray(ids, np.int32))["output_0"]
@@ -68,6 +75,8 @@ class LiteRTSession:
 
 
 class OrtSession:
+    """onnxruntime: a fixed-length file (`ids` -> `logits`) or a Hugging Face past-key-values decoder."""
+
     runtime = "onnxruntime"
 
     def __init__(self, path: Path, threads: int = 1):
@@ -78,18 +87,42 @@ class OrtSession:
         opts.inter_op_num_threads = 1
         self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in self.sess.get_inputs()}
-        self.kind = "kv" if "k_cache" in inputs else "fixed"
-        self.prefill_len = None
-        self.cache_shape = tuple(inputs["k_cache"].shape) if self.kind == "kv" else None
-        self.seq_len = inputs["ids"].shape[1] if self.kind == "fixed" else None
+        self.prefill_len = self.cache_shape = self.max_len = self.seq_len = None
+        if "past_key_values.0.key" in inputs:
+            self.kind = "kv"
+            self.past = [n for n in inputs if n.startswith("past_key_values.")]
+            self.present = [n.replace("past_key_values", "present") for n in self.past]
+            shape = inputs["past_key_values.0.key"].shape                    # (batch, kv, past, hd)
+            self.kv_shape = (1, int(shape[1]), 0, int(shape[3]))
+            meta = self.sess.get_modelmeta().custom_metadata_map
+            self.max_len = int(meta["edgekd.max_len"]) if "edgekd.max_len" in meta else None
+        elif "ids" in inputs:
+            self.kind = "fixed"
+            self.seq_len = inputs["ids"].shape[1]
+        else:
+            raise EdgeKDError(f"{Path(path).name}: not an edgekd LM file (inputs {sorted(inputs)}); expected `ids` or "
+                              f"the past_key_values layout")
 
     def forward(self, ids):
         return self.sess.run(["logits"], {"ids": np.asarray(ids, np.int64)})[0]
 
+    def empty_cache(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        layers = len(self.past) // 2
+        return ([np.zeros(self.kv_shape, np.float32) for _ in range(layers)],
+                [np.zeros(self.kv_shape, np.float32) for _ in range(layers)])
+
     def step(self, ids, positions, k, v):
-        return tuple(self.sess.run(None, {"ids": np.asarray(ids, np.int64),
-                                          "positions": np.asarray(positions, np.int64),
-                                          "k_cache": np.asarray(k, np.float32), "v_cache": np.asarray(v, np.float32)}))
+        ids, positions = np.asarray(ids, np.int64), np.asarray(positions, np.int64)
+        past_len = k[0].shape[2]
+        if positions[0] != past_len:
+            raise EdgeKDError(f"the past-key-values cache holds {past_len} positions; the next step must start at "
+                              f"position {past_len}, got {int(positions[0])}")
+        feeds = {"input_ids": ids, "attention_mask": np.ones((1, past_len + ids.shape[1]), np.int64),
+                 "position_ids": positions[None]}
+        for i in range(len(k)):
+            feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = k[i], v[i]
+        out = self.sess.run(["logits", *self.present], feeds)
+        return out[0], out[1::2], out[2::2]
 
 
 def open_lm_session(path: str | Path, threads: int = 1):
@@ -102,7 +135,10 @@ def open_lm_session(path: str | Path, threads: int = 1):
     raise EdgeKDError(f"no LM runtime for {path.name}: expected .tflite or .onnx")
 
 
-def empty_cache(session) -> tuple[np.ndarray, np.ndarray]:
+def empty_cache(session):
+    """The (k, v) state a KV-cache session starts from (see the module docstring)."""
+    if hasattr(session, "empty_cache"):
+        return session.empty_cache()
     return np.zeros(session.cache_shape, np.float32), np.zeros(session.cache_shape, np.float32)
 
 

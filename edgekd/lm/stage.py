@@ -1,7 +1,7 @@
 """Stage declarations of the causal_lm task (edgekd.stages loads this module on first look-up).
 
 The LM task replaces every default stage: quantization happens on the exported files (int8 dynamic range, in the
-export stage), so `quantize` is off, and `bundle` is off until the bundle supports LM files.
+export stage), so `quantize` is off. `bundle` writes the Android-ready archive (edgekd.lm.bundle) when `bundle.enabled`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ for _stage in (
     Stage("export", s.run_export, sections=("export", "quantize"), upstream=("distill",), task=TASK),
     Stage("verify", s.run_verify, sections=("verify",), upstream=("teacher", "distill", "export"), task=TASK),
     Stage("profile", s.run_profile, sections=("profile",), upstream=("export",), task=TASK),
-    Stage("bundle", s.run_report, enabled=_never, task=TASK, missing="no LM bundle yet"),
+    Stage("bundle", s.run_bundle, sections=("bundle",), upstream=("teacher", "distill", "export", "verify", "profile"),
+          enabled=lambda recipe: recipe.bundle.enabled, task=TASK, missing="no app bundle archive"),
     Stage("report", s.run_report, upstream=("*",), rerun=True, task=TASK),
 ):
     register_stage(_stage)

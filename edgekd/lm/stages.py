@@ -203,27 +203,54 @@ def run_verify(ctx: "RunContext") -> Result:
 
 def run_profile(ctx: "RunContext") -> Result:
     from edgekd.lm.decoder import FixedLengthLM
-    from edgekd.lm.profile import profile_session
+    from edgekd.lm.phone import attached_phone, phone_figures
+    from edgekd.lm.profile import peak_memory, profile_session
     from edgekd.lm.runtime import TorchSession, open_lm_session
 
     r, rec, p = ctx.recipe, ctx.record("export"), ctx.recipe.profile
     torch.set_num_threads(p.threads)
-    results = {"torch": profile_session(TorchSession(FixedLengthLM(load_student(ctx), r.data.seq_len), "fixed"),
+    student = load_student(ctx)
+    results = {"torch": profile_session(TorchSession(FixedLengthLM(student, r.data.seq_len), "fixed"),
                                         p.prompt_len, p.decode_tokens, p.repeats)}
     for name in runnable(rec.outputs):
-        session = open_lm_session(rec.path(ctx.run_dir, name), threads=p.threads)
+        path = rec.path(ctx.run_dir, name)
+        session = open_lm_session(path, threads=p.threads)
         results[name] = profile_session(session, p.prompt_len, p.decode_tokens, p.repeats)
+        if p.memory:
+            results[name]["memory"] = peak_memory(path, results[name]["prompt_len"], p.decode_tokens, p.threads)
         ctx.log(f"profile: {name} TTFT {results[name]['ttft_ms']['p50']:.1f} ms, decode "
-                f"{results[name]['decode_tokens_per_s']['p50']:.1f} tokens/s")
+                f"{results[name]['decode_tokens_per_s']['p50']:.1f} tokens/s"
+                + (f", peak RSS {results[name]['memory'].get('peak_rss_mb')} MB" if p.memory else ""))
+    serial = attached_phone() if p.phones else None
+    files = {n: rec.path(ctx.run_dir, n) for n in runnable(rec.outputs)}
+    phones = {t: phone_figures(t, files, student.config.to_dict(), prompt_len=p.prompt_len,
+                               decode_tokens=p.decode_tokens, serial=serial) for t in p.phones}
+    for t, figs in phones.items():
+        for name, f in figs.items():
+            ctx.log(f"profile: {name} on {t}: {f['source'].upper()} decode "
+                    f"{f.get('decode_tokens_per_s', float('nan')):.1f} tokens/s")
     out = ctx.stage_dir("profile") / "profile.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    return {"profile": out}, {"target": "cpu-local", "threads": p.threads, "files": results}
+    out.write_text(json.dumps({"files": results, "phones": phones}, indent=2) + "\n")
+    return {"profile": out}, {"target": "cpu-local", "threads": p.threads, "files": results, "phones": phones,
+                              "phone_attached": serial}
+
+
+def run_bundle(ctx: "RunContext") -> Result:
+    """The Android-ready archive (edgekd.lm.bundle): device files, tokenizer, lm_config, model card, manifest."""
+    from edgekd.bundle import archive_record
+    from edgekd.lm.bundle import bundle_lm_run
+
+    b = ctx.recipe.bundle
+    path, names = bundle_lm_run(ctx.run_dir, ctx.stage_dir("bundle"), recipe=ctx.recipe)
+    ctx.log(f"bundle: {path.name} ({path.stat().st_size / 1e6:.1f} MB, {len(names)} model files)")
+    record = {**archive_record(path, b.target, ctx.run_dir), "path": f"bundle/{path.name}"}  # where publish puts it
+    return {path.name: path}, {"archives": [record], "files": names}
 
 
 def run_report(ctx: "RunContext") -> Result:
     from edgekd.lm.report import write_report
 
     out = ctx.stage_dir("report")
-    records = {name: ctx.record(name) for name in ("teacher", "distill", "export", "verify", "profile")
+    records = {name: ctx.record(name) for name in ("teacher", "distill", "export", "verify", "profile", "bundle")
                if (ctx.run_dir / name / "stage.json").is_file() or name in ctx.records}
     return write_report(out, ctx.recipe, {k: v.metrics for k, v in records.items()})

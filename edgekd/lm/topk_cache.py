@@ -33,9 +33,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
-def cache_key(teacher_fp: str, tokenizer_fp: str, blocks: Tensor, k: int) -> str:
+def cache_key(teacher_fp: str, tokenizer_fp: str, blocks: Tensor, k: int,
+              dtype: torch.dtype = torch.float32) -> str:
     payload = {"format": FORMAT, "teacher": teacher_fp, "tokenizer": tokenizer_fp, "blocks": tensor_sha256(blocks),
                "k": k}
+    if dtype != torch.float32:  # the teacher's compute precision changes its logits: another cache
+        payload["dtype"] = str(dtype).removeprefix("torch.")
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -66,9 +69,11 @@ class TopKCache:
 @torch.no_grad()
 def build_topk_cache(teacher, blocks: Tensor, k: int, root: Path, *, teacher_fp: str, tokenizer_fp: str,
                      batch_size: int = 8, dtype: torch.dtype = torch.float32, log_fn=log.info) -> TopKCache:
-    """Open the cache for (teacher, tokenizer, blocks, k) under `root`, running the teacher only if it is missing
-    (so `teacher` may be None when the cache exists)."""
-    key = cache_key(teacher_fp, tokenizer_fp, blocks, k)
+    """Open the cache for (teacher, tokenizer, blocks, k, dtype) under `root`, running the teacher only if it is
+    missing (so `teacher` may be None when the cache exists). dtype bfloat16 runs the teacher under CPU autocast."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise EdgeKDError(f"teacher cache dtype must be float32 or bfloat16, got {dtype}")
+    key = cache_key(teacher_fp, tokenizer_fp, blocks, k, dtype)
     path = Path(root) / key
     if (path / "meta.json").is_file():
         return TopKCache.open(path)
@@ -92,7 +97,7 @@ def build_topk_cache(teacher, blocks: Tensor, k: int, root: Path, *, teacher_fp:
     values.flush(), indices.flush()
     del values, indices
     meta = {"format": FORMAT, "key": key, "teacher": teacher_fp, "tokenizer": tokenizer_fp, "blocks": [n, t],
-            "k": k, "seconds": round(seconds, 2), "tokens_per_s": round(n * t / max(seconds, 1e-9), 1)}
+            "k": k, "dtype": str(dtype).removeprefix("torch."), "seconds": round(seconds, 2), "tokens_per_s": round(n * t / max(seconds, 1e-9), 1)}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     try:
         tmp.rename(path)
