@@ -215,11 +215,11 @@ def test_bundle_run_before_export_says_what_to_do(tmp_path):
         bundle_run(run, "pixel-8", tmp_path, labels=LABELS, mean=MEAN, std=STD)
 
 
-def test_archive_record_is_the_bundle_stage_entry(archive, onnx_run):
-    inside = onnx_run / "bundle" / archive.name
-    inside.parent.mkdir()
-    inside.write_bytes(archive.read_bytes())
-    rec = archive_record(inside, "pixel-8", onnx_run)
+def test_archive_record_names_the_published_path_not_the_staging_one(archive, onnx_run):
+    staged = onnx_run / ".bundle.staging" / archive.name  # where the stage writes it before publishing
+    staged.parent.mkdir()
+    staged.write_bytes(archive.read_bytes())
+    rec = archive_record(staged, "pixel-8", f"bundle/{archive.name}")
     assert rec == {"target": "pixel-8", "path": f"bundle/{archive.name}",
                    "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(), "bytes": archive.stat().st_size}
 

@@ -77,16 +77,16 @@ def card_from_run(run: RunRecord, target: str, *, name: str | None = None, versi
         recommended=shipped["name"] if shipped else None)
 
 
-def archive_record(archive: str | Path, target: str, run_dir: str | Path) -> dict[str, Any]:
-    """One entry of the bundle stage's metrics["archives"]: target, path relative to the run, sha256, bytes."""
+def archive_record(archive: str | Path, target: str, published_as: str) -> dict[str, Any]:
+    """One entry of a bundle stage's metrics["archives"]: target, path in the run once published, sha256, bytes.
+
+    `archive` is read where it is now (the stage's staging folder); `published_as` is its path relative to the run
+    directory after the stage is published (e.g. "bundle/app-pixel-8.zip"), which is what the record must say.
+    """
     from edgekd.fileio import sha256_file
 
     archive = Path(archive)
-    try:
-        rel = archive.resolve().relative_to(Path(run_dir).resolve()).as_posix()
-    except ValueError:
-        rel = str(archive)
-    return {"target": target, "path": rel, "sha256": sha256_file(archive), "bytes": archive.stat().st_size}
+    return {"target": target, "path": published_as, "sha256": sha256_file(archive), "bytes": archive.stat().st_size}
 
 
 def _data_facts(run: RunRecord, labels: Any, mean: Any, std: Any

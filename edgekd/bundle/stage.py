@@ -20,7 +20,7 @@ def run_bundle(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
         path = bundle_run(ctx.run_dir, target, out, labels=ds.labels, mean=ds.mean, std=ds.std, pixel_max=ds.pixel_max,
                           signing_key=ctx.recipe.bundle.signing_key)
         outputs[path.name] = path
-        archives.append(archive_record(path, target, ctx.run_dir))
+        archives.append(archive_record(path, target, f"bundle/{path.name}"))  # where publish puts it
         ctx.log(f"bundle: {target}: {path.name} ({path.stat().st_size / 1024:.0f} KiB)")
     return outputs, {"archives": archives}
 

@@ -243,7 +243,7 @@ def run_bundle(ctx: "RunContext") -> Result:
     b = ctx.recipe.bundle
     path, names = bundle_lm_run(ctx.run_dir, ctx.stage_dir("bundle"), recipe=ctx.recipe)
     ctx.log(f"bundle: {path.name} ({path.stat().st_size / 1e6:.1f} MB, {len(names)} model files)")
-    record = {**archive_record(path, b.target, ctx.run_dir), "path": f"bundle/{path.name}"}  # where publish puts it
+    record = archive_record(path, b.target, f"bundle/{path.name}")  # where publish puts it
     return {path.name: path}, {"archives": [record], "files": names}
 
 
