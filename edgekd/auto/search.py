@@ -55,9 +55,14 @@ def candidate_name(c: dict[str, Any]) -> str:
 
 
 def latencies(module, input_shape: tuple[int, ...], targets: list[str], measure_local: bool,
-              threads: int = 1) -> dict[str, dict[str, Any]]:
-    """{target: {"ms", "predicted_ms", "uncertainty", "measured_ms"|None, "basis"}} for a torch module."""
+              threads: int = 1, local_calibration: Any = None) -> dict[str, dict[str, Any]]:
+    """{target: {"ms", "predicted_ms", "uncertainty", "measured_ms"|None, "basis"}} for a torch module.
+
+    `local_calibration`: the cpu-local calibration to predict with (refit_local's, re-fitted on this machine at
+    search time); the stored one when None.
+    """
     from edgekd.profile.predict import predict
+    from edgekd.profile.predict.refit import measure_min_median
 
     shape = (1, *input_shape)
     out: dict[str, dict[str, Any]] = {}
@@ -70,17 +75,14 @@ def latencies(module, input_shape: tuple[int, ...], targets: list[str], measure_
             onnx_path = export_onnx(module.eval(), (torch.zeros(shape),), Path(tmp) / "candidate.onnx")
         for target in targets:
             p = predict(onnx_path if (onnx_path and target == LOCAL) else module.eval(), target,
-                        input_shape=shape, threads=threads if target == LOCAL else None)
+                        input_shape=shape, threads=threads if target == LOCAL else None,
+                        calibration=local_calibration if target == LOCAL else None)
             row = {"predicted_ms": p.ms, "uncertainty": p.uncertainty, "measured_ms": None, "basis": p.basis}
             if target == LOCAL and onnx_path is not None:
-                from edgekd.profile.runners.local import profile_file
-
                 # Other processes only ever add time: the lowest median of a few short rounds is the figure
-                # least disturbed by a busy machine.
-                medians = [profile_file(onnx_path, "onnxruntime", threads=threads, warmup=10, min_runs=30,
-                                        time_cap_s=1.0, min_time_s=0.2).p50_ms for _ in range(MEASURE_ROUNDS)]
-                row["measured_ms"] = min(medians)
-                row["measured_rounds_ms"] = medians
+                # least disturbed by a busy machine (the same estimator refit_local measures references with).
+                row["measured_ms"], row["measured_rounds_ms"] = measure_min_median(onnx_path, threads,
+                                                                                   MEASURE_ROUNDS)
                 row["prediction_error"] = p.ms / row["measured_ms"] - 1 if row["measured_ms"] else None
             row["ms"] = row["measured_ms"] if row["measured_ms"] is not None else row["predicted_ms"]
             out[target] = row
@@ -125,6 +127,14 @@ def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[st
     pcfg = proxy_config(recipe.distill.train, cfg.proxy_epochs)
     from edgekd.models import count_params
 
+    local_calib, refit = None, None
+    if LOCAL in cfg.targets and cfg.measure_local:
+        from edgekd.profile.predict.refit import refit_local
+
+        # The stored cpu-local calibration was measured on some machine under some load: re-fit its scale and
+        # per-call overhead to this machine now, on reference models that are not candidates (measure_local:
+        # false runs nothing here and predicts with the stored calibration).
+        local_calib, refit = refit_local(1, log=log)
     rows: list[dict[str, Any]] = []
     for c in expand_space(cfg.space, cfg.max_candidates, cfg.seed):
         name = candidate_name(c)
@@ -136,7 +146,8 @@ def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[st
             continue
         row = {"name": name, **c, "params": count_params(built.module),
                "macs": count_macs(built.module, ds.input_shape),
-               "latency": latencies(built.module, ds.input_shape, cfg.targets, cfg.measure_local)}
+               "latency": latencies(built.module, ds.input_shape, cfg.targets, cfg.measure_local,
+                                    local_calibration=local_calib)}
         res = proxy_train(built.module, ds, idx, terms, pcfg, teacher=outputs, seed=recipe.seed,
                           batch_size=recipe.data.batch_size)
         row.update(val_accuracy=res.val_accuracy, proxy_seconds=round(res.seconds, 2))
@@ -153,12 +164,25 @@ def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[st
     result = {"candidates": rows, "fronts": {t: pareto(rows, t) for t in cfg.targets}, "budgets_ms": cfg.budget_ms,
               "chosen": {k: chosen[k] for k in ("name", "model", "kwargs", "params", "val_accuracy", "latency")},
               "proxy": {"epochs": cfg.proxy_epochs, "train_images": len(idx), "losses": terms},
-              "split": split_record(ds)}
+              "split": split_record(ds), "latency_refit": refit,
+              "prediction_errors": prediction_errors(rows)}
     if cfg.full_train:
         result["rank_check"] = full_train_check(ds, recipe, ok, cfg.full_train, teacher, log)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     log(f"search: chose {chosen['name']} (validation {chosen['val_accuracy']:.4f}) in {result['seconds']:.0f} s")
     return result
+
+
+def prediction_errors(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Predicted vs measured cpu-local latency per candidate, and how many are within +-10%."""
+    per = [{"name": r["name"], "predicted_ms": r["latency"][LOCAL]["predicted_ms"],
+            "measured_ms": r["latency"][LOCAL]["measured_ms"], "error": r["latency"][LOCAL]["prediction_error"]}
+           for r in rows if r.get("latency", {}).get(LOCAL, {}).get("prediction_error") is not None]
+    if not per:
+        return None
+    errs = [abs(p["error"]) for p in per]
+    return {"candidates": per, "within_10pct": sum(e <= 0.10 for e in errs), "n": len(per),
+            "median_abs_error": float(sorted(errs)[len(errs) // 2]), "max_abs_error": max(errs)}
 
 
 def full_train_check(ds, recipe: "Recipe", ok: list[dict[str, Any]], k: int, teacher, log) -> dict[str, Any]:
