@@ -160,6 +160,14 @@ def test_tune_with_three_trials_records_and_applies_its_choice(run_dir):
     assert t["split"]["val"] > 0 and t["sampler"] == "TPE"
     chosen = t["chosen"]["losses"]
     assert require_record(run_dir, "distill").metrics["losses"] == chosen
+    # the choice is made among full-budget re-runs: recipe, CE and the 2 best distinct proxy runs
+    confirmed = t["confirm"]
+    assert [c["name"] for c in confirmed][:2] == ["recipe", "ce"] and 3 <= len(confirmed) <= 4
+    assert t["chosen"]["source"] in [c["name"] for c in confirmed] and t["chosen"]["stage"].startswith("confirmed")
+    best = max(c["val_accuracy"] for c in confirmed)
+    assert t["chosen"]["val_accuracy"] >= best - t["chosen"]["val_se"] - 1e-12
+    proxy = {row["name"]: row["val_accuracy"] for row in t["trials"]}
+    assert all(c["proxy_val_accuracy"] == proxy[c["name"]] for c in confirmed)
 
 
 def test_search_returns_a_front_and_writes_a_recipe_that_validates(run_dir, tmp_path):
