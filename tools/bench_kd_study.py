@@ -102,8 +102,10 @@ def run_regime(regime: dict[str, Any], ds, student: dict, teacher: TorchTeacher,
 @click.option("--mixup-alpha", default=1.0, show_default=True)
 @click.option("--student", default="tiny_cnn:width=12,depth=3", show_default=True)
 @click.option("--seeds", default="0", show_default=True)
+@click.option("--threads", default=1, show_default=True, help="torch threads (1: robust on a shared 2-core VM)")
 @click.option("--out", default="runs/bench/kd_study.json", show_default=True)
-def main(regimes, subset_train, val_size, epochs, lr, batch, mixup_alpha, student, seeds, out) -> None:
+def main(regimes, subset_train, val_size, epochs, lr, batch, mixup_alpha, student, seeds, threads, out) -> None:
+    torch.set_num_threads(threads)
     name, _, kw = student.partition(":")
     spec = {"model": name, "kwargs": {k: int(v) if v.isdigit() else float(v)
                                       for k, v in (p.split("=") for p in kw.split(",") if p)}}

@@ -84,6 +84,10 @@ def latencies(module, input_shape: tuple[int, ...], targets: list[str], measure_
                 row["measured_ms"], row["measured_rounds_ms"] = measure_min_median(onnx_path, threads,
                                                                                    MEASURE_ROUNDS)
                 row["prediction_error"] = p.ms / row["measured_ms"] - 1 if row["measured_ms"] else None
+                if local_calibration is not None:  # what the stored calibration alone would have said
+                    stored = predict(onnx_path, target, input_shape=shape, threads=threads).ms
+                    row["stored_predicted_ms"] = stored
+                    row["stored_prediction_error"] = stored / row["measured_ms"] - 1 if row["measured_ms"] else None
             row["ms"] = row["measured_ms"] if row["measured_ms"] is not None else row["predicted_ms"]
             out[target] = row
     return out
@@ -176,13 +180,19 @@ def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[st
 def prediction_errors(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Predicted vs measured cpu-local latency per candidate, and how many are within +-10%."""
     per = [{"name": r["name"], "predicted_ms": r["latency"][LOCAL]["predicted_ms"],
-            "measured_ms": r["latency"][LOCAL]["measured_ms"], "error": r["latency"][LOCAL]["prediction_error"]}
+            "measured_ms": r["latency"][LOCAL]["measured_ms"], "error": r["latency"][LOCAL]["prediction_error"],
+            "stored_error": r["latency"][LOCAL].get("stored_prediction_error")}
            for r in rows if r.get("latency", {}).get(LOCAL, {}).get("prediction_error") is not None]
     if not per:
         return None
     errs = [abs(p["error"]) for p in per]
-    return {"candidates": per, "within_10pct": sum(e <= 0.10 for e in errs), "n": len(per),
-            "median_abs_error": float(sorted(errs)[len(errs) // 2]), "max_abs_error": max(errs)}
+    out = {"candidates": per, "within_10pct": sum(e <= 0.10 for e in errs), "n": len(per),
+           "median_abs_error": float(sorted(errs)[len(errs) // 2]), "max_abs_error": max(errs)}
+    stored = [abs(p["stored_error"]) for p in per if p["stored_error"] is not None]
+    if stored:
+        out["stored_within_10pct"] = sum(e <= 0.10 for e in stored)
+        out["stored_median_abs_error"] = float(sorted(stored)[len(stored) // 2])
+    return out
 
 
 def full_train_check(ds, recipe: "Recipe", ok: list[dict[str, Any]], k: int, teacher, log) -> dict[str, Any]:
