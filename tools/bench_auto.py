@@ -53,9 +53,9 @@ SETTINGS = {
     # What fits a 2-core machine while the comparison means something: 12,000 training images, 30 epochs, the
     # whole 10,000-image test set (students reach ~89%, not the quick setting's under-trained ~78%).
     "medium": {"fashion_mnist": {"subset_train": 15000, "val_size": 3000, "subset_test": None, "epochs": 30,
-                                 "tune": {"trials": 10, "budget_s": 240, "proxy_epochs": 6, "proxy_train": 6000,
+                                 "tune": {"trials": 8, "budget_s": 150, "proxy_epochs": 6, "proxy_train": 6000,
                                           "confirm": 2},
-                                 "search": {"max_candidates": 12, "proxy_epochs": 6, "proxy_train": 4000,
+                                 "search": {"max_candidates": 8, "proxy_epochs": 5, "proxy_train": 4000,
                                             "full_train": 0}},
                "digits": {"epochs": 30,
                           "tune": {"trials": 10, "budget_s": 120, "proxy_epochs": 10, "proxy_train": None,
