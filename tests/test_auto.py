@@ -9,7 +9,7 @@ import torch
 
 from edgekd.auto.baseline import gain_verdict
 from edgekd.auto.commands import run_stages
-from edgekd.auto.search import expand_space, pareto
+from edgekd.auto.search import candidates_with_recipe_student, expand_space, pareto
 from edgekd.auto.stats import paired_bootstrap, paired_se_pt, spearman
 from edgekd.config import load_recipe, parse_recipe
 from edgekd.stages import require_record
@@ -266,3 +266,16 @@ def test_tune_records_a_diverging_trial_as_failed_and_keeps_the_recipe_inside_th
     assert out["chosen"]["source"] == "recipe" and "standard error" in out["chosen"]["why"]
     with pytest.raises(Exception, match="tune.families"):
         tune.tune_losses(ds, recipe(**{"tune.families": ["fitnets"]}), None)
+
+
+def test_the_recipe_student_is_always_a_search_candidate_unless_it_starts_from_weights():
+    space = expand_space([{"model": "tiny_cnn", "kwargs": {"width": [4, 8], "depth": [2]}}], 10)
+    own = {"model": "tiny_cnn", "kwargs": {"width": 4, "depth": 2}}
+    assert candidates_with_recipe_student(space, recipe()) == space  # already in the space: not twice
+    other = recipe(**{"student.kwargs": {"width": 16, "depth": 3}})
+    assert candidates_with_recipe_student(space, other)[-1] == {"model": "tiny_cnn",
+                                                                "kwargs": {"width": 16, "depth": 3}}
+    assert own in space
+    pretrained = recipe(**{"student.kwargs": {"width": 16, "depth": 3}})
+    pretrained.student.weights = "student.pt"
+    assert candidates_with_recipe_student(space, pretrained) == space

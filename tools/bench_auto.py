@@ -136,6 +136,8 @@ def bench_dataset(name: str, st: dict, seeds: tuple[int, ...], log) -> dict[str,
     demo_lat = latencies(demo, ds.input_shape, ["cpu-local"], True)["cpu-local"]
     budget = demo_lat["measured_ms"]
     recipe.search = replace(recipe.search, budget_ms={"cpu-local": budget}, targets=["cpu-local"])
+    # The search starts from a recipe whose student is the demo student (it is then a candidate too).
+    recipe.student = replace(recipe.student, model=DEMO_STUDENT["model"], kwargs=dict(DEMO_STUDENT["kwargs"]))
     t0 = time.perf_counter()
     found = search_students(ds, recipe, teacher, log=log)
     search_s = time.perf_counter() - t0

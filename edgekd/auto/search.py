@@ -112,6 +112,16 @@ def proxy_losses(recipe: "Recipe", teacher: Any) -> list[dict[str, Any]]:
     return [dict(t) for t in recipe.distill.losses if "student" not in t] or [{"name": "ce", "weight": 1.0}]
 
 
+def candidates_with_recipe_student(cands: list[dict[str, Any]], recipe: "Recipe") -> list[dict[str, Any]]:
+    """The space's candidates plus the recipe's own student (a zoo model trained from scratch), so that the
+    search never returns a student the proxy ranks below the one the user already had inside the budget."""
+    st = recipe.student
+    if st.weights is not None or st.import_path is not None or ":" in st.model:
+        return cands
+    own = {"model": st.model, "kwargs": dict(st.kwargs or {})}
+    return cands if own in cands else cands + [own]
+
+
 def within_budget(c: dict[str, Any], budgets: dict[str, float]) -> bool:
     return all(c["latency"].get(t, {}).get("ms", float("inf")) <= b for t, b in budgets.items())
 
@@ -140,7 +150,7 @@ def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[st
         # false runs nothing here and predicts with the stored calibration).
         local_calib, refit = refit_local(1, log=log)
     rows: list[dict[str, Any]] = []
-    for c in expand_space(cfg.space, cfg.max_candidates, cfg.seed):
+    for c in candidates_with_recipe_student(expand_space(cfg.space, cfg.max_candidates, cfg.seed), recipe):
         name = candidate_name(c)
         try:
             built = build_student(c["model"], c["kwargs"], ds, recipe.seed)
