@@ -122,6 +122,27 @@ def candidates_with_recipe_student(cands: list[dict[str, Any]], recipe: "Recipe"
     return cands if own in cands else cands + [own]
 
 
+def resolve_budgets(asked: dict[str, Any], rows: list[dict[str, Any]], recipe: "Recipe") -> dict[str, float]:
+    """Budgets in ms; `student` means the recipe's own student's latency on that target, as measured (or
+    predicted) in this search with the same estimator as every candidate: "no slower than what I have"."""
+    out: dict[str, float] = {}
+    st = recipe.student
+    own = next((r for r in rows if r.get("model") == st.model and r.get("kwargs") == dict(st.kwargs or {})
+                and "error" not in r), None)
+    for target, b in asked.items():
+        if b == "student":
+            if own is None or target not in own["latency"]:
+                raise EdgeKDError(f"search.budget_ms.{target}: 'student' needs the recipe's student among the "
+                                  "candidates (a zoo model without student.weights)")
+            out[target] = float(own["latency"][target]["ms"])
+        elif isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0:
+            out[target] = float(b)
+        else:
+            raise EdgeKDError(f"search.budget_ms.{target}: {b!r} is no budget; give milliseconds > 0 or "
+                              "'student' (the recipe's student's latency)")
+    return out
+
+
 def within_budget(c: dict[str, Any], budgets: dict[str, float]) -> bool:
     return all(c["latency"].get(t, {}).get("ms", float("inf")) <= b for t, b in budgets.items())
 
@@ -165,17 +186,21 @@ def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[st
         res = proxy_train(built.module, ds, idx, terms, pcfg, teacher=outputs, seed=recipe.seed,
                           batch_size=recipe.data.batch_size)
         row.update(val_accuracy=res.val_accuracy, proxy_seconds=round(res.seconds, 2))
-        row["within_budget"] = within_budget(row, cfg.budget_ms)
         lat = ", ".join(f"{t} {v['ms']:.3g} ms" for t, v in row["latency"].items())
         log(f"search: {name}: {row['params']:,} params, {lat}, validation {res.val_accuracy:.4f}")
         rows.append(row)
+    budgets = resolve_budgets(cfg.budget_ms, rows, recipe)
+    for row in rows:
+        if "error" not in row:
+            row["within_budget"] = within_budget(row, budgets)
     ok = [r for r in rows if r.get("within_budget")]
     if not ok:
-        raise EdgeKDError(f"no candidate of search.space fits the budgets {cfg.budget_ms} on "
+        raise EdgeKDError(f"no candidate of search.space fits the budgets {budgets} on "
                           f"{', '.join(cfg.targets)}: raise the budget or add smaller candidates")
-    primary = next(iter(cfg.budget_ms), cfg.targets[0])
+    primary = next(iter(budgets), cfg.targets[0])
     chosen = max(ok, key=lambda r: (r["val_accuracy"], -r["latency"][primary]["ms"]))
-    result = {"candidates": rows, "fronts": {t: pareto(rows, t) for t in cfg.targets}, "budgets_ms": cfg.budget_ms,
+    result = {"candidates": rows, "fronts": {t: pareto(rows, t) for t in cfg.targets}, "budgets_ms": budgets,
+              "budgets_asked": dict(cfg.budget_ms),
               "chosen": {k: chosen[k] for k in ("name", "model", "kwargs", "params", "val_accuracy", "latency")},
               "proxy": {"epochs": cfg.proxy_epochs, "train_images": len(idx), "losses": terms},
               "split": split_record(ds), "latency_refit": refit,
