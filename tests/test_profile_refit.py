@@ -58,3 +58,42 @@ def test_rescaled_multiplies_every_node_cost_and_adds_the_overhead_to_the_call()
 def test_rescaled_refuses_a_calibration_without_a_node_model():
     with pytest.raises(EdgeKDError, match="no ONNX Runtime node model"):
         rescaled(_calibration({}), 1.0, 0.0)
+
+
+def test_fit_parts_recovers_separate_compute_and_fixed_scales_and_an_overhead():
+    from edgekd.profile.predict.refit import fit_parts
+
+    parts = [[1e-5, 4e-6], [5e-5, 5e-6], [2e-4, 8e-6], [8e-4, 1.2e-5], [3e-6, 3e-6]]
+    measured = [2.0 * c + 1.5 * f + 2e-6 for c, f in parts]
+    (a, b, o), loo, res = fit_parts([[c, f, 1.0] for c, f in parts], measured)
+    assert (a, b, o) == pytest.approx((2.0, 1.5, 2e-6), rel=1e-5)
+    assert loo < 1e-5
+
+
+def test_rescaled_scales_dispatch_costs_by_their_own_factor():
+    from edgekd.profile.predict.predictor import NODE_DISPATCH
+
+    costs = {k: 1e-9 for k in NODE_FEATURES}
+    costs.update(l2_bytes=2.0 ** 19, l3_bytes=2.0 ** 24, sharpness=4.0)
+    out = rescaled(_calibration(costs), 2.0, 1e-6, dispatch_scale=1.25)
+    for k in NODE_FEATURES:
+        expect = 1e-9 * (1.25 if k in NODE_DISPATCH else 2.0) + (1e-6 if k == "t0" else 0.0)
+        assert math.isclose(out.node_costs[k], expect, rel_tol=1e-12)
+
+
+def test_the_split_prediction_adds_up_to_the_node_model_prediction(tmp_path):
+    import torch
+    from torch import nn
+
+    from edgekd.profile.predict import load_calibration, predict
+    from edgekd.profile.predict.calibrate import export_model
+    from edgekd.profile.predict.refit import split_prediction
+
+    calib = load_calibration("cpu-local", "onnxruntime", "fp32")
+    torch.manual_seed(0)
+    path = export_model(nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                      nn.Linear(8, 10)), (1, 1, 28, 28), tmp_path / "m.onnx")
+    compute, fixed = split_prediction(path, calib)
+    assert compute > 0 and fixed > 0
+    assert (compute + fixed) * 1e3 == pytest.approx(predict(path, "cpu-local", threads=1, calibration=calib).ms,
+                                                    rel=1e-9)
