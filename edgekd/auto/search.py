@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from edgekd.config import Recipe
 
 LOCAL = "cpu-local"
-MEASURE_ROUNDS = 3
+MEASURE_ROUNDS = 5
 
 
 def expand_space(space: list[dict[str, Any]], limit: int, seed: int = 0) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ REFERENCE_MODELS = ("linear_128_10", "stack_fc64x4", "gap_32_32", "stack_pw8x4",
                     "block_ir_8_16_s1_e4_48", "stack_vgg_1_24x24_k3_32", "stack_stem_ir_gap", "stack_stem_res_gap",
                     "net_strided_w6_d2", "net_strided_w10_d3", "net_strided_w14_d2", "net_strided_w24_d3",
                     "net_strided_w28_d2", "net_ir_s8_12x24_e3", "net_ir_s12_20x40_e2", "net_ir_s6_10x20x36_e5")
-MEASURE_ROUNDS = 3
+MEASURE_ROUNDS = 5
 
 
 def tiny_networks() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
