@@ -55,11 +55,13 @@ def candidate_name(c: dict[str, Any]) -> str:
 
 
 def latencies(module, input_shape: tuple[int, ...], targets: list[str], measure_local: bool,
-              threads: int = 1, local_calibration: Any = None) -> dict[str, dict[str, Any]]:
+              threads: int = 1, local_calibration: Any = None, onnx_file: Path | None = None,
+              local_measurement: tuple[float, list[float]] | None = None) -> dict[str, dict[str, Any]]:
     """{target: {"ms", "predicted_ms", "uncertainty", "measured_ms"|None, "basis"}} for a torch module.
 
     `local_calibration`: the cpu-local calibration to predict with (refit_local's, re-fitted on this machine at
-    search time); the stored one when None.
+    search time); the stored one when None. `onnx_file` and `local_measurement` (ms, round medians): the
+    candidate's exported file and its cpu-local figure when already measured (interleaved with the references).
     """
     from edgekd.profile.predict import predict
     from edgekd.profile.predict.refit import measure_min_median
@@ -68,11 +70,10 @@ def latencies(module, input_shape: tuple[int, ...], targets: list[str], measure_
     out: dict[str, dict[str, Any]] = {}
     onnx_path = None
     with tempfile.TemporaryDirectory(prefix="edgekd-search-") as tmp:
-        if measure_local and LOCAL in targets:
-            from edgekd.export.onnx import export_onnx
-            import torch
-
-            onnx_path = export_onnx(module.eval(), (torch.zeros(shape),), Path(tmp) / "candidate.onnx")
+        if onnx_file is not None:
+            onnx_path = onnx_file
+        elif measure_local and LOCAL in targets:
+            onnx_path = export_candidate(module, shape, Path(tmp) / "candidate.onnx")
         for target in targets:
             p = predict(onnx_path if (onnx_path and target == LOCAL) else module.eval(), target,
                         input_shape=shape, threads=threads if target == LOCAL else None,
@@ -81,8 +82,8 @@ def latencies(module, input_shape: tuple[int, ...], targets: list[str], measure_
             if target == LOCAL and onnx_path is not None:
                 # Other processes only ever add time: the lowest median of a few short rounds is the figure
                 # least disturbed by a busy machine (the same estimator refit_local measures references with).
-                row["measured_ms"], row["measured_rounds_ms"] = measure_min_median(onnx_path, threads,
-                                                                                   MEASURE_ROUNDS)
+                row["measured_ms"], row["measured_rounds_ms"] = local_measurement or measure_min_median(
+                    onnx_path, threads, MEASURE_ROUNDS)
                 row["prediction_error"] = p.ms / row["measured_ms"] - 1 if row["measured_ms"] else None
                 if local_calibration is not None:  # what the stored calibration alone would have said
                     stored = predict(onnx_path, target, input_shape=shape, threads=threads).ms
@@ -91,6 +92,15 @@ def latencies(module, input_shape: tuple[int, ...], targets: list[str], measure_
             row["ms"] = row["measured_ms"] if row["measured_ms"] is not None else row["predicted_ms"]
             out[target] = row
     return out
+
+
+def export_candidate(module, shape: tuple[int, ...], path: Path) -> Path:
+    """The candidate's fp32 ONNX file, as edgekd exports students."""
+    import torch
+
+    from edgekd.export.onnx import export_onnx
+
+    return export_onnx(module.eval(), (torch.zeros(shape),), path)
 
 
 def pareto(points: list[dict[str, Any]], target: str) -> list[str]:
@@ -163,32 +173,42 @@ def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[st
     from edgekd.models import count_params
 
     local_calib, refit = None, None
+    rows: list[dict[str, Any]] = []
+    built_all: list[tuple[dict[str, Any], Any]] = []
+    for c in candidates_with_recipe_student(expand_space(cfg.space, cfg.max_candidates, cfg.seed), recipe):
+        try:
+            built_all.append((c, build_student(c["model"], c["kwargs"], ds, recipe.seed)))
+        except EdgeKDError as e:
+            rows.append({"name": candidate_name(c), **c, "error": str(e), "latency": {}})
+            log(f"search: {candidate_name(c)}: not buildable for this data ({e})")
+    tmp = tempfile.TemporaryDirectory(prefix="edgekd-search-")
+    files: list[Path | None] = [None] * len(built_all)
+    measured: list[Any] = [None] * len(built_all)
     if LOCAL in cfg.targets and cfg.measure_local:
         from edgekd.profile.predict.refit import refit_local
 
-        # The stored cpu-local calibration was measured on some machine under some load: re-fit its scale and
-        # per-call overhead to this machine now, on reference models that are not candidates (measure_local:
-        # false runs nothing here and predicts with the stored calibration).
-        local_calib, refit = refit_local(1, log=log)
-    rows: list[dict[str, Any]] = []
-    for c in candidates_with_recipe_student(expand_space(cfg.space, cfg.max_candidates, cfg.seed), recipe):
+        # The stored cpu-local calibration was measured on some machine under some load: re-fit its compute and
+        # fixed costs to this machine now, on reference models that are not candidates, measured in the same
+        # interleaved rounds as the candidates (measure_local: false runs nothing here and predicts with the
+        # stored calibration).
+        shape = (1, *ds.input_shape)
+        files = [export_candidate(b.module, shape, Path(tmp.name) / f"candidate{i}.onnx")
+                 for i, (_, b) in enumerate(built_all)]
+        local_calib, refit = refit_local(1, log=log, also=files)
+        measured = refit.pop("also_measured")
+    for (c, built), f, m in zip(built_all, files, measured):
         name = candidate_name(c)
-        try:
-            built = build_student(c["model"], c["kwargs"], ds, recipe.seed)
-        except EdgeKDError as e:
-            rows.append({"name": name, **c, "error": str(e), "latency": {}})
-            log(f"search: {name}: not buildable for this data ({e})")
-            continue
         row = {"name": name, **c, "params": count_params(built.module),
                "macs": count_macs(built.module, ds.input_shape),
                "latency": latencies(built.module, ds.input_shape, cfg.targets, cfg.measure_local,
-                                    local_calibration=local_calib)}
+                                    local_calibration=local_calib, onnx_file=f, local_measurement=m)}
         res = proxy_train(built.module, ds, idx, terms, pcfg, teacher=outputs, seed=recipe.seed,
                           batch_size=recipe.data.batch_size)
         row.update(val_accuracy=res.val_accuracy, proxy_seconds=round(res.seconds, 2))
         lat = ", ".join(f"{t} {v['ms']:.3g} ms" for t, v in row["latency"].items())
         log(f"search: {name}: {row['params']:,} params, {lat}, validation {res.val_accuracy:.4f}")
         rows.append(row)
+    tmp.cleanup()
     budgets = resolve_budgets(cfg.budget_ms, rows, recipe)
     for row in rows:
         if "error" not in row:

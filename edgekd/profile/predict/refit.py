@@ -165,11 +165,28 @@ def rescaled(calib: Calibration, scale: float, overhead_s: float, note: str = ""
                    device=(calib.device + (f"; {note}" if note else "")))
 
 
+def measure_interleaved(paths: Sequence[Path], threads: int = 1, rounds: int = MEASURE_ROUNDS
+                        ) -> list[tuple[float, list[float]]]:
+    """measure_min_median of every file, in `rounds` round-robin passes over all of them: a burst of load hits
+    references and candidates alike instead of whichever model was being measured at the time."""
+    from edgekd.profile.runners.local import profile_file
+
+    medians: list[list[float]] = [[] for _ in paths]
+    for _ in range(rounds):
+        for i, path in enumerate(paths):
+            medians[i].append(profile_file(path, "onnxruntime", threads=threads, warmup=10, min_runs=30,
+                                           time_cap_s=1.0, min_time_s=0.2, progress=False).p50_ms)
+    return [(min(m), m) for m in medians]
+
+
 def refit_local(threads: int = 1, *, calibration: Calibration | None = None,
                 references: Sequence[str] = REFERENCE_MODELS, rounds: int = MEASURE_ROUNDS,
-                log: Callable[[str], None] | None = None) -> tuple[Calibration, dict[str, Any]]:
+                log: Callable[[str], None] | None = None, also: Sequence[Path] = ()
+                ) -> tuple[Calibration, dict[str, Any]]:
     """Measure the reference models here and now; (re-fitted cpu-local calibration, record of the fit).
 
+    `also`: further .onnx files (the candidates) measured in the same interleaved rounds; their (ms, round
+    medians) are in the record's "also_measured", in order, and never enter the fit.
     The record holds each reference's measured and predicted time (stored and re-fitted), the scale, the
     overhead in µs, the leave-one-out error and the seconds it took.
     """
@@ -190,10 +207,10 @@ def refit_local(threads: int = 1, *, calibration: Calibration | None = None,
     torch.manual_seed(0)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekd-refit-") as tmp:
-        for name in references:
-            build, shape = family[name]
-            path = export_model(build(), shape, Path(tmp) / f"{name}.onnx")
-            ms, medians = measure_min_median(path, threads, rounds)
+        paths = [export_model(family[name][0](), family[name][1], Path(tmp) / f"{name}.onnx") for name in references]
+        measured = measure_interleaved([*paths, *also], threads, rounds)
+        also_measured = measured[len(paths):]
+        for name, path, (ms, medians) in zip(references, paths, measured):
             pred = predict(path, "cpu-local", threads=threads, calibration=calib).ms
             compute, fixed = split_prediction(path, calib)
             rows.append({"name": name, "measured_ms": ms, "rounds_ms": medians, "stored_predicted_ms": pred,
@@ -209,7 +226,7 @@ def refit_local(threads: int = 1, *, calibration: Calibration | None = None,
     refit = rescaled(calib, scale, overhead, note, dispatch_scale=dispatch_scale)
     refit.uncertainty = max(loo, 0.03)
     record = {"scale": scale, "dispatch_scale": dispatch_scale, "overhead_us": overhead * 1e6, "leave_one_out_error": loo,
-              "stored_calibration_created": calib.created, "references": rows,
+              "stored_calibration_created": calib.created, "references": rows, "also_measured": also_measured,
               "seconds": round(time.perf_counter() - t0, 1), "note": note}
     if log:
         log(f"latency: {note}")
