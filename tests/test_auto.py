@@ -279,3 +279,21 @@ def test_the_recipe_student_is_always_a_search_candidate_unless_it_starts_from_w
     pretrained = recipe(**{"student.kwargs": {"width": 16, "depth": 3}})
     pretrained.student.weights = "student.pt"
     assert candidates_with_recipe_student(space, pretrained) == space
+
+
+@pytest.mark.slow
+def test_a_measured_search_re_fits_the_predictor_and_records_held_out_errors():
+    from edgekd.auto.search import search_students
+    from edgekd.data import load_dataset
+
+    r = recipe(**{"search.measure_local": True, "search.budget_ms": {"cpu-local": "student"},
+                  "student.kwargs": {"width": 8, "depth": 2}})
+    ds = load_dataset("digits", seed=0, val_fraction=0.2)
+    res = search_students(ds, r, None, log=lambda s: None)
+    refit = res["latency_refit"]
+    assert len(refit["references"]) == 21 and refit["scale"] > 0 and "also_measured" not in refit
+    pe = res["prediction_errors"]
+    assert pe["n"] == 2 and all(c["stored_error"] is not None for c in pe["candidates"])
+    own = next(c for c in res["candidates"] if c["kwargs"] == {"width": 8, "depth": 2})
+    assert res["budgets_ms"]["cpu-local"] == own["latency"]["cpu-local"]["measured_ms"]  # 'student' resolved
+    assert own["within_budget"]
