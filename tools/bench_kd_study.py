@@ -117,7 +117,8 @@ def main(regimes, subset_train, val_size, epochs, lr, batch, mixup_alpha, studen
     results: dict[str, Any] = {"dataset": ds.describe(), "split": ds.split, "student": spec, "student_params": s_params,
                                "teacher_params": count_params(module), "epochs": epochs, "lr": lr, "batch": batch,
                                "mixup_alpha": mixup_alpha, "threads": torch.get_num_threads(),
-                               "host": platform.platform(), "teacher_val_accuracy": evaluate(module, ds.x_val, ds.y_val),
+                               "host": platform.platform(),
+                               "teacher_val_accuracy": evaluate(module, ds.x_val, ds.y_val),
                                "runs": {}}
     for seed in [int(s) for s in seeds.split(",")]:
         for r in regimes.split(","):

@@ -165,15 +165,20 @@ def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[st
     if unknown:
         raise EdgeKDError(f"search.budget_ms names {', '.join(unknown)}, which search.targets does not list "
                           f"({', '.join(cfg.targets)}); add the target or remove its budget")
+    for target, b in cfg.budget_ms.items():  # checked before any work: a typo should not cost a whole search
+        if not (b == "student" or (isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0)):
+            raise EdgeKDError(f"search.budget_ms.{target}: {b!r} is no budget; give milliseconds > 0 or "
+                              "'student' (the recipe's student's latency)")
+        if b == "student" and candidates_with_recipe_student([], recipe) == []:
+            raise EdgeKDError(f"search.budget_ms.{target}: 'student' needs the recipe's student among the "
+                              "candidates (a zoo model without student.weights)")
     t0 = time.perf_counter()
     idx = train_subset(ds, cfg.proxy_train, cfg.seed)
     outputs = TeacherOutputs.compute(teacher, ds.x_train[idx]) if teacher is not None else None
     terms = proxy_losses(recipe, teacher)
     pcfg = proxy_config(recipe.distill.train, cfg.proxy_epochs)
-    from edgekd.models import count_params
-
-    local_calib, refit = None, None
     rows: list[dict[str, Any]] = []
+    state: dict[str, Any] = {}
     built_all: list[tuple[dict[str, Any], Any]] = []
     for c in candidates_with_recipe_student(expand_space(cfg.space, cfg.max_candidates, cfg.seed), recipe):
         try:
@@ -181,34 +186,9 @@ def search_students(ds, recipe: "Recipe", teacher: Any, *, log=print) -> dict[st
         except EdgeKDError as e:
             rows.append({"name": candidate_name(c), **c, "error": str(e), "latency": {}})
             log(f"search: {candidate_name(c)}: not buildable for this data ({e})")
-    tmp = tempfile.TemporaryDirectory(prefix="edgekd-search-")
-    files: list[Path | None] = [None] * len(built_all)
-    measured: list[Any] = [None] * len(built_all)
-    if LOCAL in cfg.targets and cfg.measure_local:
-        from edgekd.profile.predict.refit import refit_local
-
-        # The stored cpu-local calibration was measured on some machine under some load: re-fit its compute and
-        # fixed costs to this machine now, on reference models that are not candidates, measured in the same
-        # interleaved rounds as the candidates (measure_local: false runs nothing here and predicts with the
-        # stored calibration).
-        shape = (1, *ds.input_shape)
-        files = [export_candidate(b.module, shape, Path(tmp.name) / f"candidate{i}.onnx")
-                 for i, (_, b) in enumerate(built_all)]
-        local_calib, refit = refit_local(1, log=log, also=files)
-        measured = refit.pop("also_measured")
-    for (c, built), f, m in zip(built_all, files, measured):
-        name = candidate_name(c)
-        row = {"name": name, **c, "params": count_params(built.module),
-               "macs": count_macs(built.module, ds.input_shape),
-               "latency": latencies(built.module, ds.input_shape, cfg.targets, cfg.measure_local,
-                                    local_calibration=local_calib, onnx_file=f, local_measurement=m)}
-        res = proxy_train(built.module, ds, idx, terms, pcfg, teacher=outputs, seed=recipe.seed,
-                          batch_size=recipe.data.batch_size)
-        row.update(val_accuracy=res.val_accuracy, proxy_seconds=round(res.seconds, 2))
-        lat = ", ".join(f"{t} {v['ms']:.3g} ms" for t, v in row["latency"].items())
-        log(f"search: {name}: {row['params']:,} params, {lat}, validation {res.val_accuracy:.4f}")
-        rows.append(row)
-    tmp.cleanup()
+    with tempfile.TemporaryDirectory(prefix="edgekd-search-") as tmp:
+        _measure_and_proxy(built_all, rows, ds, recipe, idx, terms, pcfg, outputs, Path(tmp), log, state)
+    refit = state.get("refit")
     budgets = resolve_budgets(cfg.budget_ms, rows, recipe)
     for row in rows:
         if "error" not in row:
@@ -248,6 +228,43 @@ def prediction_errors(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         out["stored_within_10pct"] = sum(e <= 0.10 for e in stored)
         out["stored_median_abs_error"] = float(sorted(stored)[len(stored) // 2])
     return out
+
+
+def _measure_and_proxy(built_all, rows, ds, recipe: "Recipe", idx, terms, pcfg, outputs, tmp: Path, log,
+                       state: dict[str, Any]) -> None:
+    """Latency of every built candidate (cpu-local: exported and measured in rounds interleaved with the
+    re-fit's references) and its proxy accuracy; rows are appended, the re-fit goes to `state`."""
+    from edgekd.models import count_params
+
+    cfg = recipe.search
+    local_calib = None
+    files: list[Path | None] = [None] * len(built_all)
+    measured: list[Any] = [None] * len(built_all)
+    if LOCAL in cfg.targets and cfg.measure_local:
+        from edgekd.profile.predict.refit import refit_local
+
+        # The stored cpu-local calibration was measured on some machine under some load: re-fit its compute and
+        # fixed costs to this machine now, on reference models that are not candidates, measured in the same
+        # interleaved rounds as the candidates (measure_local: false runs nothing here and predicts with the
+        # stored calibration).
+        shape = (1, *ds.input_shape)
+        files = [export_candidate(b.module, shape, tmp / f"candidate{i}.onnx")
+                 for i, (_, b) in enumerate(built_all)]
+        local_calib, refit = refit_local(1, log=log, also=files)
+        measured = refit.pop("also_measured")
+        state.update(calib=local_calib, refit=refit)
+    for (c, built), f, m in zip(built_all, files, measured):
+        name = candidate_name(c)
+        row = {"name": name, **c, "params": count_params(built.module),
+               "macs": count_macs(built.module, ds.input_shape),
+               "latency": latencies(built.module, ds.input_shape, cfg.targets, cfg.measure_local,
+                                    local_calibration=local_calib, onnx_file=f, local_measurement=m)}
+        res = proxy_train(built.module, ds, idx, terms, pcfg, teacher=outputs, seed=recipe.seed,
+                          batch_size=recipe.data.batch_size)
+        row.update(val_accuracy=res.val_accuracy, proxy_seconds=round(res.seconds, 2))
+        lat = ", ".join(f"{t} {v['ms']:.3g} ms" for t, v in row["latency"].items())
+        log(f"search: {name}: {row['params']:,} params, {lat}, validation {res.val_accuracy:.4f}")
+        rows.append(row)
 
 
 def full_train_check(ds, recipe: "Recipe", ok: list[dict[str, Any]], k: int, teacher, log) -> dict[str, Any]:

@@ -225,7 +225,8 @@ def refit_local(threads: int = 1, *, calibration: Calibration | None = None,
             f"+{overhead * 1e6:.1f} µs per call, from {len(rows)} reference models (leave-one-out error {loo:.0%})")
     refit = rescaled(calib, scale, overhead, note, dispatch_scale=dispatch_scale)
     refit.uncertainty = max(loo, 0.03)
-    record = {"scale": scale, "dispatch_scale": dispatch_scale, "overhead_us": overhead * 1e6, "leave_one_out_error": loo,
+    record = {"scale": scale, "dispatch_scale": dispatch_scale, "overhead_us": overhead * 1e6,
+              "leave_one_out_error": loo,
               "stored_calibration_created": calib.created, "references": rows, "also_measured": also_measured,
               "seconds": round(time.perf_counter() - t0, 1), "note": note}
     if log:
