@@ -243,6 +243,9 @@ class TuneConfig:
     temperature: list[float] = field(default_factory=lambda: [1.0, 8.0])   # [low, high], sampled on a log scale
     hint: dict[str, Any] | None = None     # {student: features.N, teacher: features.M}: also try a FitNets hint
     pruner: Literal["hyperband", "successive_halving", "none"] = "hyperband"
+    # re-train the best `confirm` trials, the recipe's losses and CE with the full distill.train budget on all
+    # training images and choose among those (a proxy ranks settings; it does not predict the full run)
+    confirm: int = 2
     seed: int = 0
 
 

@@ -9,7 +9,7 @@ import torch
 
 from edgekd.auto.baseline import gain_verdict
 from edgekd.auto.commands import run_stages
-from edgekd.auto.search import expand_space, pareto
+from edgekd.auto.search import candidates_with_recipe_student, expand_space, pareto
 from edgekd.auto.stats import paired_bootstrap, paired_se_pt, spearman
 from edgekd.config import load_recipe, parse_recipe
 from edgekd.stages import require_record
@@ -160,6 +160,14 @@ def test_tune_with_three_trials_records_and_applies_its_choice(run_dir):
     assert t["split"]["val"] > 0 and t["sampler"] == "TPE"
     chosen = t["chosen"]["losses"]
     assert require_record(run_dir, "distill").metrics["losses"] == chosen
+    # the choice is made among full-budget re-runs: recipe, CE and the 2 best distinct proxy runs
+    confirmed = t["confirm"]
+    assert [c["name"] for c in confirmed][:2] == ["recipe", "ce"] and 3 <= len(confirmed) <= 4
+    assert t["chosen"]["source"] in [c["name"] for c in confirmed] and t["chosen"]["stage"].startswith("confirmed")
+    best = max(c["val_accuracy"] for c in confirmed)
+    assert t["chosen"]["val_accuracy"] >= best - t["chosen"]["val_se"] - 1e-12
+    proxy = {row["name"]: row["val_accuracy"] for row in t["trials"]}
+    assert all(c["proxy_val_accuracy"] == proxy[c["name"]] for c in confirmed)
 
 
 def test_search_returns_a_front_and_writes_a_recipe_that_validates(run_dir, tmp_path):
@@ -258,3 +266,34 @@ def test_tune_records_a_diverging_trial_as_failed_and_keeps_the_recipe_inside_th
     assert out["chosen"]["source"] == "recipe" and "standard error" in out["chosen"]["why"]
     with pytest.raises(Exception, match="tune.families"):
         tune.tune_losses(ds, recipe(**{"tune.families": ["fitnets"]}), None)
+
+
+def test_the_recipe_student_is_always_a_search_candidate_unless_it_starts_from_weights():
+    space = expand_space([{"model": "tiny_cnn", "kwargs": {"width": [4, 8], "depth": [2]}}], 10)
+    own = {"model": "tiny_cnn", "kwargs": {"width": 4, "depth": 2}}
+    assert candidates_with_recipe_student(space, recipe()) == space  # already in the space: not twice
+    other = recipe(**{"student.kwargs": {"width": 16, "depth": 3}})
+    assert candidates_with_recipe_student(space, other)[-1] == {"model": "tiny_cnn",
+                                                                "kwargs": {"width": 16, "depth": 3}}
+    assert own in space
+    pretrained = recipe(**{"student.kwargs": {"width": 16, "depth": 3}})
+    pretrained.student.weights = "student.pt"
+    assert candidates_with_recipe_student(space, pretrained) == space
+
+
+@pytest.mark.slow
+def test_a_measured_search_re_fits_the_predictor_and_records_held_out_errors():
+    from edgekd.auto.search import search_students
+    from edgekd.data import load_dataset
+
+    r = recipe(**{"search.measure_local": True, "search.budget_ms": {"cpu-local": "student"},
+                  "student.kwargs": {"width": 8, "depth": 2}})
+    ds = load_dataset("digits", seed=0, val_fraction=0.2)
+    res = search_students(ds, r, None, log=lambda s: None)
+    refit = res["latency_refit"]
+    assert len(refit["references"]) == 21 and refit["scale"] > 0 and "also_measured" not in refit
+    pe = res["prediction_errors"]
+    assert pe["n"] == 2 and all(c["stored_error"] is not None for c in pe["candidates"])
+    own = next(c for c in res["candidates"] if c["kwargs"] == {"width": 8, "depth": 2})
+    assert res["budgets_ms"]["cpu-local"] == own["latency"]["cpu-local"]["measured_ms"]  # 'student' resolved
+    assert own["within_budget"]

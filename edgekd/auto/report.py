@@ -108,6 +108,16 @@ def auto_tables(results: dict[str, Any]) -> list[Any]:
                          f"the validation split (never the test set); Optuna {t.get('optuna')} {t.get('sampler')} "
                          f"sampler, {t.get('pruner')} pruner, budget {t.get('budget_s'):g} s, spent "
                          f"{t.get('spent_s'):g} s. ★ = chosen ({(t.get('chosen') or {}).get('why')})."))
+    if t.get("confirm"):
+        chosen = (t.get("chosen") or {}).get("source")
+        out.append(Table("KD settings re-trained with the full budget (tune's choice is made here)",
+                         ["run", "losses", "proxy val top-1", "full val top-1", "s"],
+                         [[("★ " if r["name"] == chosen else "") + r["name"], _losses(r.get("losses")),
+                           _pct(r.get("proxy_val_accuracy")), _pct(r.get("val_accuracy")), _s(r.get("seconds"))]
+                          for r in t["confirm"]],
+                         "The recipe's losses, cross-entropy alone and the best proxy runs, each trained with "
+                         "distill.train's epochs on all training images and scored on the validation split: a "
+                         "short proxy ranks settings but does not predict the full run."))
     s = a.get("search") or {}
     for target, front in (s.get("fronts") or {}).items():
         budget = (s.get("budgets_ms") or {}).get(target)
@@ -116,13 +126,20 @@ def auto_tables(results: dict[str, Any]) -> list[Any]:
                         key=lambda c: c["latency"][target]["ms"]):
             lat = c["latency"][target]
             mark = ("★ " if c["name"] == s["chosen"]["name"] else "") + ("◆ " if c["name"] in front else "")
+            err = lat.get("prediction_error")
             rows.append([mark + c["name"], f"{c.get('params', 0):,}", _ms(lat.get("predicted_ms")),
-                         _ms(lat.get("measured_ms")), _pct(c.get("val_accuracy")),
-                         "yes" if c.get("within_budget") else "no"])
+                         _ms(lat.get("measured_ms")), "—" if err is None else f"{err:+.0%}",
+                         _pct(c.get("val_accuracy")), "yes" if c.get("within_budget") else "no"])
+        note = "◆ = on the accuracy-latency Pareto front; ★ = chosen (most accurate inside every budget). " \
+               "Written to search/recipe.yaml: `edgekd run` it to continue."
+        pe, refit = s.get("prediction_errors") or {}, s.get("latency_refit") or {}
+        if target == "cpu-local" and pe:
+            note += (f" Predicted vs measured: {pe['within_10pct']}/{pe['n']} candidates within ±10% (median "
+                     f"|error| {pe['median_abs_error']:.0%})")
+            note += f"; predictor {refit['note']}." if refit.get("note") else "."
         out.append(Table(f"Student search on {target}" + (f" (budget {budget:g} ms)" if budget else ""),
-                         ["candidate", "params", "predicted ms", "measured ms", "proxy val top-1", "in budget"],
-                         rows, "◆ = on the accuracy-latency Pareto front; ★ = chosen (most accurate inside every "
-                               "budget). Written to search/recipe.yaml: `edgekd run` it to continue."))
+                         ["candidate", "params", "predicted ms", "measured ms", "error", "proxy val top-1",
+                          "in budget"], rows, note))
     rc = s.get("rank_check") or {}
     if rc.get("trained"):
         out.append(Table("Proxy ranking vs full training", ["candidate", "proxy val top-1", "full val top-1", "s"],
