@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from edgekd.logs import import_quietly
 from edgekd.quant.schemes import Scheme
 
 # Activation observers for PTQ calibration, by method name (see ptq.py for "percentile").
@@ -50,6 +51,7 @@ def weight_spec(scheme: Scheme, is_qat: bool) -> "QuantizationSpec":
 
 def quantization_config(scheme: Scheme, is_qat: bool, activation_observer=None):
     """litert-torch QuantizationConfig carrying the Scheme's ranges (QAT: fused moving-average fake quant)."""
+    import_quietly("litert_torch")  # TensorFlow loads with it: without its start-up lines
     from litert_torch.quantize.pt2e_quantizer_utils import QuantizationConfig
     from torchao.quantization.pt2e import FusedMovingAvgObsFakeQuantize, HistogramObserver
     from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec
@@ -78,6 +80,7 @@ def _layer_filter(keep_float: frozenset[str]) -> Callable | None:
 def build_quantizer(scheme: Scheme, is_qat: bool, activation_observer=None,
                     keep_float: Iterable[str] = ()):
     """A litert-torch PT2EQuantizer for `scheme`; layers (module paths) in `keep_float` are left unannotated."""
+    import_quietly("litert_torch")  # TensorFlow loads with it: without its start-up lines
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
 
     keep = frozenset(keep_float)
@@ -164,6 +167,7 @@ def share_quantization(model: torch.fx.GraphModule) -> None:
     the second scale, so the int8 head computed 3.7x its bias (top-1 agreement with the simulation 36%).
     One pass in graph order, so chains (flatten -> dropout -> view) share one set of parameters.
     """
+    import_quietly("litert_torch")  # TensorFlow loads with it: without its start-up lines
     from litert_torch.quantize.pt2e_quantizer_utils import _is_share_obs_or_fq_op
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
 
@@ -220,6 +224,7 @@ def pt2e_patches() -> Iterator[None]:
     2. torchao builds every conv/bn pattern with a strict torch.export (~0.3 s each; QAT convert needs ~100):
        memoize them per process by (code, closure values, example shapes); callers get a copy.
     """
+    import_quietly("litert_torch")  # TensorFlow loads with it: without its start-up lines
     import litert_torch.quantize.pt2e_quantizer_utils as litert_utils
     import torchao.quantization.pt2e.qat_utils as qat_utils
     import torchao.quantization.pt2e.utils as ao_utils
