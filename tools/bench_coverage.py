@@ -140,33 +140,21 @@ def export(model, x1: torch.Tensor, path: Path, fmt: str) -> Path:
 
 
 def qat_kd(model: torch.nn.Module, scheme, x: torch.Tensor, args) -> torch.fx.GraphModule:
-    """A short QAT fused with KD: the fp32 model teaches its fake-quant copy on `x` (labels = its own top-1)."""
+    """A short QAT fused with KD: the fp32 model teaches its fake-quant copy on `x` (labels = its own top-1),
+    through edgekd.quant.qat_finetune (the recipe default QAT loss: 0.5 CE + 0.5 soft KD at T=1)."""
     import edgekd.quant as quant
-    from edgekd.config import QAT_KD_TERMS, TrainConfig
-    from edgekd.distill import TeacherSignal, TorchTeacher, build_objective
+    from edgekd.config import QAT_KD_TERMS
+    from edgekd.distill import build_objective
+    from edgekd.train import TrainConfig
 
     with torch.no_grad():
         y = torch.cat([model(x[i:i + 32]) for i in range(0, len(x), 32)]).argmax(1)
-    epochs = args.qat_steps * args.qat_batch / len(x)
-    cfg = TrainConfig(epochs=epochs, lr=args.qat_lr, schedule="constant")
-    signal = TeacherSignal(teacher=TorchTeacher(model))
-    if hasattr(quant, "qat_finetune"):  # the one QAT(+KD) implementation, once it exists (issue 10)
-        q, _ = quant.qat_finetune(copy.deepcopy(model), (x[:2],), scheme=scheme, train_config=cfg, x=x, y=y,
-                                  teacher=signal, objective=build_objective(list(QAT_KD_TERMS)),
-                                  freeze_observers_after=0.5, freeze_bn_after=0.75, batch_size=args.qat_batch,
-                                  progress=False)
-        return q
-    from edgekd.distill import train
-
-    gm = quant.prepare_qat(copy.deepcopy(model), (x[:2],), scheme)
-    steps = args.qat_steps
-    train(gm, x, y, cfg, objective=build_objective(list(QAT_KD_TERMS)), teacher=signal, batch_size=args.qat_batch,
-          progress=False, desc="qat_kd",
-          step_hook=lambda m, s, total: quant.set_qat_phase(m, s, steps // 2, (3 * steps) // 4),
-          set_train=quant.train_mode, set_eval=quant.eval_mode,
-          model_state=(quant.qat_state_dict, quant.load_qat_state))
-    quant.eval_mode(gm)
-    return quant.convert_qat(gm)
+    cfg = TrainConfig(epochs=args.qat_steps * args.qat_batch / len(x), lr=args.qat_lr, schedule="constant")
+    q, _ = quant.qat_finetune(copy.deepcopy(model), (x[:2],), scheme=scheme, train_config=cfg, x=x, y=y,
+                              teacher="self", objective=build_objective([dict(t) for t in QAT_KD_TERMS]),
+                              freeze_observers_after=0.5, freeze_bn_after=0.75, batch_size=args.qat_batch,
+                              progress=False)
+    return q
 
 
 def simulate(model, x: torch.Tensor, batch: int = 32) -> np.ndarray:
