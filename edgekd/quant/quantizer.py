@@ -89,6 +89,7 @@ def build_quantizer(scheme: Scheme, is_qat: bool, activation_observer=None,
     class SchemeQuantizer(PT2EQuantizer):
         def annotate(self, model):
             self._annotate_all_static_patterns(model, self.global_config, _layer_filter(keep))
+            annotate_cat(model, self.global_config)
             quantize_after_clamp(model)
             share_quantization(model)
             return model
@@ -100,14 +101,49 @@ def build_quantizer(scheme: Scheme, is_qat: bool, activation_observer=None,
 
 
 def _identity_ops() -> frozenset:
-    """Ops that are the identity in an exported (eval) model and that the converters drop from the file."""
+    """Ops that only pass or move values (an identity in an exported eval model, or a layout change): the
+    converters drop them or lower them to int8 ops that keep their input's scale (TFLite TRANSPOSE, RESHAPE)."""
     aten = torch.ops.aten
     names = [("dropout", "default"), ("dropout_", "default"), ("feature_dropout", "default"),
              ("feature_dropout_", "default"), ("alpha_dropout", "default"), ("alpha_dropout_", "default"),
              ("feature_alpha_dropout", "default"), ("clone", "default"), ("contiguous", "default"),
-             ("alias", "default"), ("detach", "default"), ("detach_", "default")]
+             ("alias", "default"), ("detach", "default"), ("detach_", "default"), ("transpose", "int"),
+             ("t", "default"), ("reshape", "default"), ("unsqueeze", "default"), ("squeeze", "default"),
+             ("squeeze", "dims"), ("unflatten", "int"), ("pixel_shuffle", "default"), ("channel_shuffle", "default")]
     return frozenset(getattr(getattr(aten, op), overload) for op, overload in names
                      if hasattr(aten, op) and hasattr(getattr(aten, op), overload))
+
+
+def _split_ops() -> frozenset:
+    aten = torch.ops.aten
+    names = [("chunk", "default"), ("split", "Tensor"), ("split", "default"), ("split_with_sizes", "default"),
+             ("unbind", "int"), ("tensor_split", "sections")]
+    return frozenset(getattr(getattr(aten, op), overload) for op, overload in names
+                     if hasattr(aten, op) and hasattr(getattr(aten, op), overload))
+
+
+def annotate_cat(model: torch.fx.GraphModule, config) -> None:
+    """Concatenations litert-torch's `cat` annotator misses: it finds them by source partition (`torch.cat`
+    recorded by the tracer), which torch.export's graphs of e.g. torchvision's shufflenet do not carry. Left
+    unannotated, the simulation concatenates in float tensors on two int8 grids and passes them on unquantized,
+    which no int8 file can do. Here, as litert-torch does: inputs and output share the first input's parameters
+    (TFLite CONCATENATION requires one scale)."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    for n in model.graph.nodes:
+        if n.op != "call_function" or n.target != torch.ops.aten.cat.default:
+            continue
+        mine = n.meta.get("quantization_annotation")
+        if mine is not None and mine._annotated:
+            continue
+        inputs = [a for a in n.args[0] if isinstance(a, torch.fx.Node)]
+        if not inputs:
+            continue
+        shared = SharedQuantizationSpec((inputs[0], n))
+        specs = {inputs[0]: config.input_activation}
+        specs.update({a: shared for a in inputs[1:]})
+        n.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=specs, output_qspec=shared,
+                                                                   _annotated=True)
 
 
 def _clamp_bounds(node) -> tuple[float, float] | None:
@@ -171,8 +207,18 @@ def share_quantization(model: torch.fx.GraphModule) -> None:
     from litert_torch.quantize.pt2e_quantizer_utils import _is_share_obs_or_fq_op
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
 
-    identities = _identity_ops()
+    identities, splits = _identity_ops(), _split_ops()
     for n in model.graph.nodes:
+        if (n.op == "call_function" and n.target == operator.getitem and isinstance(n.args[0], torch.fx.Node)
+                and n.args[0].target in splits and isinstance(n.args[0].args[0], torch.fx.Node)):
+            # a chunk/split piece keeps the split tensor's parameters (TFLite SPLIT requires it)
+            src = n.args[0].args[0]
+            annotation = src.meta.get("quantization_annotation")
+            if annotation is not None and annotation.output_qspec is not None and not n.meta.get(
+                    "quantization_annotation"):
+                n.meta["quantization_annotation"] = QuantizationAnnotation(
+                    output_qspec=SharedQuantizationSpec(src), _annotated=True)
+            continue
         if n.op != "call_function" or not (_is_share_obs_or_fq_op(n.target) or n.target in identities):
             continue
         prev = n.args[0] if n.args else None
