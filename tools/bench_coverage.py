@@ -456,6 +456,43 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def speed_table(results: list[dict]) -> str:
+    """int8 speed per architecture and runtime: p50 (batch 1) at 1 and all threads, edgekd's int8/fp32 speed-up,
+    and the runtime's own quantizer on the same fp32 file (top-1 agreement with fp32 beside edgekd's PTQ file's,
+    its p50 and own/edgekd latency ratio: > 1 means edgekd's file is faster)."""
+    def ms(row, t):
+        v = (row or {}).get(f"p50_ms_{t}t")
+        return "-" if v is None else f"{v:.2f}"
+
+    def ratio(row, key):
+        v = (row or {}).get(key)
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = ["| arch | runtime | fp32 p50 1t / all ms | PTQ p50 1t / all ms | PTQ speed-up 1t / all | "
+             "QAT+KD speed-up 1t / all | own quantizer | own agree vs fp32 (edgekd PTQ) | own p50 1t / all ms | "
+             "own÷edgekd 1t / all |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r.get("mode") == "diagnose":
+            continue
+        for fmt, runtime in (("onnx", "onnxruntime"), ("tflite", "LiteRT")):
+            fp, ptq, qat, own = (r.get(k) for k in (f"fp32_{fmt}", f"ptq_{fmt}", f"qat_kd_{fmt}", f"own_{fmt}"))
+            if not (fp or ptq):
+                continue
+            t_all = max([int(k[7:-1]) for k in (fp or ptq or {}) if k.startswith("p50_ms_")] or [1])
+            own_err = next((v for k, v in r.get("errors", {}).items() if k.startswith("own_") and k.endswith(fmt)),
+                           None)
+            own_agree = (f"{own['agreement_vs_fp32']:.2f} ({own.get('edgekd_ptq_agreement_vs_fp32', float('nan')):.2f})"
+                         if own else (f"FAILED: {own_err}" if own_err else "-"))
+            lines.append(
+                f"| {r['arch']} | {runtime} | {ms(fp, 1)} / {ms(fp, t_all)} | {ms(ptq, 1)} / {ms(ptq, t_all)} | "
+                f"{ratio(ptq, 'speedup_1t')} / {ratio(ptq, f'speedup_{t_all}t')} | "
+                f"{ratio(qat, 'speedup_1t')} / {ratio(qat, f'speedup_{t_all}t')} | "
+                f"{(own or {}).get('tool', '-')} | {own_agree} | {ms(own, 1)} / {ms(own, t_all)} | "
+                f"{ratio(own, 'latency_ratio_own_over_edgekd_1t')} / "
+                f"{ratio(own, f'latency_ratio_own_over_edgekd_{t_all}t')} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench/coverage.json")
@@ -488,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         import json
 
-        print(table(json.loads(Path(args.table).read_text())["results"]))
+        results = json.loads(Path(args.table).read_text())["results"]
+        print(table(results) + "\n\n" + speed_table(results))
         return 0
     torch.set_num_threads(1 if args.worker else args.all_threads)
     from edgekd.logs import quiet_third_party_logs
