@@ -92,6 +92,7 @@ def build_quantizer(scheme: Scheme, is_qat: bool, activation_observer=None,
             annotate_cat(model, self.global_config)
             quantize_after_clamp(model)
             share_quantization(model)
+            read_fixed_outputs_as_stored(model)
             return model
 
     q = SchemeQuantizer().set_global(config)
@@ -286,6 +287,27 @@ def snap_bias_to_int32_grid(gm: torch.fx.GraphModule) -> int:
         b.copy_((torch.round(b.double() / step) * step).to(b.dtype))
         snapped += 1
     return snapped
+
+
+def read_fixed_outputs_as_stored(model: torch.fx.GraphModule) -> None:
+    """An op that reads a fixed-parameter output (sigmoid, hard-sigmoid, softmax, tanh: TFLite's LOGISTIC etc.
+    store it at scale 1/256) reads it at those parameters instead of observing its own input range.
+
+    Otherwise the simulation requantizes the gate from 1/256 to the consumer's observed ~1/255 (efficientnet's
+    squeeze-excitation: sigmoid -> mul), a second rounding the int8 files do not make in the same place.
+    """
+    from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationSpec,
+                                                     SharedQuantizationSpec)
+
+    for n in model.graph.nodes:
+        annotation = n.meta.get("quantization_annotation")
+        if annotation is None:
+            continue
+        for arg, spec in list(annotation.input_qspec_map.items()):
+            producer = arg.meta.get("quantization_annotation") if isinstance(arg, torch.fx.Node) else None
+            if (type(spec) is QuantizationSpec and producer is not None
+                    and isinstance(producer.output_qspec, FixedQParamsQuantizationSpec)):
+                annotation.input_qspec_map[arg] = SharedQuantizationSpec(arg)
 
 
 _PATTERN_CACHE: dict = {}
