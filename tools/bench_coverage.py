@@ -520,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", default=None, metavar="JSON", help="print the table of an earlier run and exit")
     p.add_argument("--jobs", type=int, default=1, help="architectures quantized/exported/judged in this many "
                    "processes at once (one thread each); latency is always measured afterwards, one file at a time")
+    p.add_argument("--budget-s", type=float, default=0, help="with --jobs: stop the workers after this many "
+                   "seconds (architectures not finished are recorded as such), then measure latency (0: no limit)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.table:
@@ -605,14 +607,22 @@ def run_workers(archs: list[str], args, workdir: Path, out: Path) -> list[dict]:
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--archs", *share, "--out", str(part),
                                *map(str, passed)], env=env)
              for share, part in zip(shares, parts) if share]
-    codes = [proc.wait() for proc in procs]
+    deadline = time.monotonic() + args.budget_s if args.budget_s > 0 else None
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            codes.append(f"stopped at the {args.budget_s:.0f} s budget")
+            proc.wait()
     by_arch = {}
     for part, code in zip(parts, codes):
         if part.exists():
             for rec in json.loads(part.read_text())["results"]:
                 by_arch[rec["arch"]] = rec
             part.unlink()
-    return [by_arch.get(a, {"arch": a, "errors": {"harness": f"worker exited with code {codes}"}}) for a in archs]
+    return [by_arch.get(a, {"arch": a, "errors": {"harness": f"not finished (workers: {codes})"}}) for a in archs]
 
 
 if __name__ == "__main__":
