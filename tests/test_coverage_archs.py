@@ -1,8 +1,9 @@
 """int8 coverage on real architectures (issue 11): each int8 file agrees with its own fake-quant simulation.
 
-The default tier runs resnet18 and mobilenet_v3_small (96 px, the benchmark's settings) through PTQ to int8 ONNX and
-TFLite and asserts >= 99% top-1 agreement (at int8 output resolution) of each file, in its own runtime, with the
-simulation; mobilenet_v2 and efficientnet_b0, measured below that gate, are strict xfails in the `slow` tier. The
+The default tier runs resnet18, mobilenet_v3_small and mobilenet_v2 (64 px, the benchmark's settings) through PTQ
+to int8 ONNX and TFLite and asserts >= 99% top-1 agreement (at int8 output resolution) of each file, in its own
+runtime, with the simulation; efficientnet_b0, measured below that gate (ONNX 97%), is a strict xfail in the
+`slow` tier. The
 helpers that make random weights a fair judge (edgekd.quant.agreement) are tested on tiny models. The full
 15-architecture table with QAT+KD, latency and the runtimes' own quantizers is tools/bench_coverage.py (marked
 `slow` here).
@@ -123,15 +124,15 @@ def test_rounding_jitter_moves_a_fraction_by_one_step():
 
 # --- real architectures ---------------------------------------------------------------------------------------------
 
-_BELOW_GATE = "measured below 99% at int8 resolution on random weights (docs/coverage.md)"
-DEFAULT_ARCHS = ("resnet18", "mobilenet_v3_small",
-                 # mobilenet_v2: TFLite 36%, ONNX 78% (per-layer drift, see docs); efficientnet_b0: ONNX 97%.
-                 pytest.param("mobilenet_v2", marks=[pytest.mark.slow, pytest.mark.xfail(strict=True,
-                                                                                         reason=_BELOW_GATE)]),
-                 pytest.param("efficientnet_b0", marks=[pytest.mark.slow, pytest.mark.xfail(strict=True,
-                                                                                            reason=_BELOW_GATE)]))
+# mobilenet_v2 was the hard case: its TFLite head lost the dropout's requantization (36% agreement) and the
+# simulation added float biases the kernels round (85%); both fixed in edgekd.quant.quantizer (docs/coverage.md).
+# efficientnet_b0 (64 px): TFLite 99%, ONNX 97% at int8 resolution, the simulation itself 95% under the one-step
+# input jitter: its squeeze-excitation gates amplify rounding (verdict "rounding", below the gate).
+DEFAULT_ARCHS = ("resnet18", "mobilenet_v3_small", "mobilenet_v2",
+                 pytest.param("efficientnet_b0", marks=[pytest.mark.slow, pytest.mark.xfail(
+                     strict=True, reason="ONNX 97% at int8 resolution on random weights (docs/coverage.md)")]))
 # The benchmark's defaults (tools/bench_coverage.py): the same seeds give the same files and verdicts.
-SIZE, CLASSES, N_CALIB, N_EVAL = 96, 10, 64, 100
+SIZE, CLASSES, N_CALIB, N_EVAL = 64, 10, 64, 100
 
 
 @pytest.fixture(scope="module")

@@ -66,3 +66,44 @@ def test_unconvertible_op_names_layer_and_leaves_no_file(tmp_path):
                                               r".*Way out: keep that layer in float"):
         export_tflite(UnconvertibleNet(), torch.randn(1, 1, 8, 8), tmp_path / "bad.tflite")
     assert list(tmp_path.iterdir()) == []
+
+
+_NATIVE_NOISE = ("absl::InitializeLog", "oneDNN", "cudart_stub", "cpu_feature_guard", "rebuild TensorFlow",
+                 "port.cc")
+
+
+def test_native_startup_lines_are_held_back_and_the_rest_is_kept(capfd):
+    import os
+
+    from edgekd.logs import native_startup_filtered
+
+    with native_startup_filtered():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1796296384.842120    9352 port.cc:153] oneDNN custom operations are on.\n")
+        os.write(2, b"I0000 00:00:1796296384.842559    9352 cudart_stub.cc:31] Could not find cuda drivers\n")
+        os.write(2, b"a real error line\n")
+    err = capfd.readouterr().err
+    assert err == "a real error line\n"
+
+
+def test_cli_tflite_export_prints_no_tensorflow_startup_lines(tmp_path):
+    """A fresh process (TensorFlow not yet loaded, no TF_* variables set) exporting through the CLI: the only
+    output is edgekd's own line."""
+    import os
+    import subprocess
+    import sys
+
+    from edgekd.models import build_model, save_model_file
+
+    student = tmp_path / "s.pt"
+    save_model_file(build_model("tiny_cnn", num_classes=4, in_channels=1, width=4), "tiny_cnn",
+                    {"num_classes": 4, "in_channels": 1, "width": 4}, student)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "GLOG_"))}
+    result = subprocess.run([sys.executable, "-m", "edgekd", "export", str(student), "--format", "tflite",
+                             "--out", str(tmp_path / "s.tflite"), "--input-shape", "1,1,16,16"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert (tmp_path / "s.tflite").stat().st_size > 0
+    noise = [line for line in output.splitlines() if any(n in line for n in _NATIVE_NOISE)]
+    assert not noise, noise

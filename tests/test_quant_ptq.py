@@ -99,3 +99,78 @@ def test_calibration_selection_is_balanced_seeded_and_validated(tmp_path):
         load_calibration_recipe(bad)
     with pytest.raises(EdgeKDError, match="x has 3 rows but y has 85"):
         select_calibration(x[:3], y, recipe)
+
+
+class _Patterns(torch.nn.Module):
+    """The patterns that made int8 files part from their simulation on torchvision models (docs/coverage.md):
+    conv -> ReLU6, two branches concatenated and channel-shuffled (shufflenet), a sigmoid gate (squeeze-excitation),
+    flatten -> dropout -> linear head (mobilenet_v2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6())
+        self.left = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.ReLU())
+        self.right = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+        self.gate = torch.nn.Conv2d(16, 16, 1)
+        self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 5))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat((self.left(x), self.right(x)), dim=1)
+        b, c, h, w = x.shape
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+        a, z = x.chunk(2, dim=1)
+        x = torch.cat((a, z), dim=1)
+        x = x * torch.sigmoid(self.gate(torch.nn.functional.adaptive_avg_pool2d(x, 1)))
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(x, 1))
+
+
+def test_simulation_has_no_requantization_the_files_lack_and_int32_biases():
+    from edgekd.quant.quantizer import _attr, _dequant_scale
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 8, 8)
+    q = quantize_ptq(_Patterns().eval(), (x[:1],), "ort_vnni", [x], "minmax")
+    aten = torch.ops.aten
+    ops = [n for n in q.graph.nodes if n.op == "call_function"]
+
+    def of(*targets):
+        found = [n for n in ops if n.target in targets]
+        assert found, targets
+        return found
+
+    # nothing runs in float between int8 ops: concatenations, the shuffle, the gate and the head read dequantized
+    # int8 tensors (before: cat and shuffle in float, shufflenet's TFLite file at 60%)
+    for n in of(aten.cat.default, aten.transpose.int, aten.contiguous.default, aten.mul.Tensor, aten.linear.default):
+        assert all(_dequant_scale(q, a) is not None for a in n.all_input_nodes if a.op != "get_attr"), n
+    # ReLU6 is observed after the clamp: its grid starts at 0 (zero point -128), not at the conv's minimum
+    (relu6,) = of(aten.hardtanh.default)
+    assert [int(u.args[2]) for u in relu6.users] == [-128]
+    # the gate is read on the sigmoid's fixed 1/256 grid, not requantized to the mul's own range
+    (mul,) = of(aten.mul.Tensor)
+    assert 1 / 256 in [float(_dequant_scale(q, a)[0]) for a in mul.all_input_nodes]
+    # flatten -> dropout -> linear: the head reads the tensor at the dropout's input scale (mobilenet_v2's bug)
+    (dropout,) = of(aten.dropout.default)
+    (linear,) = of(aten.linear.default)
+    assert float(_dequant_scale(q, dropout.args[0])[0]) == float(_dequant_scale(q, linear.args[0])[0])
+    # every bias lies on the int32 grid of input scale x weight scale, as the files store it
+    for n in of(aten.conv2d.default, aten.linear.default):
+        step = _dequant_scale(q, n.args[0]) * _dequant_scale(q, n.args[1])
+        k = _attr(q, n.args[2].target).double() / step
+        assert torch.allclose(k, k.round(), atol=1e-3), n
+
+
+def test_patterns_export_to_int8_files_that_compute_their_simulation(tmp_path):
+    from edgekd.export import export_onnx, export_tflite
+    from edgekd.quant.agreement import compare_top1
+    from edgekd.runtimes import open_session
+
+    torch.manual_seed(0)
+    x = torch.randn(48, 3, 8, 8)
+    q = quantize_ptq(_Patterns().eval(), (x[:1],), "ort_vnni", [x[:32]], "minmax")
+    with torch.no_grad():
+        sim = q(x[32:]).numpy()
+    for path in (export_onnx(q, (x[:1],), tmp_path / "p.onnx", dynamic_batch=False),
+                 export_tflite(q, (x[:1],), tmp_path / "p.tflite")):
+        c = compare_top1(sim, open_session(path).run(x[32:].numpy()))
+        assert c["rel_error"] < 0.02 and c["agreement"] == 1.0, (path.suffix, c["rel_error"], c["agreement"])

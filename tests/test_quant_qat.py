@@ -133,3 +133,26 @@ def test_convert_folds_bn_and_save_load_round_trip(task, tmp_path):
         save_quantized(converted, x[:1], tmp_path / "m.pt")
     with pytest.raises(EdgeKDError, match="quantized model file not found"):
         load_quantized(tmp_path / "missing.pt2")
+
+
+class DropPath(torch.nn.Module):
+    """timm's/torchvision's drop-path (StochasticDepth) in miniature: a random per-sample mask in training."""
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        keep = torch.empty(x.shape[0], 1, device=x.device).bernoulli_(0.8)
+        return x * keep / 0.8
+
+
+def test_qat_graph_has_no_random_drop_path():
+    from edgekd.quant import convert_qat, prepare_qat
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), DropPath(), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = torch.randn(16, 8)
+    gm = prepare_qat(model, (x[:2],), "ort_vnni")
+    assert not any("bernoulli" in str(n.target) for n in gm.graph.nodes)
+    gm(x)
+    converted = convert_qat(gm)
+    with torch.no_grad():
+        assert torch.equal(converted(x), converted(x))  # deterministic: no mask drawn at inference

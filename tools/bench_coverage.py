@@ -126,8 +126,6 @@ def file_row(path: Path, reference: np.ndarray, fp32: np.ndarray, x_eval: torch.
            "passes": c["agreement_at_resolution"] >= AGREEMENT_GATE,
            "simulation_self_agreement": self_agreement,
            "verdict": verdict(c["agreement_at_resolution"], self_agreement)}
-    for t in sorted({1, args.all_threads}):
-        row[f"p50_ms_{t}t"] = latency(path, t, args.latency_s)["p50_ms"]
     return row
 
 
@@ -140,33 +138,21 @@ def export(model, x1: torch.Tensor, path: Path, fmt: str) -> Path:
 
 
 def qat_kd(model: torch.nn.Module, scheme, x: torch.Tensor, args) -> torch.fx.GraphModule:
-    """A short QAT fused with KD: the fp32 model teaches its fake-quant copy on `x` (labels = its own top-1)."""
+    """A short QAT fused with KD: the fp32 model teaches its fake-quant copy on `x` (labels = its own top-1),
+    through edgekd.quant.qat_finetune (the recipe default QAT loss: 0.5 CE + 0.5 soft KD at T=1)."""
     import edgekd.quant as quant
-    from edgekd.config import QAT_KD_TERMS, TrainConfig
-    from edgekd.distill import TeacherSignal, TorchTeacher, build_objective
+    from edgekd.config import QAT_KD_TERMS
+    from edgekd.distill import build_objective
+    from edgekd.train import TrainConfig
 
     with torch.no_grad():
         y = torch.cat([model(x[i:i + 32]) for i in range(0, len(x), 32)]).argmax(1)
-    epochs = args.qat_steps * args.qat_batch / len(x)
-    cfg = TrainConfig(epochs=epochs, lr=args.qat_lr, schedule="constant")
-    signal = TeacherSignal(teacher=TorchTeacher(model))
-    if hasattr(quant, "qat_finetune"):  # the one QAT(+KD) implementation, once it exists (issue 10)
-        q, _ = quant.qat_finetune(copy.deepcopy(model), (x[:2],), scheme=scheme, train_config=cfg, x=x, y=y,
-                                  teacher=signal, objective=build_objective(list(QAT_KD_TERMS)),
-                                  freeze_observers_after=0.5, freeze_bn_after=0.75, batch_size=args.qat_batch,
-                                  progress=False)
-        return q
-    from edgekd.distill import train
-
-    gm = quant.prepare_qat(copy.deepcopy(model), (x[:2],), scheme)
-    steps = args.qat_steps
-    train(gm, x, y, cfg, objective=build_objective(list(QAT_KD_TERMS)), teacher=signal, batch_size=args.qat_batch,
-          progress=False, desc="qat_kd",
-          step_hook=lambda m, s, total: quant.set_qat_phase(m, s, steps // 2, (3 * steps) // 4),
-          set_train=quant.train_mode, set_eval=quant.eval_mode,
-          model_state=(quant.qat_state_dict, quant.load_qat_state))
-    quant.eval_mode(gm)
-    return quant.convert_qat(gm)
+    cfg = TrainConfig(epochs=args.qat_steps * args.qat_batch / len(x), lr=args.qat_lr, schedule="constant")
+    q, _ = quant.qat_finetune(copy.deepcopy(model), (x[:2],), scheme=scheme, train_config=cfg, x=x, y=y,
+                              teacher="self", objective=build_objective([dict(t) for t in QAT_KD_TERMS]),
+                              freeze_observers_after=0.5, freeze_bn_after=0.75, batch_size=args.qat_batch,
+                              progress=False)
+    return q
 
 
 def simulate(model, x: torch.Tensor, batch: int = 32) -> np.ndarray:
@@ -247,9 +233,8 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
         p = step(rec, f"fp32_export_{fmt}", export, model, x1, Path(f"{stem}_fp32.{fmt}"), fmt)
         if p is not None:
             files[f"fp32_{fmt}"] = p
-            rec[f"fp32_{fmt}"] = {"bytes": p.stat().st_size, "rel_error": compare_top1(fp32, file_outputs(
-                p, x_eval, args.all_threads))["rel_error"],
-                **{f"p50_ms_{t}t": latency(p, t, args.latency_s)["p50_ms"] for t in sorted({1, args.all_threads})}}
+            rec[f"fp32_{fmt}"] = {"file": p.name, "bytes": p.stat().st_size, "rel_error": compare_top1(
+                fp32, file_outputs(p, x_eval, args.all_threads))["rel_error"]}
     for variant, q in quantized.items():
         if q is None:
             continue
@@ -265,15 +250,10 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
                        rec[f"{variant}_simulation_self"].get("agreement"), resolution)
             if row is None:
                 continue
-            fp = rec.get(f"fp32_{fmt}", {})
-            for t in sorted({1, args.all_threads}):
-                if fp.get(f"p50_ms_{t}t"):
-                    row[f"speedup_{t}t"] = round(fp[f"p50_ms_{t}t"] / row[f"p50_ms_{t}t"], 3)
             rec[f"{variant}_{fmt}"] = row
             print(f"    {variant:<7}{fmt:<7} agree {row['agreement']:.3f} (self {row['simulation_self_agreement']}) "
                   f"{row['verdict']} (exact {row['agreement_exact']:.3f}) "
-                  f"rel {row['rel_error']:.2e} {row['bytes'] / 1e6:.2f} MB p50 {row['p50_ms_1t']:.2f} ms "
-                  f"x{row.get('speedup_1t', float('nan')):.2f}", flush=True)
+                  f"rel {row['rel_error']:.2e} {row['bytes'] / 1e6:.2f} MB", flush=True)
     if not args.no_own:
         own_quantizers(rec, files, fp32, calib, x_eval, stem, vnni, args)
     return rec
@@ -295,17 +275,45 @@ def own_quantizers(rec: dict, files: dict, fp32: np.ndarray, calib, x_eval, stem
         out = step(rec, f"own_run_{fmt}", file_outputs, p, x_eval, args.all_threads)
         if out is None:
             continue
-        row = {"tool": tool, "bytes": p.stat().st_size, "agreement_vs_fp32": compare_top1(fp32, out)["agreement"],
+        row = {"tool": tool, "file": p.name, "bytes": p.stat().st_size,
+               "agreement_vs_fp32": compare_top1(fp32, out)["agreement"],
                "rel_error_vs_fp32": compare_top1(fp32, out)["rel_error"]}
-        for t in sorted({1, args.all_threads}):
-            row[f"p50_ms_{t}t"] = latency(p, t, args.latency_s)["p50_ms"]
         ours = rec.get(f"ptq_{fmt}")
         if ours:
-            row["latency_ratio_own_over_edgekd_1t"] = round(row["p50_ms_1t"] / ours["p50_ms_1t"], 3)
             row["edgekd_ptq_agreement_vs_fp32"] = ours["agreement_vs_fp32"]
         rec[f"own_{fmt}"] = row
-        print(f"    own    {fmt:<7} agree-vs-fp32 {row['agreement_vs_fp32']:.3f} p50 {row['p50_ms_1t']:.2f} ms "
-              f"({tool})", flush=True)
+        print(f"    own    {fmt:<7} agree-vs-fp32 {row['agreement_vs_fp32']:.3f} ({tool})", flush=True)
+
+
+FILE_ROWS = ("fp32_onnx", "fp32_tflite", "ptq_onnx", "ptq_tflite", "qat_kd_onnx", "qat_kd_tflite", "own_onnx",
+             "own_tflite")
+
+
+def measure_latency(rec: dict, workdir: Path, args) -> None:
+    """p50 of every file of `rec` (1 thread and all threads), one file at a time with nothing else running in this
+    tool; then int8/fp32 speed-ups per format and the runtime's own quantizer over edgekd's PTQ file."""
+    threads = sorted({1, args.all_threads})
+    for key in FILE_ROWS:
+        row = rec.get(key)
+        if not row or "file" not in row or not (workdir / row["file"]).exists():
+            continue
+        for t in threads:
+            r = step(rec, f"latency_{key}_{t}t", latency, workdir / row["file"], t, args.latency_s)
+            if r is not None:
+                row[f"p50_ms_{t}t"] = r["p50_ms"]
+    for fmt in ("onnx", "tflite"):
+        fp = rec.get(f"fp32_{fmt}", {})
+        for variant in ("ptq", "qat_kd"):
+            row = rec.get(f"{variant}_{fmt}")
+            for t in threads:
+                if row and fp.get(f"p50_ms_{t}t") and row.get(f"p50_ms_{t}t"):
+                    row[f"speedup_{t}t"] = round(fp[f"p50_ms_{t}t"] / row[f"p50_ms_{t}t"], 3)
+        own, ours = rec.get(f"own_{fmt}"), rec.get(f"ptq_{fmt}")
+        if own and ours and own.get("p50_ms_1t") and ours.get("p50_ms_1t"):
+            own["latency_ratio_own_over_edgekd_1t"] = round(own["p50_ms_1t"] / ours["p50_ms_1t"], 3)
+            if own.get(f"p50_ms_{threads[-1]}t") and ours.get(f"p50_ms_{threads[-1]}t"):
+                own[f"latency_ratio_own_over_edgekd_{threads[-1]}t"] = round(
+                    own[f"p50_ms_{threads[-1]}t"] / ours[f"p50_ms_{threads[-1]}t"], 3)
 
 
 def diagnose(arch: str, args, workdir: Path) -> dict:
@@ -429,9 +437,10 @@ def table(results: list[dict]) -> str:
                 if row is None:
                     lines.append(f"| {r['arch']} | {variant} | {fmt} | FAILED: {err or 'not run'} | | | | | | |")
                     continue
-                threads = sorted(int(k[7:-1]) for k in row if k.startswith("p50_ms_"))
+                threads = sorted(int(k[7:-1]) for k in row if k.startswith("p50_ms_")) or [1]
                 own = r.get(f"own_{fmt}") if variant == "ptq" else None
-                own_s = (f"{own['agreement_vs_fp32']:.3f} ({row['agreement_vs_fp32']:.3f}) / {own['p50_ms_1t']:.2f}"
+                own_s = (f"{own['agreement_vs_fp32']:.3f} ({row['agreement_vs_fp32']:.3f}) / "
+                         f"{own.get('p50_ms_1t', float('nan')):.2f}"
                          f" / {own.get('latency_ratio_own_over_edgekd_1t', float('nan')):.2f}") if own else ""
                 if variant == "ptq" and own is None and any(k.startswith(f"own_quantize_{fmt}") or
                                                              k.startswith(f"own_run_{fmt}")
@@ -442,7 +451,45 @@ def table(results: list[dict]) -> str:
                     f"| {r['arch']} | {variant} | {fmt} | {row['agreement']:.3f} "
                     f"({_fmt(row.get('simulation_self_agreement'))})"
                     f" {row.get('verdict', '')} | {row['rel_error']:.1e} | {row['bytes'] / 1e6:.2f} | "
-                    f"{row[f'p50_ms_{threads[0]}t']:.2f} | {row[f'p50_ms_{threads[-1]}t']:.2f} | {speed} | {own_s} |")
+                    f"{row.get(f'p50_ms_{threads[0]}t', float('nan')):.2f} | "
+                    f"{row.get(f'p50_ms_{threads[-1]}t', float('nan')):.2f} | {speed} | {own_s} |")
+    return "\n".join(lines)
+
+
+def speed_table(results: list[dict]) -> str:
+    """int8 speed per architecture and runtime: p50 (batch 1) at 1 and all threads, edgekd's int8/fp32 speed-up,
+    and the runtime's own quantizer on the same fp32 file (top-1 agreement with fp32 beside edgekd's PTQ file's,
+    its p50 and own/edgekd latency ratio: > 1 means edgekd's file is faster)."""
+    def ms(row, t):
+        v = (row or {}).get(f"p50_ms_{t}t")
+        return "-" if v is None else f"{v:.2f}"
+
+    def ratio(row, key):
+        v = (row or {}).get(key)
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = ["| arch | runtime | fp32 p50 1t / all ms | PTQ p50 1t / all ms | PTQ speed-up 1t / all | "
+             "QAT+KD speed-up 1t / all | own quantizer | own agree vs fp32 (edgekd PTQ) | own p50 1t / all ms | "
+             "own÷edgekd 1t / all |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r.get("mode") == "diagnose":
+            continue
+        for fmt, runtime in (("onnx", "onnxruntime"), ("tflite", "LiteRT")):
+            fp, ptq, qat, own = (r.get(k) for k in (f"fp32_{fmt}", f"ptq_{fmt}", f"qat_kd_{fmt}", f"own_{fmt}"))
+            if not (fp or ptq):
+                continue
+            t_all = max([int(k[7:-1]) for k in (fp or ptq or {}) if k.startswith("p50_ms_")] or [1])
+            own_err = next((v for k, v in r.get("errors", {}).items() if k.startswith("own_") and k.endswith(fmt)),
+                           None)
+            own_agree = (f"{own['agreement_vs_fp32']:.2f} ({own.get('edgekd_ptq_agreement_vs_fp32', float('nan')):.2f})"
+                         if own else (f"FAILED: {own_err}" if own_err else "-"))
+            lines.append(
+                f"| {r['arch']} | {runtime} | {ms(fp, 1)} / {ms(fp, t_all)} | {ms(ptq, 1)} / {ms(ptq, t_all)} | "
+                f"{ratio(ptq, 'speedup_1t')} / {ratio(ptq, f'speedup_{t_all}t')} | "
+                f"{ratio(qat, 'speedup_1t')} / {ratio(qat, f'speedup_{t_all}t')} | "
+                f"{(own or {}).get('tool', '-')} | {own_agree} | {ms(own, 1)} / {ms(own, t_all)} | "
+                f"{ratio(own, 'latency_ratio_own_over_edgekd_1t')} / "
+                f"{ratio(own, f'latency_ratio_own_over_edgekd_{t_all}t')} |")
     return "\n".join(lines)
 
 
@@ -450,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench/coverage.json")
     p.add_argument("--archs", nargs="+", default=list(ARCHS), help="torchvision names, or timm:<name>")
-    p.add_argument("--size", type=int, default=96, help="input resolution for every architecture (ViT is built "
+    p.add_argument("--size", type=int, default=64, help="input resolution for every architecture (ViT is built "
                    "for it: size/16 squared patches)")
     p.add_argument("--calib", type=int, default=64, help="calibration (and QAT) images")
     p.add_argument("--eval", type=int, default=100, help="images judged per file (>= 100: one miss = 99%%)")
@@ -462,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--qat-lr", type=float, default=1e-5)
     p.add_argument("--no-qat", action="store_true")
     p.add_argument("--no-own", action="store_true", help="skip the runtimes' own quantizers")
-    p.add_argument("--latency-s", type=float, default=1.0, help="timing budget per file and thread count")
+    p.add_argument("--latency-s", type=float, default=0.5, help="timing budget per file and thread count")
     p.add_argument("--all-threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None, help="where the files go (default: a temporary folder)")
@@ -471,13 +518,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw-weights", action="store_true", help="diagnose with the random weights as built")
     p.add_argument("--layer-rows", type=int, default=3, help="diagnose: disagreeing rows traced layer by layer")
     p.add_argument("--table", default=None, metavar="JSON", help="print the table of an earlier run and exit")
+    p.add_argument("--jobs", type=int, default=1, help="architectures quantized/exported/judged in this many "
+                   "processes at once (one thread each); latency is always measured afterwards, one file at a time")
+    p.add_argument("--budget-s", type=float, default=0, help="with --jobs: stop the workers after this many "
+                   "seconds (architectures not finished are recorded as such), then measure latency (0: no limit)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.table:
         import json
 
-        print(table(json.loads(Path(args.table).read_text())["results"]))
+        results = json.loads(Path(args.table).read_text())["results"]
+        print(table(results) + "\n\n" + speed_table(results))
         return 0
-    torch.set_num_threads(args.all_threads)
+    torch.set_num_threads(1 if args.worker else args.all_threads)
     from edgekd.logs import quiet_third_party_logs
 
     quiet_third_party_logs()
@@ -491,26 +544,85 @@ def main(argv: list[str] | None = None) -> int:
             "cores": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     results: list[dict] = []
     t0 = time.perf_counter()
+
+    def save() -> None:
+        meta["wall_s"] = round(time.perf_counter() - t0, 1)
+        write_json(out, {"meta": meta, "complete": len(results) == len(archs), "results": results})
+
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        for arch in archs:
-            print(f"{arch}", flush=True)
-            ta = time.perf_counter()
-            try:
-                rec = (diagnose if args.diagnose is not None else bench_arch)(arch, args, workdir)
-            except Exception as e:  # an architecture that breaks the harness itself still leaves a row
-                rec = {"arch": arch, "errors": {"harness": first_line(e)}}
-                traceback.print_exc()
-            rec["wall_s"] = round(time.perf_counter() - ta, 1)
-            results.append(rec)
-            meta["wall_s"] = round(time.perf_counter() - t0, 1)
-            write_json(out, {"meta": meta, "complete": len(results) == len(archs), "results": results})
-            print(f"  {arch} done in {rec['wall_s']} s", flush=True)
-    if args.diagnose is None:
+        if args.diagnose is None and args.jobs > 1 and len(archs) > 1:
+            results = run_workers(archs, args, workdir, out)
+            meta["files_s"] = round(time.perf_counter() - t0, 1)
+            save()
+        else:
+            for arch in archs:
+                print(f"{arch}", flush=True)
+                ta = time.perf_counter()
+                try:
+                    rec = (diagnose if args.diagnose is not None else bench_arch)(arch, args, workdir)
+                except Exception as e:  # an architecture that breaks the harness itself still leaves a row
+                    rec = {"arch": arch, "errors": {"harness": first_line(e)}}
+                    traceback.print_exc()
+                rec["wall_s"] = round(time.perf_counter() - ta, 1)
+                results.append(rec)
+                save()
+                print(f"  {arch} done in {rec['wall_s']} s", flush=True)
+            meta["files_s"] = round(time.perf_counter() - t0, 1)
+        if args.diagnose is None and not args.worker and args.latency_s > 0:
+            print(f"latency: p50 of every file, batch 1, threads {sorted({1, args.all_threads})}", flush=True)
+            for rec in results:
+                measure_latency(rec, workdir, args)
+                save()
+    if args.diagnose is None and not args.worker:
         print(table(results))
     print(f"wrote {out} ({meta['wall_s']} s)")
     return 0
+
+
+# Rough relative cost of one architecture (export time grows with the graph): spreads the work over --jobs.
+COST = {"vit_b_16": 6, "swin_t": 6, "convnext_tiny": 4, "densenet121": 4, "efficientnet_b0": 3, "googlenet": 2.5,
+        "timm:mobilenetv4_conv_small": 2, "mobilenet_v3_large": 2.5, "regnet_x_400mf": 2, "mnasnet0_5": 2}
+
+
+def run_workers(archs: list[str], args, workdir: Path, out: Path) -> list[dict]:
+    """Quantize, export and judge `archs` in `args.jobs` processes (longest first, each to the least loaded),
+    one torch thread each; returns their records in `archs` order (a worker that died leaves a harness error)."""
+    import json
+    import subprocess
+
+    shares: list[list[str]] = [[] for _ in range(args.jobs)]
+    loads = [0.0] * args.jobs
+    for arch in sorted(archs, key=lambda a: -COST.get(a, 1.5)):
+        i = loads.index(min(loads))
+        shares[i].append(arch)
+        loads[i] += COST.get(arch, 1.5)
+    passed = ["--size", args.size, "--calib", args.calib, "--eval", args.eval, "--num-classes", args.num_classes,
+              "--ptq-method", args.ptq_method, "--qat-steps", args.qat_steps, "--qat-batch", args.qat_batch,
+              "--qat-lr", args.qat_lr, "--seed", args.seed, "--workdir", workdir, "--all-threads", 1,
+              "--latency-s", 0] + (["--no-qat"] if args.no_qat else []) + (["--no-own"] if args.no_own else [])
+    parts = [out.with_name(f"{out.stem}.part{i}.json") for i in range(len(shares))]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--archs", *share, "--out", str(part),
+                               *map(str, passed)], env=env)
+             for share, part in zip(shares, parts) if share]
+    deadline = time.monotonic() + args.budget_s if args.budget_s > 0 else None
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            codes.append(f"stopped at the {args.budget_s:.0f} s budget")
+            proc.wait()
+    by_arch = {}
+    for part, code in zip(parts, codes):
+        if part.exists():
+            for rec in json.loads(part.read_text())["results"]:
+                by_arch[rec["arch"]] = rec
+            part.unlink()
+    return [by_arch.get(a, {"arch": a, "errors": {"harness": f"not finished (workers: {codes})"}}) for a in archs]
 
 
 if __name__ == "__main__":

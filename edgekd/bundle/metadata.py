@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import EdgeKDError
+from edgekd.logs import import_quietly
 
 LABELS_NAME = "labels.txt"
 _COLOR_SPACE = {1: "GRAYSCALE", 3: "RGB"}
@@ -108,6 +109,7 @@ def dequantize_formula(t: dict[str, Any]) -> str:
 
 def tflite_io(buf: bytes) -> dict[str, Any]:
     """Input/output tensor shape, dtype, scale and zero point, read from the flatbuffer (no interpreter needed)."""
+    import_quietly("tensorflow_lite_support.metadata.schema_py_generated")
     from tensorflow_lite_support.metadata import schema_py_generated as schema
 
     names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
@@ -132,6 +134,7 @@ def tflite_io(buf: bytes) -> dict[str, Any]:
 
 def write_tflite_metadata(src: Path, dst: Path, info: ModelInfo, labels: list[str], norm: Normalization) -> Path:
     """Write `src` to `dst` with ImageClassifier metadata: general facts, normalization, labels.txt packed inside."""
+    import_quietly("tensorflow_lite_support.metadata.python.metadata_writers.image_classifier")
     from tensorflow_lite_support.metadata import metadata_schema_py_generated as mfb
     from tensorflow_lite_support.metadata.python.metadata_writers import image_classifier, metadata_info, writer_utils
 
@@ -198,6 +201,7 @@ def _fixed_zip_times(buf: bytes) -> bytes:
 
 def read_tflite_metadata(model: Path | bytes) -> dict[str, Any]:
     """The metadata of a .tflite file: general facts, labels, normalization (pixel scale), tensor types."""
+    import_quietly("tensorflow_lite_support.metadata.python.metadata")
     from tensorflow_lite_support.metadata.python import metadata
 
     buf = Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model)

@@ -17,15 +17,16 @@ from torch import nn
 from edgekd.export.common import first_rows, precision_of, prepare_for_export
 from edgekd.fileio import atomic_path
 from edgekd.formats import Format, register_format
+from edgekd.logs import import_quietly
 from edgekd.quant.capture import conversion_error
 from edgekd.quant.schemes import LITERT_INT8
 
 
 def _static_quant_config(quantizer=None):
     """litert-torch only reads the quantizer's mode (static vs dynamic) once the Q/DQ graph exists."""
-    from litert_torch.quantize.quant_config import QuantConfig
-
     from edgekd.quant.quantizer import build_quantizer
+
+    QuantConfig = import_quietly("litert_torch.quantize.quant_config").QuantConfig
 
     return QuantConfig(pt2e_quantizer=quantizer or build_quantizer(LITERT_INT8, is_qat=False))
 
@@ -38,7 +39,7 @@ def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike, *, 
     the PT2E quantizer used to prepare the model, when at hand; it is not needed (any static one works).
     Raises ConversionError naming the layer and op that litert-torch cannot lower. Returns `path`.
     """
-    import litert_torch
+    litert_torch = import_quietly("litert_torch")  # loads TensorFlow's native libraries: no start-up lines
 
     model, inputs = prepare_for_export(model, example_inputs)
     if inputs[0].shape[0] < batch_size:

@@ -15,6 +15,13 @@ from edgekd.fileio import atomic_path
 _ATEN_OP = re.compile(r"\b(aten|prims)(?:::|\.)([A-Za-z0-9_]+)")
 
 
+# Drop-path regularizers (torchvision StochasticDepth, timm DropPath) stay in eval mode (the identity) in a QAT
+# graph: captured in train mode they become `bernoulli` nodes that torchao's move-to-eval does not remove, so the
+# converted simulation and its files drew random masks (swin_t QAT: ONNX file 85% agreement, TFLite export
+# refused on aten.bernoulli). Dropout is handled by torchao; BatchNorm keeps training.
+STOCHASTIC_DEPTH = frozenset({"StochasticDepth", "DropPath"})
+
+
 def check_example_inputs(example_inputs) -> tuple[torch.Tensor, ...]:
     """Normalize example inputs to a tuple of float tensors with a batch dimension."""
     if isinstance(example_inputs, torch.Tensor):
@@ -42,6 +49,10 @@ def capture(model: nn.Module, example_inputs, *, train: bool, dynamic_batch: boo
     if dynamic_batch and inputs[0].shape[0] == 1:
         inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) for t in inputs)
     model.train(train)
+    if train:
+        for m in model.modules():
+            if type(m).__name__ in STOCHASTIC_DEPTH:
+                m.eval()
     try:
         ep = None
         if dynamic_batch:

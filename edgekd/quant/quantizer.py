@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import operator
 from typing import Callable, Iterable, Iterator
 
 import torch
 
+from edgekd.logs import import_quietly
 from edgekd.quant.schemes import Scheme
 
 # Activation observers for PTQ calibration, by method name (see ptq.py for "percentile").
@@ -49,6 +51,7 @@ def weight_spec(scheme: Scheme, is_qat: bool) -> "QuantizationSpec":
 
 def quantization_config(scheme: Scheme, is_qat: bool, activation_observer=None):
     """litert-torch QuantizationConfig carrying the Scheme's ranges (QAT: fused moving-average fake quant)."""
+    import_quietly("litert_torch")  # TensorFlow loads with it: without its start-up lines
     from litert_torch.quantize.pt2e_quantizer_utils import QuantizationConfig
     from torchao.quantization.pt2e import FusedMovingAvgObsFakeQuantize, HistogramObserver
     from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec
@@ -77,7 +80,8 @@ def _layer_filter(keep_float: frozenset[str]) -> Callable | None:
 def build_quantizer(scheme: Scheme, is_qat: bool, activation_observer=None,
                     keep_float: Iterable[str] = ()):
     """A litert-torch PT2EQuantizer for `scheme`; layers (module paths) in `keep_float` are left unannotated."""
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, propagate_annotation
+    import_quietly("litert_torch")  # TensorFlow loads with it: without its start-up lines
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
 
     keep = frozenset(keep_float)
     config = quantization_config(scheme, is_qat, activation_observer)
@@ -85,13 +89,225 @@ def build_quantizer(scheme: Scheme, is_qat: bool, activation_observer=None,
     class SchemeQuantizer(PT2EQuantizer):
         def annotate(self, model):
             self._annotate_all_static_patterns(model, self.global_config, _layer_filter(keep))
-            propagate_annotation(model)
+            annotate_cat(model, self.global_config)
+            quantize_after_clamp(model)
+            share_quantization(model)
+            read_fixed_outputs_as_stored(model)
             return model
 
     q = SchemeQuantizer().set_global(config)
     q.scheme = scheme
     q.keep_float = keep
     return q
+
+
+def _identity_ops() -> frozenset:
+    """Ops that only pass or move values (an identity in an exported eval model, or a layout change): the
+    converters drop them or lower them to int8 ops that keep their input's scale (TFLite TRANSPOSE, RESHAPE)."""
+    aten = torch.ops.aten
+    names = [("dropout", "default"), ("dropout_", "default"), ("feature_dropout", "default"),
+             ("feature_dropout_", "default"), ("alpha_dropout", "default"), ("alpha_dropout_", "default"),
+             ("feature_alpha_dropout", "default"), ("clone", "default"), ("contiguous", "default"),
+             ("alias", "default"), ("detach", "default"), ("detach_", "default"), ("transpose", "int"),
+             ("t", "default"), ("reshape", "default"), ("unsqueeze", "default"), ("squeeze", "default"),
+             ("squeeze", "dims"), ("unflatten", "int"), ("pixel_shuffle", "default"), ("channel_shuffle", "default")]
+    return frozenset(getattr(getattr(aten, op), overload) for op, overload in names
+                     if hasattr(aten, op) and hasattr(getattr(aten, op), overload))
+
+
+def _split_ops() -> frozenset:
+    aten = torch.ops.aten
+    names = [("chunk", "default"), ("split", "Tensor"), ("split", "default"), ("split_with_sizes", "default"),
+             ("unbind", "int"), ("tensor_split", "sections")]
+    return frozenset(getattr(getattr(aten, op), overload) for op, overload in names
+                     if hasattr(aten, op) and hasattr(getattr(aten, op), overload))
+
+
+def annotate_cat(model: torch.fx.GraphModule, config) -> None:
+    """Concatenations litert-torch's `cat` annotator misses: it finds them by source partition (`torch.cat`
+    recorded by the tracer), which torch.export's graphs of e.g. torchvision's shufflenet do not carry. Left
+    unannotated, the simulation concatenates in float tensors on two int8 grids and passes them on unquantized,
+    which no int8 file can do. Here, as litert-torch does: inputs and output share the first input's parameters
+    (TFLite CONCATENATION requires one scale)."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    for n in model.graph.nodes:
+        if n.op != "call_function" or n.target != torch.ops.aten.cat.default:
+            continue
+        mine = n.meta.get("quantization_annotation")
+        if mine is not None and mine._annotated:
+            continue
+        inputs = [a for a in n.args[0] if isinstance(a, torch.fx.Node)]
+        if not inputs:
+            continue
+        shared = SharedQuantizationSpec((inputs[0], n))
+        specs = {inputs[0]: config.input_activation}
+        specs.update({a: shared for a in inputs[1:]})
+        n.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=specs, output_qspec=shared,
+                                                                   _annotated=True)
+
+
+def _clamp_bounds(node) -> tuple[float, float] | None:
+    aten = torch.ops.aten
+    if node.target in (aten.hardtanh.default, aten.hardtanh_.default):
+        lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        return float(lo), float(hi)
+    return None
+
+
+def quantize_after_clamp(model: torch.fx.GraphModule) -> None:
+    """Observe a conv/linear (or QAT conv+BN) output after its ReLU6-like clamp, not before it.
+
+    litert-torch annotates `conv -> hardtanh(0, 6)` as a conv whose output is observed *before* the clamp, with
+    the clamp sharing that range: ReLU6 outputs (0..6) then use the int8 grid of the pre-activation range (e.g.
+    -10..9), half or more of the codes wasted — a model of ReLU6 blocks (mobilenet_v2) is quantized at ~7 bits.
+    Both runtimes fuse the clamp into the conv (TFLite RELU6, onnxruntime Clip folded into QLinearConv's output
+    range), so the tensor they store is the clamp's output: observing it there is exact and finer. Only clamps
+    the converters fuse (0..6, -1..1, 0..1 as RELU_0_TO_1) whose producer has no other user are moved.
+    """
+    aten = torch.ops.aten
+    producers = {aten.conv1d.default, aten.conv2d.default, aten.convolution.default, aten.linear.default,
+                 aten.batch_norm.default, aten._native_batch_norm_legit.default,
+                 aten._native_batch_norm_legit_no_training.default, aten.cudnn_batch_norm.default}
+    for n in model.graph.nodes:
+        bounds = _clamp_bounds(n) if n.op == "call_function" else None
+        if bounds not in ((0.0, 6.0), (-1.0, 1.0), (0.0, 1.0)):
+            continue
+        prev = n.args[0]
+        if not isinstance(prev, torch.fx.Node) or len(prev.users) != 1:
+            continue
+        if prev.target == operator.getitem:  # QAT: batch_norm's output tuple
+            prev = prev.args[0]
+        if prev.target not in producers:
+            continue
+        annotation = prev.meta.get("quantization_annotation")
+        if annotation is None or annotation.output_qspec is None or n.meta.get("quantization_annotation"):
+            continue
+        spec = annotation.output_qspec
+        if type(spec).__name__ != "QuantizationSpec":  # shared or fixed parameters: leave them
+            continue
+        from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+        annotation.output_qspec = None
+        n.meta["quantization_annotation"] = QuantizationAnnotation(output_qspec=spec, _annotated=True)
+
+
+def share_quantization(model: torch.fx.GraphModule) -> None:
+    """Give the ops that only move, clamp or pass values on their input's quantization parameters.
+
+    litert-torch's `propagate_annotation` does this for its list (hardtanh, mean, views, flatten, ...), but not for
+    dropout and other identities. Left unannotated, such an op makes the next quantized op observe its input
+    afresh: the simulation then requantizes the same values from one scale to another (mobilenet_v2: the head's
+    input, after flatten -> dropout, went from the conv's pre-ReLU6 scale 0.051 to 0.014), while the converters
+    drop the identity and feed that op the tensor at its first scale — litert-torch keeps the bias quantized for
+    the second scale, so the int8 head computed 3.7x its bias (top-1 agreement with the simulation 36%).
+    One pass in graph order, so chains (flatten -> dropout -> view) share one set of parameters.
+    """
+    import_quietly("litert_torch")  # TensorFlow loads with it: without its start-up lines
+    from litert_torch.quantize.pt2e_quantizer_utils import _is_share_obs_or_fq_op
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    identities, splits = _identity_ops(), _split_ops()
+    for n in model.graph.nodes:
+        if (n.op == "call_function" and n.target == operator.getitem and isinstance(n.args[0], torch.fx.Node)
+                and n.args[0].target in splits and isinstance(n.args[0].args[0], torch.fx.Node)):
+            # a chunk/split piece keeps the split tensor's parameters (TFLite SPLIT requires it)
+            src = n.args[0].args[0]
+            annotation = src.meta.get("quantization_annotation")
+            if annotation is not None and annotation.output_qspec is not None and not n.meta.get(
+                    "quantization_annotation"):
+                n.meta["quantization_annotation"] = QuantizationAnnotation(
+                    output_qspec=SharedQuantizationSpec(src), _annotated=True)
+            continue
+        if n.op != "call_function" or not (_is_share_obs_or_fq_op(n.target) or n.target in identities):
+            continue
+        prev = n.args[0] if n.args else None
+        if not isinstance(prev, torch.fx.Node):
+            continue
+        annotation = prev.meta.get("quantization_annotation")
+        if annotation is None or annotation.output_qspec is None:
+            continue
+        mine = n.meta.get("quantization_annotation")
+        if mine is not None and mine._annotated:
+            continue
+        shared = SharedQuantizationSpec(prev)
+        n.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map={prev: shared},
+                                                                   output_qspec=shared, _annotated=True)
+
+
+def _dequant_scale(gm: torch.fx.GraphModule, node) -> torch.Tensor | None:
+    """The scale(s) of a dequantize node of a converted graph (float or get_attr tensor), as float64."""
+    if not (isinstance(node, torch.fx.Node) and node.op == "call_function"
+            and "dequantize_per" in getattr(node.target, "__name__", str(node.target))):
+        return None
+    scale = node.args[1]
+    if isinstance(scale, torch.fx.Node):
+        if scale.op != "get_attr":
+            return None
+        scale = _attr(gm, scale.target)
+    return torch.as_tensor(scale, dtype=torch.float64).flatten()
+
+
+def _attr(gm: torch.fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@torch.no_grad()
+def snap_bias_to_int32_grid(gm: torch.fx.GraphModule) -> int:
+    """Round each quantized conv/linear bias of a converted simulation to the int32 grid the files store.
+
+    The Q/DQ simulation adds the float bias; TFLite and onnxruntime add it as int32 in steps of input scale x
+    weight scale (per output channel). The rounding — up to half that step, ~0.3% of an output step in
+    mobilenet_v2's first conv — flips the output's rounding on ~0.1% of the elements, and a model that amplifies
+    one-step differences then parts from its simulation (mobilenet_v2: its ONNX and TFLite files agreed with each
+    other on every top-1 and with the simulation on 85%). On the grid, the float bias *is* the int32 bias (the
+    converters' own rounding gives back the same integer) and the simulation adds what the kernels add.
+    Returns how many biases were snapped.
+    """
+    aten = torch.ops.aten
+    ops = {aten.conv1d.default, aten.conv2d.default, aten.convolution.default, aten.linear.default}
+    snapped = 0
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target not in ops or len(n.args) < 3:
+            continue
+        x, weight, bias = n.args[:3]
+        if not (isinstance(bias, torch.fx.Node) and bias.op == "get_attr"):
+            continue
+        s_in, s_w = _dequant_scale(gm, x), _dequant_scale(gm, weight)
+        if s_in is None or s_w is None or s_in.numel() != 1:
+            continue
+        b = _attr(gm, bias.target)
+        if not isinstance(b, torch.Tensor) or b.dim() != 1 or s_w.numel() not in (1, b.numel()):
+            continue
+        step = s_in * s_w
+        b.copy_((torch.round(b.double() / step) * step).to(b.dtype))
+        snapped += 1
+    return snapped
+
+
+def read_fixed_outputs_as_stored(model: torch.fx.GraphModule) -> None:
+    """An op that reads a fixed-parameter output (sigmoid, hard-sigmoid, softmax, tanh: TFLite's LOGISTIC etc.
+    store it at scale 1/256) reads it at those parameters instead of observing its own input range.
+
+    Otherwise the simulation requantizes the gate from 1/256 to the consumer's observed ~1/255 (efficientnet's
+    squeeze-excitation: sigmoid -> mul), a second rounding the int8 files do not make in the same place.
+    """
+    from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationSpec,
+                                                     SharedQuantizationSpec)
+
+    for n in model.graph.nodes:
+        annotation = n.meta.get("quantization_annotation")
+        if annotation is None:
+            continue
+        for arg, spec in list(annotation.input_qspec_map.items()):
+            producer = arg.meta.get("quantization_annotation") if isinstance(arg, torch.fx.Node) else None
+            if (type(spec) is QuantizationSpec and producer is not None
+                    and isinstance(producer.output_qspec, FixedQParamsQuantizationSpec)):
+                annotation.input_qspec_map[arg] = SharedQuantizationSpec(arg)
 
 
 _PATTERN_CACHE: dict = {}
@@ -129,6 +345,7 @@ def pt2e_patches() -> Iterator[None]:
     2. torchao builds every conv/bn pattern with a strict torch.export (~0.3 s each; QAT convert needs ~100):
        memoize them per process by (code, closure values, example shapes); callers get a copy.
     """
+    import_quietly("litert_torch")  # TensorFlow loads with it: without its start-up lines
     import litert_torch.quantize.pt2e_quantizer_utils as litert_utils
     import torchao.quantization.pt2e.qat_utils as qat_utils
     import torchao.quantization.pt2e.utils as ao_utils
