@@ -57,3 +57,12 @@ def write_manifest(root: Path, kind: str = "csv", per_class: int = 8, classes: i
 def label_from_pixels(x) -> list[int]:
     """The dominant channel of each normalized image (normalization is per-channel affine with equal std)."""
     return x.mean(dim=(2, 3)).argmax(1).tolist()
+
+
+def same_batches(a, b) -> None:
+    """Two lists of edgekd.data.source.Batch hold the same samples, images and labels, in the same order."""
+    import torch
+
+    assert len(a) == len(b)
+    for p, q in zip(a, b):
+        assert torch.equal(p.idx, q.idx) and torch.equal(p.y, q.y) and torch.equal(p.x, q.x)

@@ -5,7 +5,7 @@ import tarfile
 import pytest
 import torch
 
-from data_fixtures import label_from_pixels, write_folder
+from data_fixtures import label_from_pixels, same_batches as _same, write_folder
 from edgekd.data.files import expand_shards, index_shards, scan_folder, split_key, write_shards
 from edgekd.data.streaming import StreamOptions, load_streaming
 from edgekd.errors import EdgeKDError
@@ -21,11 +21,6 @@ def _ds(pattern, workers=0, **kw):
     opts = StreamOptions(resolution=12, workers=workers, shuffle_buffer=5, **kw)
     return load_streaming("shards", pattern, mean=[100.0], std=[50.0], val_fraction=0.1, options=opts)
 
-
-def _same(a, b):
-    assert len(a) == len(b)
-    for p, q in zip(a, b):
-        assert torch.equal(p.idx, q.idx) and torch.equal(p.x, q.x) and torch.equal(p.y, q.y)
 
 
 def test_brace_and_glob_patterns(shards):

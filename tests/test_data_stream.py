@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_fixtures import label_from_pixels, write_folder, write_manifest
+from data_fixtures import label_from_pixels, same_batches as _same, write_folder, write_manifest
 from edgekd.data.streaming import StreamOptions, load_streaming
 from edgekd.data.transforms import ImageTransform, center_crop_box, random_resized_crop_box
 
@@ -19,11 +19,6 @@ def _ds(root, kind="image_folder", workers=0, **kw):
 def folder(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("imgs"))
 
-
-def _same(a, b):
-    assert len(a) == len(b)
-    for p, q in zip(a, b):
-        assert torch.equal(p.idx, q.idx) and torch.equal(p.y, q.y) and torch.equal(p.x, q.x)
 
 
 def test_splits_and_metadata(folder):
