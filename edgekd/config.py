@@ -300,14 +300,18 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
-    """Check `value` against annotation `tp`; return the converted value (problems appended, never raised)."""
+def _coerce(value: Any, tp: Any, where: str, problems: list[str], base: Any = None) -> Any:
+    """Check `value` against annotation `tp`; return the converted value (problems appended, never raised).
+
+    A mapping for a dataclass field overrides the field's own default (`base`), so `distill: {train: {device:
+    cuda}}` keeps distill's own learning rate and epochs instead of falling back to TrainConfig's class defaults.
+    """
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             problems.append(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
-            return tp()
-        return _build(tp, value, where, problems)
+            return base if base is not None else tp()
+        return _build(tp, value, where, problems, base)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -354,10 +358,11 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], where: str, problems: list[str]) -> Any:
+def _build(cls: type, data: dict[str, Any], where: str, problems: list[str], base: Any = None) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
+    kwargs = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls) if f.init} if base is not None else {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
@@ -365,8 +370,18 @@ def _build(cls: type, data: dict[str, Any], where: str, problems: list[str]) -> 
             hint = f"; did you mean {close[0]!r}?" if close else ""
             problems.append(f"{path}: unknown field{hint} known: {', '.join(names)}")
             continue
-        kwargs[key] = _coerce(value, hints[key], path, problems)
+        kwargs[key] = _coerce(value, hints[key], path, problems, _field_default(fields[key], kwargs.get(key)))
     return cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field, current: Any) -> Any:
+    """What a mapping given for field `f` overrides: the base's value, else the field's own default."""
+    if dataclasses.is_dataclass(current):
+        return current
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+        return value if dataclasses.is_dataclass(value) else None
+    return f.default if dataclasses.is_dataclass(f.default) else None
 
 
 def range_problems(r: Recipe) -> list[str]:
