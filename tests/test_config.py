@@ -1,4 +1,6 @@
 """Recipe parsing (edgekd.config): how sections and their defaults combine."""
+
+
 def test_a_partial_train_mapping_keeps_the_sections_defaults():
     from edgekd.config import Recipe, parse_recipe
 
