@@ -105,3 +105,27 @@ def test_zoo_models_export_with_parity(name, tmp_path):
     for f in (export_onnx(q, x[:1], tmp_path / f"{name}_int8.onnx"),
               export_tflite(q, x[:1], tmp_path / f"{name}_int8.tflite")):
         assert parity(q, f, x)["top1_agreement"] >= 0.9, f
+
+
+def test_int8_agreement_is_judged_at_the_simulations_output_step(task, tmp_path):
+    import copy
+
+    from edgekd.quant.agreement import output_quantization
+
+    model, x, y, xt, yt = task
+    q = quantize_ptq(model, x[:1], "ort_x86_novnni", calibration_batches(x[:128]), "minmax")
+    files = [describe_file(export_onnx(q, x[:1], tmp_path / "int8.onnx"))]
+    row = verify_files(files, model, q, xt, yt)["files"][0]
+    step = output_quantization(q)[0]
+    assert step > 0 and row["int8_output_step"] == pytest.approx(step)
+    assert row["parity_ok"] and row["top1_agreement_at_step"] >= row["top1_agreement"]
+    # Judged against a simulation the file was not made from (head negated), the rows disagree by far more than
+    # one step: the file fails, so the at-step judge is no free pass.
+    wrong = copy.deepcopy(model)
+    head = [m for m in wrong.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.neg_()
+        head.bias.neg_()
+    qw = quantize_ptq(wrong, x[:1], "ort_x86_novnni", calibration_batches(x[:128]), "minmax")
+    bad = verify_files(files, model, qw, xt, yt)["files"][0]
+    assert not bad["parity_ok"] and bad["top1_agreement_at_step"] < 0.5

@@ -20,6 +20,18 @@ def _field(f, key: str, default=None):
     return f.get(key, default) if isinstance(f, dict) else getattr(f, key, default)
 
 
+def _output_step(model: nn.Module | None) -> float | None:
+    """The int8 step of the simulation's logits (None for a model without a final quantize node)."""
+    import torch
+
+    if not isinstance(model, torch.fx.GraphModule):
+        return None
+    from edgekd.quant.agreement import output_quantization
+
+    q = output_quantization(model)
+    return q[0] if q else None
+
+
 def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: nn.Module | None, x, y, *,
                  tolerance: float = FP32_MAX_ABS_DIFF, rtol: float = FP32_RTOL, parity_samples: int | None = None,
                  max_accuracy_gap: float = INT8_MAX_ACCURACY_GAP,
@@ -32,7 +44,10 @@ def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: n
     scale (`rtol`, default 1e-4: deep nets' logits of 1e2..1e3 differ by ~1e-4 from float rounding alone, a relative
     error of ~1e-6). int8 files are compared with `fake_quant_model`: parity_ok when the accuracy gap <=
     `max_accuracy_gap` and top-1 agreement >= `min_top1_agreement` (max_abs_diff is reported; int8 has no logit
-    tolerance of its own). Logit differences use the first `parity_samples` rows (all when None); accuracy and
+    tolerance of its own). Top-1 agreement is judged at the simulation's int8 output step when it has one
+    (`edgekd.quant.agreement.compare_top1`): a row agrees when the file's class scores within one output step of
+    the simulation's best, since two classes within one step are a tie that a one-step rounding difference —
+    allowed to every int8 kernel — breaks either way; the exact agreement is reported beside it. Logit differences use the first `parity_samples` rows (all when None); accuracy and
     top-1 agreement use all rows. Relative paths are taken under `root`.
 
     Returns {"ok": every file passed (False when there are none), "torch_fp32_accuracy", "fake_quant_accuracy",
@@ -55,6 +70,7 @@ def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: n
         sessions.append((f, path, session))
     fp32_logits = reference_logits(torch_model, x, batch_size) if torch_model is not None else None
     fq_logits = reference_logits(fake_quant_model, x, batch_size) if fake_quant_model is not None else None
+    int8_step = _output_step(fake_quant_model)
     result = {"ok": False, "torch_fp32_accuracy": accuracy(fp32_logits, y) if fp32_logits is not None else None,
               "fake_quant_accuracy": accuracy(fq_logits, y) if fq_logits is not None else None, "files": []}
     items = sessions
@@ -78,6 +94,11 @@ def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: n
         n = len(out) if parity_samples is None else min(parity_samples, len(out))
         diff = compare_logits(ref[:n], out[:n])
         agreement = compare_logits(ref, out)["top1_agreement"]
+        judged = agreement
+        if precision == "int8" and int8_step:
+            from edgekd.quant.agreement import compare_top1
+
+            judged = compare_top1(ref, out, resolution=int8_step)["agreement_at_resolution"]
         acc, ref_acc = accuracy(out, y), accuracy(ref, y)
         gap = ref_acc - acc
         row = {"name": _field(f, "name", path.name), "path": str(path), "format": _field(f, "format"),
@@ -85,7 +106,8 @@ def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: n
                "reference_accuracy": ref_acc, "accuracy_gap": gap, "max_abs_diff": diff["max_abs_diff"],
                "mean_abs_diff": diff["mean_abs_diff"], "top1_agreement": agreement}
         if precision == "int8":
-            ok = gap <= max_accuracy_gap and agreement >= min_top1_agreement
+            row.update(int8_output_step=int8_step, top1_agreement_at_step=judged)
+            ok = gap <= max_accuracy_gap and judged >= min_top1_agreement
         else:
             limit = allowed_diff(ref[:n], tolerance, rtol)
             scale = float(np.abs(ref[:n]).max()) if n else 0.0

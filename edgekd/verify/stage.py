@@ -34,9 +34,14 @@ def run_verify(ctx: "RunContext") -> tuple[dict[str, Path], dict[str, Any]]:
         f["path"] = str(Path(f["path"]).resolve().relative_to(ctx.run_dir.resolve())) if "path" in f else None
         ctx.log(f"verify: {f['name']:<22} accuracy {f['accuracy']:.4f} vs {f['reference']} "
                 f"max|diff| {f['max_abs_diff']:.2e} top-1 agreement {f['top1_agreement']:.4f}"
-                f"{'' if f['parity_ok'] else '  PARITY FAILED'}")
+                f"{_at_step(f)}{'' if f['parity_ok'] else '  PARITY FAILED'}")
     check_parity(metrics["files"], fail=getattr(r.verify, "fail_on_parity", True))
     return {}, metrics
+
+
+def _at_step(f: dict[str, Any]) -> str:
+    step = f.get("int8_output_step")
+    return f" ({f['top1_agreement_at_step']:.4f} within one int8 step {step:.3g})" if step else ""
 
 
 def check_parity(files: list[dict[str, Any]], *, fail: bool) -> None:
@@ -45,7 +50,8 @@ def check_parity(files: list[dict[str, Any]], *, fail: bool) -> None:
     if not failed or not fail:
         return
     names = ", ".join(f"{f['name']} (max|diff| {f.get('max_abs_diff', float('nan')):.3g} vs {f.get('reference')}, "
-                      f"top-1 agreement {f.get('top1_agreement', float('nan')):.3f})" for f in failed)
+                      f"top-1 agreement {f.get('top1_agreement_at_step', f.get('top1_agreement', float('nan'))):.3f})"
+                      for f in failed)
     raise EdgeKDError(f"verify: parity failed for {names}; these files do not compute what the trained model does. "
                       "Fix the export or quantization, or set verify.fail_on_parity: false to record the failure "
                       "and go on")
