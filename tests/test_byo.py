@@ -119,7 +119,8 @@ def test_loaded_teacher_with_other_classes_is_refused_unless_finetuned(tmp_path)
     torch.save(netlib.build().state_dict(), tmp_path / "pretrained.pt")
     sys.modules.pop("netlib")
     recipe = {"data": {"dataset": "digits", "subset_train": 200, "batch_size": 16},
-              "teacher": {"model": "netlib:build", "weights": "pretrained.pt", "train": {"epochs": 5, "lr": 0.01}},
+              "teacher": {"model": "netlib:build", "weights": "pretrained.pt",
+                          "train": {"epochs": 5, "lr": 0.01, "augment": False}},  # digits: no flips
               "profile": {"targets": ["cpu-local"]}, "bundle": {"targets": ["cpu-local"]}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(EdgeKDError, match=r"outputs 5 classes, the data has 10: .*set teacher.finetune: true"):
