@@ -10,7 +10,6 @@ result to the int8 Q/DQ simulation that the exporters read.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +20,7 @@ from edgekd.errors import EdgeKDError
 from edgekd.quant.qat import (convert_qat, eval_mode, load_qat_state, prepare_qat, qat_state_dict, set_qat_phase,
                               train_mode)
 from edgekd.quant.schemes import Scheme
-from edgekd.train import TeacherSignal, TrainConfig, TrainResult, train
+from edgekd.train import TeacherSignal, TrainConfig, TrainResult, total_steps_for, train
 
 
 def qat_freeze_steps(train_config: TrainConfig, n_samples: int, batch_size: int,
@@ -35,7 +34,7 @@ def qat_freeze_steps(train_config: TrainConfig, n_samples: int, batch_size: int,
     for name, frac in (("freeze_observers_after", freeze_observers_after), ("freeze_bn_after", freeze_bn_after)):
         if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1):
             raise EdgeKDError(f"{name} is a fraction of the QAT steps in [0, 1] (or None: never), got {frac!r}")
-    steps = math.ceil(train_config.epochs * math.ceil(n_samples / batch_size))
+    steps = total_steps_for(train_config, n_samples, batch_size)  # the loop's own count
     at = [None if frac is None else int(frac * steps) for frac in (freeze_observers_after, freeze_bn_after)]
     return steps, at[0], at[1]
 

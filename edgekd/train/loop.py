@@ -142,9 +142,11 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: in
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-def total_steps_for(cfg: TrainConfig, n_samples: int, batch_size: int) -> int:
-    """Optimizer steps of a run: `cfg.epochs` (may be fractional) passes over `n_samples` in `batch_size` batches."""
-    return max(1, math.ceil(cfg.epochs * math.ceil(n_samples / batch_size)))
+def total_steps_for(cfg: TrainConfig, n_samples: int, batch_size: int, steps_per_epoch: int | None = None) -> int:
+    """Optimizer steps of a run: `cfg.epochs` (may be fractional) passes over `n_samples` in `batch_size` batches
+    (or over `steps_per_epoch` batches, when the data source says how many it makes)."""
+    per_epoch = math.ceil(n_samples / batch_size) if steps_per_epoch is None else steps_per_epoch
+    return max(1, math.ceil(cfg.epochs * per_epoch))
 
 
 def check_labels(y: torch.Tensor, where: str = "training labels") -> None:
@@ -411,7 +413,7 @@ def train(model: nn.Module, x_train: torch.Tensor | BatchSource, y_train: torch.
     monitor = None
     try:
         steps_per_epoch = data.train.steps_per_epoch(batch_size)
-        total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        total_steps = total_steps_for(cfg, len(data.train), batch_size, steps_per_epoch)
         torch.manual_seed(seed)
         loop.warm_up(data)
         loop.make_optimization(total_steps, seed)
