@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from edgekd.errors import EdgeKDError
@@ -22,8 +23,6 @@ def _field(f, key: str, default=None):
 
 def _output_step(model: nn.Module | None) -> float | None:
     """The int8 step of the simulation's logits (None for a model without a final quantize node)."""
-    import torch
-
     if not isinstance(model, torch.fx.GraphModule):
         return None
     from edgekd.quant.agreement import output_quantization
@@ -47,8 +46,9 @@ def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: n
     tolerance of its own). Top-1 agreement is judged at the simulation's int8 output step when it has one
     (`edgekd.quant.agreement.compare_top1`): a row agrees when the file's class scores within one output step of
     the simulation's best, since two classes within one step are a tie that a one-step rounding difference —
-    allowed to every int8 kernel — breaks either way; the exact agreement is reported beside it. Logit differences use the first `parity_samples` rows (all when None); accuracy and
-    top-1 agreement use all rows. Relative paths are taken under `root`.
+    allowed to every int8 kernel — breaks either way; the exact agreement is reported beside it. Logit differences
+    use the first `parity_samples` rows (all when None); accuracy and top-1 agreement use all rows. Relative paths
+    are taken under `root`.
 
     Returns {"ok": every file passed (False when there are none), "torch_fp32_accuracy", "fake_quant_accuracy",
     "files": [...]}; each file row has "parity_ok" and, for fp32, "allowed_diff" and "max_rel_diff".
