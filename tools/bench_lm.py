@@ -9,6 +9,7 @@ tokens/s. Writes runs/bench/lm[-quick]-<time>.json.
 
     PYTHONPATH=. python tools/bench_lm.py --quick          # 1 seed, tiny budget (<= 10 min on 2 cores)
     PYTHONPATH=. python tools/bench_lm.py --medium         # 1 seed, 128-token blocks, 30 x 8 steps
+    PYTHONPATH=. python tools/bench_lm.py --medium --seeds 2 --tflite   # the same, 2 seeds (mean, std per method)
     PYTHONPATH=. python tools/bench_lm.py                  # 2 seeds, larger budget, .tflite files too
 """
 from __future__ import annotations
@@ -223,14 +224,29 @@ def run_init_study(teacher, data, signals, cfg, args, runs, log) -> dict:
     return {"layer_selection_teacher_width": wide, "projection": projected}
 
 
+def _spread(values: list[float]) -> dict:
+    """mean, sample standard deviation (None for one value), min, max and the values themselves."""
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "values": values}
+
+
 def summarize(runs: list[dict]) -> dict:
+    """Per method: held-out and Moby-Dick perplexity over seeds (mean, std, min, max, per-seed values) and, paired by
+    seed with scratch_ce, the held-out reduction vs scratch."""
     by: dict[str, list[dict]] = {}
     for r in runs:
         by.setdefault(r["method"], []).append(r)
-    return {m: {"ppl_heldout_mean": sum(r["ppl_heldout"] for r in rs) / len(rs),
-                "ppl_ood_mean": sum(r["ppl_ood"] for r in rs) / len(rs), "seeds": len(rs),
-                "train_tokens": rs[0]["train"]["tokens"],
-                "train_tokens_per_s": sum(r["train"]["tokens_per_s"] for r in rs) / len(rs)} for m, rs in by.items()}
+    scratch = {r["seed"]: r["ppl_heldout"] for r in by.get("scratch_ce", [])}
+    out = {}
+    for m, rs in by.items():
+        held, ood = _spread([r["ppl_heldout"] for r in rs]), _spread([r["ppl_ood"] for r in rs])
+        out[m] = {"ppl_heldout_mean": held["mean"], "ppl_ood_mean": ood["mean"], "ppl_heldout": held,
+                  "ppl_ood": ood, "seeds": len(rs), "train_tokens": rs[0]["train"]["tokens"],
+                  "train_tokens_per_s": sum(r["train"]["tokens_per_s"] for r in rs) / len(rs)}
+        if m != "scratch_ce" and all(r["seed"] in scratch for r in rs):
+            out[m]["reduction_vs_scratch"] = _spread([1 - r["ppl_heldout"] / scratch[r["seed"]] for r in rs])
+    return out
 
 
 def targets(summary: dict, files: dict) -> dict:
@@ -239,7 +255,10 @@ def targets(summary: dict, files: dict) -> dict:
         scratch = summary["scratch_ce"]["ppl_heldout_mean"]
         best_name = min((m for m in summary if m != "scratch_ce"), key=lambda m: summary[m]["ppl_heldout_mean"])
         gain = 1 - summary[best_name]["ppl_heldout_mean"] / scratch
-        out["kd_vs_scratch"] = {"best": best_name, "reduction": round(gain, 4), "target": 0.15, "met": gain >= 0.15}
+        per_seed = summary[best_name].get("reduction_vs_scratch", {}).get("values", [])
+        out["kd_vs_scratch"] = {"best": best_name, "reduction": round(gain, 4), "target": 0.15, "met": gain >= 0.15,
+                                "reduction_per_seed": [round(g, 4) for g in per_seed],
+                                "met_every_seed": bool(per_seed) and min(per_seed) >= 0.15}
     for fmt in ("onnx", "kv.onnx", "tflite", "kv.tflite"):
         fp, q = files.get(f"student.{fmt}", {}), files.get(f"student.int8.{fmt}", {})
         if "perplexity" in fp and "perplexity" in q:

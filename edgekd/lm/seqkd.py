@@ -27,10 +27,13 @@ def _continue(teacher, prompt: Tensor, new: int, temperature: float, gen: torch.
 
 
 @torch.no_grad()
-def teacher_continuations(teacher, blocks: Tensor, prompt_len: int, *, batch_size: int = 16,
+def teacher_continuations(teacher, blocks: Tensor, prompt_len: int, *, batch_size: int = 32,
                           temperature: float = 0.0, seed: int = 0) -> tuple[Tensor, float]:
     """Blocks of the same shape as `blocks`: the first `prompt_len` tokens kept, the rest written by the teacher
-    (greedy at temperature 0, else sampled). Returns (blocks, teacher tokens generated per second)."""
+    (greedy at temperature 0, else sampled). Returns (blocks, teacher tokens generated per second).
+
+    Batch 32 (fp32) wrote the same tokens as batch 16 and was 1.17x faster (32 medium blocks, 96-token prompts, 32
+    new tokens: 13.1 s vs 15.4 s); bf16 prefill + fp32 steps was 1.8x faster but changed 4.4 % of the tokens."""
     teacher.eval()
     n, t = blocks.shape
     new = t - prompt_len
