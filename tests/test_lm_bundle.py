@@ -62,7 +62,7 @@ def test_tflite_and_litertlm_bundle_verifies(tmp_path):
     with zipfile.ZipFile(path) as zf:
         config = json.loads(zf.read("lm_config.json"))
     sig = config["files"]["models/student.kv.tflite"]
-    assert sig["layout"] == "edgekd_kv_cache" and sig["prefill_len"] == 8 and sig["cache_len"] == 16
+    assert sig["layout"] == "litert_lm_kv_cache" and sig["prefill_len"] == 8 and sig["cache_len"] == 16
     broken = tmp_path / "broken.zip"  # a .litertlm that is not one, with a manifest that matches it
     (tmp_path / "fake.litertlm").write_bytes(b"NOTLITERTLM")
     make_lm_bundle({"student.litertlm": tmp_path / "fake.litertlm"}, tok, {}, broken, name="tiny",

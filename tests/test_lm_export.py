@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgekd.lm.decoder import CachedLM, FixedLengthLM
+from edgekd.lm.decoder import CachedLM, FixedLengthLM, LiteRTLM
 from edgekd.lm.runtime import TorchSession, greedy_generate
 from tests.lm_fixtures import VOCAB, tiny_llama, tokenizer_folder
 
@@ -23,6 +23,26 @@ def test_fixed_and_cached_decoders_match_transformers():
         for p in range(8, 12):
             logits, k, v = step(x[:1, p:p + 1], torch.tensor([p]), k, v)
             assert torch.allclose(logits[0, 0], ref[0, p], atol=1e-5)
+
+
+def test_litert_lm_layout_step_matches_transformers_and_writes_only_its_slots():
+    """LiteRTLM (the *.kv.tflite / .litertlm graph): prefill 8 then 4 decode steps equal the full forward; each
+    step changes only the cache slots of its positions (dynamic_update_slice)."""
+    model = tiny_llama(layers=2)
+    x = torch.randint(0, VOCAB, (1, 12))
+    step = LiteRTLM(model, 16)
+    with torch.no_grad():
+        ref = model(x).logits
+        cache = step.empty_cache()
+        assert set(cache) == {"k_0", "v_0", "k_1", "v_1"} and cache["k_0"].shape == (1, 2, 16, 8)
+        out = step(x[:, :8].int(), torch.arange(8, dtype=torch.int32), cache)
+        assert torch.allclose(out["logits"], ref[:, :8], atol=1e-5)
+        for p in range(8, 12):
+            before = out["kv_cache"]
+            out = step(x[:, p:p + 1].int(), torch.tensor([p], dtype=torch.int32), before)
+            assert torch.allclose(out["logits"][0, 0], ref[0, p], atol=1e-5)
+            changed = (out["kv_cache"]["k_1"] != before["k_1"]).any(-1).any(1)[0]      # (C,) slots written
+            assert changed.nonzero().flatten().tolist() == [p]
 
 
 def test_greedy_generation_agrees_between_fixed_and_cached_torch_sessions():
@@ -73,7 +93,8 @@ def test_tflite_files_fixed_kv_signatures_and_int8(tmp_path):
     int8 = ex.quantize_tflite_int8(fixed, tmp_path / "s.int8.tflite")
     assert int8.stat().st_size < fixed.stat().st_size
     session = open_lm_session(kv)
-    assert (session.kind, session.prefill_len) == ("kv", 8)
+    assert (session.kind, session.prefill_len, session.max_len, session.layers) == ("kv", 8, 16, 1)
+    assert set(session.interp.get_signature_list()) == {"prefill_8", "decode"}
     r = verify_file(session, TorchSession(CachedLM(model, 16), "kv"), blocks, new_tokens=4)
     assert r["max_abs_logit_diff"] < 1e-4 and r["greedy_agreement"] == 1.0
     r = verify_file(open_lm_session(fixed), TorchSession(FixedLengthLM(model, 12), "fixed"), blocks, new_tokens=2)

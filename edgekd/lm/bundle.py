@@ -31,19 +31,22 @@ def describe_file(path: Path) -> dict[str, Any]:
     """How to drive one file (for lm_config.json), read from the file itself."""
     if path.suffix == ".litertlm":
         return {"runtime": "litert-lm", "layout": "LiteRT-LM container: the KV-cache .tflite + tokenizer + LLM "
-                                                  "metadata (see the .kv.tflite entry for its signatures)"}
+                                                  "metadata (see the .kv.tflite entry for its signatures); runs "
+                                                  "in the LiteRT-LM runtime (Engine / Session API)"}
     from edgekd.lm.runtime import open_lm_session
 
     s = open_lm_session(path)
     if path.suffix == ".tflite":
-        return {"runtime": "litert", "layout": "edgekd_kv_cache" if s.kind == "kv" else "fixed_length",
-                "signatures": {"prefill": {"args_0": f"ids int32 (1, {s.prefill_len})",
-                                           "args_1": f"positions int32 ({s.prefill_len},)",
-                                           "args_2": f"k_cache float32 {list(s.cache_shape)}",
-                                           "args_3": f"v_cache float32 {list(s.cache_shape)}",
-                                           "outputs": "output_0 logits, output_1 k_cache, output_2 v_cache"},
-                               "decode": {"args_0": "ids int32 (1, 1)", "args_1": "positions int32 (1,)",
-                                          "args_2": "k_cache", "args_3": "v_cache", "outputs": "as prefill"}}
+        cache = f"float32 {list(s.cache_shape)} per layer i < {getattr(s, 'layers', 0)}" if s.kind == "kv" else ""
+        return {"runtime": "litert", "layout": "litert_lm_kv_cache" if s.kind == "kv" else "fixed_length",
+                "signatures": {f"prefill_{s.prefill_len}": {"tokens": f"int32 (1, {s.prefill_len})",
+                                                            "input_pos": f"int32 ({s.prefill_len},)",
+                                                            "kv_cache_k_<i>": cache, "kv_cache_v_<i>": cache,
+                                                            "outputs": "logits (1, S, vocab), kv_cache_k_<i>, "
+                                                                       "kv_cache_v_<i>"},
+                               "decode": {"tokens": "int32 (1, 1)", "input_pos": "int32 (1,)",
+                                          "kv_cache_k_<i>": cache, "kv_cache_v_<i>": cache,
+                                          "outputs": "as prefill"}}
                 if s.kind == "kv" else {"ids": f"int32 (1, {s.seq_len})", "logits": "float32 (1, T, vocab)"},
                 "cache_len": s.max_len, "prefill_len": s.prefill_len}
     return {"runtime": "onnxruntime", "layout": "past_key_values" if s.kind == "kv" else "fixed_length",
@@ -105,12 +108,13 @@ def readme(name: str, version: str, target: str, files: list[str]) -> str:
     if litertlm:
         lines.append(f"- `models/{litertlm}`: LiteRT-LM container (KV-cache model, tokenizer, LLM metadata). Push "
                      f"it to the phone (`adb push models/{litertlm} /data/local/tmp/`) or download it at first "
-                     "launch; it is too large for APK assets. Its signatures use edgekd's input order (ids, "
-                     "positions, k_cache, v_cache); LiteRT-LM's own loader has not been tested with it.")
+                     "launch; it is too large for APK assets. Run it with LiteRT-LM (Engine + Session on the CPU "
+                     "backend; edgekd verified and profiled it in LiteRT-LM's Python runtime, litert-lm-api).")
     for f in tflite:
-        lines.append(f"- `models/{f}`: LiteRT model with `prefill` and `decode` signatures over an external KV "
-                     "cache; run with the LiteRT `Interpreter` (`getSignatureRunner(\"prefill\")`, then "
-                     "`\"decode\"` once per token), feeding back the returned caches.")
+        lines.append(f"- `models/{f}`: LiteRT model with `prefill_<P>` and `decode` signatures over an external KV "
+                     "cache in the LiteRT-LM layout (`tokens`, `input_pos`, `kv_cache_k_<i>`/`kv_cache_v_<i>`); "
+                     "run with the LiteRT `Interpreter` (the prefill signature once, then `\"decode\"` once per "
+                     "token), feeding back the returned caches.")
     for f in onnx:
         lines.append(f"- `models/{f}`: ONNX decoder in the Hugging Face past-key-values layout (`input_ids`, "
                      "`attention_mask`, `position_ids`, `past_key_values.N.key/value` -> `logits`, "

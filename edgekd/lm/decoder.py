@@ -7,6 +7,10 @@ machinery.
 - `CachedLM(model, cache_len)`: one step of an external-KV-cache decoder: (ids (1, S), positions (S,),
   k_cache, v_cache (L, kv, C, hd)) -> (logits (1, S, V), k_cache, v_cache). S = prompt length gives the prefill
   signature, S = 1 the decode signature; slot j of the cache holds position j.
+- `LiteRTLM(model, cache_len)`: the same step in the LiteRT-LM layout (litert_torch.generative's names), what
+  `*.kv.tflite` and the `.litertlm` hold: (tokens (1, S) int32, input_pos (S,) int32, kv_cache {k_i, v_i: (1, kv, C,
+  hd)} per layer) -> {logits (1, S, V), kv_cache {k_i, v_i}}; each layer's new keys and values are written with
+  dynamic_update_slice (TFLite DYNAMIC_UPDATE_SLICE), which LiteRT-LM runs in place on its cache buffers.
 - `PastKeyValuesLM(model, max_len)`: the Hugging Face / onnxruntime-genai decoder layout with a growing cache:
   (input_ids (B, S), attention_mask (B, P+S), position_ids (B, S), past_key_values.{i}.key/value (B, kv, P, hd)
   for each layer i) -> (logits (B, S, V), present.{i}.key/value (B, kv, P+S, hd)); P = 0 on the first call.
@@ -123,6 +127,40 @@ class CachedLM(_Base):
                                                   attn_mask=mask)
             h = self.finish_block(layer, h, attn)
         return self.logits(h), torch.stack(new_k), torch.stack(new_v)
+
+
+class LiteRTLM(_Base):
+    """One prefill/decode step in the LiteRT-LM layout (see module docstring); positions are consecutive from
+    input_pos[0] (the slice written into the cache starts there)."""
+
+    def __init__(self, model, cache_len: int):
+        super().__init__(model, cache_len)
+        from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
+
+        self.cache_len, self._update = cache_len, dynamic_update_slice
+
+    def cache_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.kv_heads, self.cache_len, self.head_dim)
+
+    def empty_cache(self) -> dict[str, Tensor]:
+        return {f"{kv}_{i}": torch.zeros(self.cache_shape()) for i in range(len(self.layers)) for kv in "kv"}
+
+    def forward(self, tokens: Tensor, input_pos: Tensor, kv_cache: dict[str, Tensor]):
+        h = self.embed(tokens)
+        cos, sin = self.cos[input_pos], self.sin[input_pos]
+        slots = torch.arange(self.cache_len, device=h.device)
+        mask = torch.where(slots[None, :] <= input_pos[:, None], 0.0, float("-inf")).to(h.dtype)
+        zero = torch.zeros([], dtype=torch.int32)
+        start = [zero, zero, input_pos[0].to(torch.int32).reshape([]), zero]
+        new = {}
+        for i, layer in enumerate(self.layers):
+            q, k, v = self.qkv(layer, h, cos, sin)                            # k, v (1, kv, S, hd)
+            kc = self._update(kv_cache[f"k_{i}"], k, start)                   # (1, kv, C, hd)
+            vc = self._update(kv_cache[f"v_{i}"], v, start)
+            new[f"k_{i}"], new[f"v_{i}"] = kc, vc
+            attn = F.scaled_dot_product_attention(q, self.expand_kv(kc), self.expand_kv(vc), attn_mask=mask)
+            h = self.finish_block(layer, h, attn)
+        return {"logits": self.logits(h), "kv_cache": new}
 
 
 def past_names(layers: int) -> tuple[list[str], list[str]]:

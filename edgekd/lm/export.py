@@ -1,9 +1,11 @@
 """Files of a student LM: .tflite (litert-torch) and .onnx (torch.onnx), fixed-length or with an external KV cache,
 and their int8 dynamic-range (int8 weights, float activations quantized on the fly) versions.
 
-Graph shapes: fixed-length files take ids (1, T) and return logits (1, T, V). `*.kv.tflite` (signatures `prefill`,
-S = prompt length, and `decode`, S = 1) takes (ids (1, S), positions (S,), k_cache, v_cache (L, kv, C, hd)) and
-returns (logits, k_cache, v_cache). `*.kv.onnx` uses the Hugging Face past-key-values layout (`input_ids`,
+Graph shapes: fixed-length files take ids (1, T) and return logits (1, T, V). `*.kv.tflite` is in the LiteRT-LM
+layout (litert_torch.generative's names): signatures `prefill_<P>` (S = P tokens) and `decode` (S = 1) take
+`tokens` (1, S) int32, `input_pos` (S,) int32 and `kv_cache_k_<i>`, `kv_cache_v_<i>` (1, kv, C, hd) per layer, and
+return `logits` (1, S, V) and the updated `kv_cache_k_<i>`, `kv_cache_v_<i>` (written with DYNAMIC_UPDATE_SLICE, so
+LiteRT-LM updates its cache buffers in place); the `.litertlm` built from it runs in the LiteRT-LM runtime. `*.kv.onnx` uses the Hugging Face past-key-values layout (`input_ids`,
 `attention_mask`, `position_ids`, `past_key_values.{i}.key|value` -> `logits`, `present.{i}.key|value`, dynamic
 batch and lengths) that onnxruntime-genai-style loops drive. See `edgekd.lm.decoder`. Each function writes atomically and returns the path; converter failures propagate with the
 converter's own message (the stage records it).
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 
 from edgekd.fileio import atomic_path
-from edgekd.lm.decoder import CachedLM, FixedLengthLM
+from edgekd.lm.decoder import FixedLengthLM, LiteRTLM
 
 
 @contextlib.contextmanager
@@ -28,9 +30,10 @@ def _quiet():
         yield out
 
 
-def kv_inputs(module: CachedLM, steps: int) -> tuple[torch.Tensor, ...]:
-    shape = module.cache_shape()
-    return (torch.zeros(1, steps, dtype=torch.long), torch.arange(steps), torch.zeros(shape), torch.zeros(shape))
+def kv_inputs(module: LiteRTLM, steps: int) -> dict[str, object]:
+    """Sample keyword inputs of one LiteRT-LM step of `steps` tokens (the signature's input names)."""
+    return {"tokens": torch.zeros(1, steps, dtype=torch.int32), "input_pos": torch.arange(steps, dtype=torch.int32),
+            "kv_cache": module.empty_cache()}
 
 
 def export_tflite(model, seq_len: int, path: str | os.PathLike) -> Path:
@@ -46,13 +49,14 @@ def export_tflite(model, seq_len: int, path: str | os.PathLike) -> Path:
 
 
 def export_tflite_kv(model, cache_len: int, prefill_len: int, path: str | os.PathLike) -> Path:
-    """.tflite with `prefill` (prefill_len tokens) and `decode` (1 token) signatures over an external KV cache."""
+    """.tflite with `prefill_<prefill_len>` and `decode` (1 token) signatures over an external KV cache of
+    `cache_len` slots, in the LiteRT-LM layout (module docstring)."""
     import litert_torch
 
-    module = CachedLM(model.float().eval(), cache_len).eval()
+    module = LiteRTLM(model.float().eval(), cache_len).eval()
     with _quiet():
-        edge = (litert_torch.signature("prefill", module, kv_inputs(module, prefill_len))
-                .signature("decode", module, kv_inputs(module, 1)).convert())
+        edge = (litert_torch.signature(f"prefill_{prefill_len}", module, sample_kwargs=kv_inputs(module, prefill_len))
+                .signature("decode", module, sample_kwargs=kv_inputs(module, 1)).convert())
     with atomic_path(path) as tmp, _quiet():
         edge.export(str(tmp))
     return Path(path)

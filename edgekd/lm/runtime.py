@@ -4,9 +4,10 @@
 A session is either fixed-length (`kind == "fixed"`: `forward(ids (1, T)) -> logits (1, T, V)`) or a KV-cache step
 (`kind == "kv"`: `step(ids (1, S), positions (S,), k, v) -> (logits (1, S, V), k, v)`; `prefill_len` is the S its
 prefill accepts, None when any S works; `max_len` the positions the cache holds). Inputs and outputs are numpy
-arrays; `k`, `v` are whatever `empty_cache(session)` starts with: one (L, kv, C, hd) array each for the
-fixed-capacity caches of edgekd's .tflite and torch modules, per-layer lists of (1, kv, P, hd) arrays for the
-Hugging Face past-key-values layout of `*.kv.onnx` (which grows by S each step, so positions must continue it).
+arrays; `k`, `v` are whatever `empty_cache(session)` starts with: one (L, kv, C, hd) array each for the torch
+CachedLM reference, per-layer lists of (1, kv, C, hd) arrays for the fixed-capacity LiteRT-LM layout of
+`*.kv.tflite`, per-layer lists of (1, kv, P, hd) arrays for the Hugging Face past-key-values layout of `*.kv.onnx`
+(which grows by S each step, so positions must continue it).
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class TorchSession:
 
 
 class LiteRTSession:
+    """LiteRT Interpreter: a fixed-length file (one signature, ids -> logits) or a KV-cache file in the LiteRT-LM
+    layout (`prefill_<P>` and `decode` signatures; edgekd.lm.export)."""
+
     runtime = "litert"
 
     def __init__(self, path: Path, threads: int = 1):
@@ -51,12 +55,19 @@ class LiteRTSession:
 
         self.interp = Interpreter(str(path), num_threads=threads)
         sigs = self.interp.get_signature_list()
-        if "decode" in sigs:
+        prefill = next((n for n in sigs if n.startswith("prefill")), None)
+        if prefill and "decode" in sigs:
             self.kind = "kv"
-            self.runners = {n: self.interp.get_signature_runner(n) for n in ("prefill", "decode")}
+            self.runners = {"prefill": self.interp.get_signature_runner(prefill),
+                            "decode": self.interp.get_signature_runner("decode")}
             details = self.runners["prefill"].get_input_details()
-            self.prefill_len = int(details["args_0"]["shape"][1])
-            self.cache_shape = tuple(int(d) for d in details["args_2"]["shape"])
+            if not {"tokens", "input_pos", "kv_cache_k_0"} <= set(details):
+                raise EdgeKDError(f"{Path(path).name}: a prefill/decode .tflite without the LiteRT-LM inputs "
+                                  f"(tokens, input_pos, kv_cache_k_<i>/kv_cache_v_<i>; it has {sorted(details)}); "
+                                  f"re-export it with edgekd.lm.export.export_tflite_kv")
+            self.layers = sum(1 for n in details if n.startswith("kv_cache_k_"))
+            self.prefill_len = int(details["tokens"]["shape"][1])
+            self.cache_shape = tuple(int(d) for d in details["kv_cache_k_0"]["shape"])   # (1, kv, C, hd)
             self.max_len, self.seq_len = self.cache_shape[2], None
         else:
             self.kind = "fixed"
@@ -67,11 +78,18 @@ class LiteRTSession:
     def forward(self, ids):
         return self.runner(args_0=np.asarray(ids, np.int32))["output_0"]
 
+    def empty_cache(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        return ([np.zeros(self.cache_shape, np.float32) for _ in range(self.layers)],
+                [np.zeros(self.cache_shape, np.float32) for _ in range(self.layers)])
+
     def step(self, ids, positions, k, v):
         runner = self.runners["decode" if np.shape(ids)[1] == 1 else "prefill"]
-        out = runner(args_0=np.asarray(ids, np.int32), args_1=np.asarray(positions, np.int32),
-                     args_2=np.asarray(k, np.float32), args_3=np.asarray(v, np.float32))
-        return out["output_0"], out["output_1"], out["output_2"]
+        feeds = {"tokens": np.asarray(ids, np.int32), "input_pos": np.asarray(positions, np.int32)}
+        for i in range(self.layers):
+            feeds[f"kv_cache_k_{i}"], feeds[f"kv_cache_v_{i}"] = k[i], v[i]
+        out = runner(**feeds)
+        return (out["logits"], [out[f"kv_cache_k_{i}"] for i in range(self.layers)],
+                [out[f"kv_cache_v_{i}"] for i in range(self.layers)])
 
 
 class OrtSession:
