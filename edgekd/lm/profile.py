@@ -100,6 +100,17 @@ def _memory_probe() -> None:
     from edgekd.lm.runtime import open_lm_session
 
     path, prompt_len, decode_tokens, threads = Path(sys.argv[1]), *map(int, sys.argv[2:5])
+    if path.suffix == ".litertlm":  # LiteRT-LM's own benchmark: engine, prefill, decode
+        from edgekd.lm import litertlm
+
+        litertlm._lm()
+        baseline = _status_mb("VmRSS")
+        litertlm.profile_litertlm(path, prompt_len, decode_tokens, repeats=1, threads=threads)
+        peak = _status_mb("VmHWM")
+        print(json.dumps({"peak_rss_mb": round(peak, 1), "baseline_rss_mb": round(baseline, 1),
+                          "session_peak_mb": round(peak - baseline, 1),
+                          "method": "child process VmHWM after litert_lm.Benchmark (engine + prefill + decode)"}))
+        return
     if path.suffix == ".onnx":
         import onnxruntime  # noqa: F401  (library load is baseline, not the model's cost)
     else:

@@ -175,8 +175,14 @@ def _reference(student, session, r):
 
 
 def runnable(outputs) -> list[str]:
-    """Exported files a runtime here executes (the .litertlm container is for LiteRT-LM on the device)."""
+    """Exported files a runtime here executes through edgekd.lm.runtime (the .litertlm goes to LiteRT-LM, below)."""
     return [n for n in outputs if n.endswith((".onnx", ".tflite"))]
+
+
+def _litertlm_skipped() -> dict[str, str]:
+    from edgekd.lm.litertlm import INSTALL_HINT
+
+    return {"runtime": "litert-lm (not run here)", "skipped": f"LiteRT-LM runtime not installed: {INSTALL_HINT}"}
 
 
 def run_verify(ctx: "RunContext") -> Result:
@@ -191,6 +197,19 @@ def run_verify(ctx: "RunContext") -> Result:
                                     prompt_len=r.verify.prompt_len)
         ctx.log(f"verify: {name} perplexity {results[name]['perplexity']:.2f} "
                 f"(torch {results[name]['reference_perplexity']:.2f}), greedy {results[name]['greedy_agreement']:.2f}")
+    if "student.litertlm" in rec.outputs:
+        from edgekd.lm import litertlm
+        from edgekd.lm.decoder import CachedLM
+        from edgekd.lm.runtime import TorchSession
+
+        name = "student.litertlm"
+        results[name] = _litertlm_skipped() if not litertlm.available() else litertlm.verify_litertlm(
+            rec.path(ctx.run_dir, name), TorchSession(CachedLM(student, r.export.cache_len), "kv"), heldout,
+            new_tokens=r.verify.new_tokens, prompt_len=r.verify.prompt_len)
+        ctx.log(f"verify: {name} " + (results[name].get("skipped") or
+                                      f"perplexity {results[name]['perplexity']:.2f} in LiteRT-LM (torch "
+                                      f"{results[name]['reference_perplexity']:.2f}), greedy "
+                                      f"{results[name]['greedy_agreement']:.2f}"))
     for name, res in results.items():
         if ".int8." in name and name.replace(".int8.", ".") in results:
             rel = res["perplexity"] / results[name.replace(".int8.", ".")]["perplexity"] - 1
@@ -221,6 +240,19 @@ def run_profile(ctx: "RunContext") -> Result:
         ctx.log(f"profile: {name} TTFT {results[name]['ttft_ms']['p50']:.1f} ms, decode "
                 f"{results[name]['decode_tokens_per_s']['p50']:.1f} tokens/s"
                 + (f", peak RSS {results[name]['memory'].get('peak_rss_mb')} MB" if p.memory else ""))
+    if "student.litertlm" in rec.outputs:
+        from edgekd.lm import litertlm
+
+        name = "student.litertlm"
+        if litertlm.available():
+            path = rec.path(ctx.run_dir, name)
+            results[name] = litertlm.profile_litertlm(path, r.export.prefill_len, p.decode_tokens, p.repeats, p.threads)
+            if p.memory:
+                results[name]["memory"] = peak_memory(path, r.export.prefill_len, p.decode_tokens, p.threads)
+            ctx.log(f"profile: {name} in LiteRT-LM TTFT {results[name]['ttft_ms']['p50']:.1f} ms, decode "
+                    f"{results[name]['decode_tokens_per_s']['p50']:.1f} tokens/s")
+        else:
+            results[name] = _litertlm_skipped()
     serial = attached_phone() if p.phones else None
     files = {n: rec.path(ctx.run_dir, n) for n in runnable(rec.outputs)}
     phones = {t: phone_figures(t, files, student.config.to_dict(), prompt_len=p.prompt_len,
