@@ -18,6 +18,8 @@ All match the transformers forward to float rounding (tests/test_lm_export.py).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -73,6 +75,17 @@ class _Base(nn.Module):
             return x
         b, kv, t, hd = x.shape
         return x[:, :, None].expand(b, kv, rep, t, hd).reshape(b, kv * rep, t, hd)
+
+    def grouped_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """Attention of q (B, heads, S, hd) over k, v (B, kv, C, hd) with an additive (S, C) mask, as two batched
+        matmuls per key/value group: each group's heads/kv query heads are stacked as rows, so the cache is read
+        once and never expanded. Same math as SDPA over `expand_kv`; in LiteRT it is ~10x faster per decode step
+        (the SDPA + BROADCAST_TO lowering cost ~2.3 ms per layer for a 256-slot cache, this ~0.2 ms)."""
+        b, h, s, hd = q.shape
+        rep = h // self.kv_heads
+        scores = torch.matmul(q.reshape(b, self.kv_heads, rep * s, hd), k.transpose(2, 3)) * (1.0 / math.sqrt(hd))
+        probs = torch.softmax(scores + mask.repeat(rep, 1), -1)                 # rows r * S + t use mask row t
+        return torch.matmul(probs, v).reshape(b, h, s, hd)
 
     def finish_block(self, layer, h: Tensor, attn: Tensor) -> Tensor:
         b, _, t, _ = attn.shape
@@ -158,8 +171,7 @@ class LiteRTLM(_Base):
             kc = self._update(kv_cache[f"k_{i}"], k, start)                   # (1, kv, C, hd)
             vc = self._update(kv_cache[f"v_{i}"], v, start)
             new[f"k_{i}"], new[f"v_{i}"] = kc, vc
-            attn = F.scaled_dot_product_attention(q, self.expand_kv(kc), self.expand_kv(vc), attn_mask=mask)
-            h = self.finish_block(layer, h, attn)
+            h = self.finish_block(layer, h, self.grouped_attention(q, kc, vc, mask))
         return {"logits": self.logits(h), "kv_cache": new}
 
 

@@ -151,17 +151,20 @@ def run_export(ctx: "RunContext") -> Result:
         files.append({"name": name, "bytes": path.stat().st_size, "seconds": round(time.perf_counter() - t0, 1),
                       "precision": "int8" if ".int8." in name else "fp32", "kv_cache": ".kv." in name})
         ctx.log(f"export: {name} ({path.stat().st_size / 1e6:.1f} MB)")
-    if "student.kv.tflite" in outputs:
+    for kv_name in ("student.kv.tflite", "student.int8.kv.tflite"):   # the LiteRT-LM containers
+        if kv_name not in outputs:
+            continue
+        name = kv_name.replace(".kv.tflite", ".litertlm")
         try:
             tok = ctx.record("teacher").path(ctx.run_dir, "tokenizer")
             eos = student.config.eos_token_id
-            outputs["student.litertlm"] = ex.package_litertlm(
-                outputs["student.kv.tflite"], tok, out / "student.litertlm", context_length=e.cache_len,
+            outputs[name] = ex.package_litertlm(
+                outputs[kv_name], tok, out / name, context_length=e.cache_len,
                 stop_token_ids=[eos] if isinstance(eos, int) else list(eos or []))
-            files.append({"name": "student.litertlm", "bytes": outputs["student.litertlm"].stat().st_size,
-                          "precision": "fp32", "kv_cache": True})
+            files.append({"name": name, "bytes": outputs[name].stat().st_size,
+                          "precision": "int8" if ".int8." in name else "fp32", "kv_cache": True})
         except Exception as err:
-            errors["student.litertlm"] = f"{type(err).__name__}: {err}"[:4000]
+            errors[name] = f"{type(err).__name__}: {err}"[:4000]
     return outputs, {"files": files, "errors": errors}
 
 
@@ -197,12 +200,11 @@ def run_verify(ctx: "RunContext") -> Result:
                                     prompt_len=r.verify.prompt_len)
         ctx.log(f"verify: {name} perplexity {results[name]['perplexity']:.2f} "
                 f"(torch {results[name]['reference_perplexity']:.2f}), greedy {results[name]['greedy_agreement']:.2f}")
-    if "student.litertlm" in rec.outputs:
+    for name in [n for n in rec.outputs if n.endswith(".litertlm")]:
         from edgekd.lm import litertlm
         from edgekd.lm.decoder import CachedLM
         from edgekd.lm.runtime import TorchSession
 
-        name = "student.litertlm"
         results[name] = _litertlm_skipped() if not litertlm.available() else litertlm.verify_litertlm(
             rec.path(ctx.run_dir, name), TorchSession(CachedLM(student, r.export.cache_len), "kv"), heldout,
             new_tokens=r.verify.new_tokens, prompt_len=r.verify.prompt_len)
@@ -211,7 +213,7 @@ def run_verify(ctx: "RunContext") -> Result:
                                       f"{results[name]['reference_perplexity']:.2f}), greedy "
                                       f"{results[name]['greedy_agreement']:.2f}"))
     for name, res in results.items():
-        if ".int8." in name and name.replace(".int8.", ".") in results:
+        if ".int8." in name and "perplexity" in results.get(name.replace(".int8.", "."), {}) and "perplexity" in res:
             rel = res["perplexity"] / results[name.replace(".int8.", ".")]["perplexity"] - 1
             res["ppl_vs_fp32"] = rel
             res["within_tolerance"] = abs(rel) <= r.verify.int8_ppl_tolerance
@@ -240,10 +242,9 @@ def run_profile(ctx: "RunContext") -> Result:
         ctx.log(f"profile: {name} TTFT {results[name]['ttft_ms']['p50']:.1f} ms, decode "
                 f"{results[name]['decode_tokens_per_s']['p50']:.1f} tokens/s"
                 + (f", peak RSS {results[name]['memory'].get('peak_rss_mb')} MB" if p.memory else ""))
-    if "student.litertlm" in rec.outputs:
+    for name in [n for n in rec.outputs if n.endswith(".litertlm")]:
         from edgekd.lm import litertlm
 
-        name = "student.litertlm"
         if litertlm.available():
             path = rec.path(ctx.run_dir, name)
             results[name] = litertlm.profile_litertlm(path, r.export.prefill_len, p.decode_tokens, p.repeats, p.threads)
