@@ -65,7 +65,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def files_section(student, data, seq_len: int, tflite: bool, log) -> dict:
+def files_section(student, data, seq_len: int, tflite: bool, log, tokenizer=None) -> dict:
     """Export the student (fixed-length and KV-cache files), quantize, and verify + profile every file in its
     runtime, with the peak RSS of a child process that opens and runs it."""
     from edgekd.lm import export as ex
@@ -105,10 +105,39 @@ def files_section(student, data, seq_len: int, tflite: bool, log) -> dict:
         log(f"{name}: {rec['bytes'] / 1e6:.1f} MB ppl {rec['perplexity']:.2f} "
             f"(torch {rec['reference_perplexity']:.2f}) "
             f"max|dlogit| {rec['max_abs_logit_diff']:.2e} greedy {rec['greedy_agreement']:.2f}")
+    from edgekd.lm import litertlm
+
+    tok_json = tmp / "tokenizer" / "tokenizer.json"
+    for kv_name in ("student.kv.tflite", "student.int8.kv.tflite"):   # LiteRT-LM containers, run in LiteRT-LM
+        name = kv_name.replace(".kv.tflite", ".litertlm")
+        if "error" in out.get(kv_name, {"error": "not exported"}) or tokenizer is None:
+            continue
+        try:
+            if not tok_json.is_file():
+                tokenizer.save_pretrained(tmp / "tokenizer")
+            eos = student.config.eos_token_id
+            path = ex.package_litertlm(tmp / kv_name, tok_json, tmp / name, context_length=cache_len,
+                                       stop_token_ids=[eos] if isinstance(eos, int) else list(eos or []))
+            rec = {"bytes": path.stat().st_size}
+            if litertlm.available():
+                rec.update(**litertlm.verify_litertlm(path, refs["kv"], data.heldout, new_tokens=16,
+                                                      prompt_len=seq_len // 2),
+                           profile=litertlm.profile_litertlm(path, seq_len, decode_tokens=16, repeats=5),
+                           memory=peak_memory(path, seq_len, decode_tokens=16))
+                log(f"{name}: {rec['bytes'] / 1e6:.1f} MB ppl {rec['perplexity']:.2f} in LiteRT-LM "
+                    f"(torch {rec['reference_perplexity']:.2f}), decode {rec['profile']['decode_tokens_per_s']['p50']:.1f} "
+                    f"tokens/s")
+            else:
+                rec["skipped"] = f"LiteRT-LM runtime not installed: {litertlm.INSTALL_HINT}"
+            out[name] = rec
+        except Exception as e:  # record the error and go on
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            log(f"{name}: FAILED {type(e).__name__}: {str(e)[:300]}")
     from edgekd.lm.phone import attached_phone, phone_figures
 
     serial = attached_phone()
-    out["phones"] = {t: phone_figures(t, {n: tmp / n for n in out if "error" not in out[n]},
+    out["phones"] = {t: phone_figures(t, {n: tmp / n for n in out if "error" not in out[n] and
+                                          not n.endswith(".litertlm")},
                                       student.config.to_dict(), prompt_len=seq_len, decode_tokens=16, serial=serial)
                      for t in ("pixel-8", "galaxy-s24")}
     out["torch"] = {"profile": profile_session(refs["fixed"], seq_len, decode_tokens=8, repeats=5)}
@@ -187,7 +216,7 @@ def main(argv=None) -> int:
         phase("samples", t0)
     if best and not args.no_files:
         t0 = time.perf_counter()
-        files = files_section(best[0], data, cfg["seq_len"], args.tflite or mode == "full", log)
+        files = files_section(best[0], data, cfg["seq_len"], args.tflite or mode == "full", log, tokenizer=tok)
         phase("files", t0)
     result = {"bench": "lm", "mode": mode, "quick": args.quick, "config": cfg,
               "teacher": {"spec": args.teacher, "fingerprint": fp,
@@ -259,7 +288,7 @@ def targets(summary: dict, files: dict) -> dict:
         out["kd_vs_scratch"] = {"best": best_name, "reduction": round(gain, 4), "target": 0.15, "met": gain >= 0.15,
                                 "reduction_per_seed": [round(g, 4) for g in per_seed],
                                 "met_every_seed": bool(per_seed) and min(per_seed) >= 0.15}
-    for fmt in ("onnx", "kv.onnx", "tflite", "kv.tflite"):
+    for fmt in ("onnx", "kv.onnx", "tflite", "kv.tflite", "litertlm"):
         fp, q = files.get(f"student.{fmt}", {}), files.get(f"student.int8.{fmt}", {})
         if "perplexity" in fp and "perplexity" in q:
             rel = q["perplexity"] / fp["perplexity"] - 1
