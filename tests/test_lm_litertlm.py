@@ -48,6 +48,10 @@ def test_litertlm_verifies_and_profiles_in_litert_lm(tmp_path):
     assert r["max_abs_logprob_diff"] < 0.25
     assert r["perplexity"] == pytest.approx(r["reference_perplexity"], rel=0.02)
     assert r["greedy_agreement"] == 1.0
+    from edgekd.lm.runtime import open_lm_session   # the Interpreter on the same .tflite as reference (prefill 8)
+
+    by_litert = litertlm.verify_litertlm(path, open_lm_session(kv), blocks[:, :8], new_tokens=4)
+    assert by_litert["greedy_agreement"] == 1.0 and by_litert["blocks_scored"] == 3
     p = litertlm.profile_litertlm(path, prompt_len=6, decode_tokens=4, repeats=2)
     assert p["timed_tokens"] == {"prefill": 6, "decode": 4}
     assert p["decode_tokens_per_s"]["p50"] > 0 and np.isfinite(p["ttft_ms"]["p90"])

@@ -65,7 +65,8 @@ def _log_probs(reference, ids: np.ndarray) -> np.ndarray:
 def verify_litertlm(path: str | Path, reference, blocks, *, new_tokens: int = 16, prompt_len: int = 16,
                     threads: int = 1) -> dict[str, Any]:
     """{perplexity, reference_perplexity, max_abs_logprob_diff, greedy_agreement, greedy_prefix, blocks_scored,
-    blocks_skipped} of a .litertlm run in LiteRT-LM, against `reference` (a torch KV-cache session)."""
+    blocks_skipped} of a .litertlm run in LiteRT-LM, against `reference` (a KV-cache session: the torch student, or
+    the LiteRT Interpreter on the .tflite inside the container, whose prefill length then sets the prompt)."""
     from edgekd.lm.runtime import greedy_generate
 
     lm = _lm()
@@ -89,6 +90,7 @@ def verify_litertlm(path: str | Path, reference, blocks, *, new_tokens: int = 16
         nll, ref_nll, count = nll - scores.sum(), ref_nll - ref.sum(), count + len(ref)
         diffs.append(float(np.abs(scores - ref).max()))
     agree, prefix = [], []
+    prompt_len = getattr(reference, "prefill_len", None) or prompt_len   # a fixed-prefill reference takes only that
     greedy = lm.SamplerConfig(top_k=1)
     for ids in data[:2]:
         prompt = [int(t) for t in ids[:prompt_len]]
