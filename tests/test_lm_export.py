@@ -103,3 +103,24 @@ def test_tflite_files_fixed_kv_signatures_and_int8(tmp_path):
     bundle = ex.package_litertlm(kv, tmp_path / "tok" / "tokenizer.json", tmp_path / "s.litertlm", context_length=16,
                                  stop_token_ids=[1])
     assert bundle.stat().st_size > kv.stat().st_size
+
+
+@pytest.mark.export
+def test_prefill_decode_tflite_without_the_litert_lm_inputs_is_one_clear_error(tmp_path):
+    """A KV-cache .tflite of the earlier edgekd layout (positional args_0..3) is refused with what to do."""
+    import litert_torch
+
+    from edgekd.errors import EdgeKDError
+    from edgekd.lm.runtime import open_lm_session
+
+    class Step(torch.nn.Module):
+        def forward(self, ids, positions, k, v):
+            return ids.float().sum() + positions.float().sum() + k, v
+
+    args = (torch.zeros(1, 2, dtype=torch.int32), torch.arange(2, dtype=torch.int32), torch.zeros(1, 2, 4, 2),
+            torch.zeros(1, 2, 4, 2))
+    path = tmp_path / "old.kv.tflite"
+    litert_torch.signature("prefill", Step(), args).signature("decode", Step(), args).convert().export(str(path))
+    with pytest.raises(EdgeKDError, match=r"old.kv.tflite: a prefill/decode .tflite without the LiteRT-LM inputs "
+                                          r"\(tokens, input_pos, .*re-export it"):
+        open_lm_session(path)
