@@ -125,8 +125,8 @@ def files_section(student, data, seq_len: int, tflite: bool, log, tokenizer=None
                            profile=litertlm.profile_litertlm(path, seq_len, decode_tokens=16, repeats=5),
                            memory=peak_memory(path, seq_len, decode_tokens=16))
                 log(f"{name}: {rec['bytes'] / 1e6:.1f} MB ppl {rec['perplexity']:.2f} in LiteRT-LM "
-                    f"(torch {rec['reference_perplexity']:.2f}), decode {rec['profile']['decode_tokens_per_s']['p50']:.1f} "
-                    f"tokens/s")
+                    f"(torch {rec['reference_perplexity']:.2f}), "
+                    f"decode {rec['profile']['decode_tokens_per_s']['p50']:.1f} tokens/s")
             else:
                 rec["skipped"] = f"LiteRT-LM runtime not installed: {litertlm.INSTALL_HINT}"
             out[name] = rec

@@ -5,10 +5,11 @@ Graph shapes: fixed-length files take ids (1, T) and return logits (1, T, V). `*
 layout (litert_torch.generative's names): signatures `prefill_<P>` (S = P tokens) and `decode` (S = 1) take
 `tokens` (1, S) int32, `input_pos` (S,) int32 and `kv_cache_k_<i>`, `kv_cache_v_<i>` (1, kv, C, hd) per layer, and
 return `logits` (1, S, V) and the updated `kv_cache_k_<i>`, `kv_cache_v_<i>` (written with DYNAMIC_UPDATE_SLICE, so
-LiteRT-LM updates its cache buffers in place); the `.litertlm` built from it runs in the LiteRT-LM runtime. `*.kv.onnx` uses the Hugging Face past-key-values layout (`input_ids`,
-`attention_mask`, `position_ids`, `past_key_values.{i}.key|value` -> `logits`, `present.{i}.key|value`, dynamic
-batch and lengths) that onnxruntime-genai-style loops drive. See `edgekd.lm.decoder`. Each function writes atomically and returns the path; converter failures propagate with the
-converter's own message (the stage records it).
+LiteRT-LM updates its cache buffers in place); the `.litertlm` built from it runs in the LiteRT-LM runtime.
+`*.kv.onnx` uses the Hugging Face past-key-values layout (`input_ids`, `attention_mask`, `position_ids`,
+`past_key_values.{i}.key|value` -> `logits`, `present.{i}.key|value`, dynamic batch and lengths) that
+onnxruntime-genai-style loops drive. See `edgekd.lm.decoder`. Each function writes atomically and returns the path;
+converter failures propagate with the converter's own message (the stage records it).
 """
 from __future__ import annotations
 

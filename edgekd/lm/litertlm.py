@@ -6,9 +6,9 @@ LiteRT-LM takes text, not token ids, so each held-out block is scored through a 
 and only blocks whose ids survive it are scored (`blocks_scored`; the rest are counted in `blocks_skipped`):
 the first two tokens are prefilled and `Session.run_text_scoring` returns the log-likelihood of every further
 token, compared with the torch student's log-probabilities of the same ids. (Two, because after a one-token
-prefill LiteRT-LM 0.18.1 scores the first target token as NaN: it holds the prompt's last token back.) Greedy agreement compares the runtime's
-greedy continuation (sampler top_k = 1) of a prompt with the torch student's, token by token after tokenizing the
-runtime's text.
+prefill LiteRT-LM 0.18.1 scores the first target token as NaN: it holds the prompt's last token back.) Greedy
+agreement compares the runtime's greedy continuation (sampler top_k = 1) of a prompt with the torch student's, token
+by token after tokenizing the runtime's text.
 """
 from __future__ import annotations
 
