@@ -291,7 +291,9 @@ def test_a_measured_search_re_fits_the_predictor_and_records_held_out_errors():
     ds = load_dataset("digits", seed=0, val_fraction=0.2)
     res = search_students(ds, r, None, log=lambda s: None)
     refit = res["latency_refit"]
-    assert len(refit["references"]) == 21 and refit["scale"] > 0 and "also_measured" not in refit
+    # 21 references + the 8 tiny networks at digits' 8x8 input (references of the candidates' size)
+    assert len(refit["references"]) == 29 and refit["scale"] > 0 and "also_measured" not in refit
+    assert refit["form"] in refit["forms"] and set(refit["coefficients"]) == {"compute", "dispatch", "call"}
     pe = res["prediction_errors"]
     assert pe["n"] == 2 and all(c["stored_error"] is not None for c in pe["candidates"])
     own = next(c for c in res["candidates"] if c["kwargs"] == {"width": 8, "depth": 2})
