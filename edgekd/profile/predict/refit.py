@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.predict.predictor import NODE_FEATURES, Calibration, predict
+from edgekd.profile.predict.predictor import NODE_FEATURES, Calibration
 
 # Small whole networks and stacks of the calibration family (edgekd.profile.predict.calibrate.micro_models):
 # from a bare Linear (the session call alone) to a stem + inverted-residual + pooled head (~100 µs).
@@ -190,49 +190,6 @@ def choose_form(parts: Sequence[dict[str, float]], measured_s: Sequence[float], 
     best = min(results, key=lambda f: (round(results[f]["loo_mean_abs"], 6), results[f]["terms"]))
     return {"form": best, **results[best],
             "forms": {f: {k: r[k] for k in ("coefficients", "loo_mean_abs", "loo_rms")} for f, r in results.items()}}
-
-
-def fit_scale_offset(predicted_s: Sequence[float], measured_s: Sequence[float]) -> tuple[float, float, float,
-                                                                                           list[float]]:
-    """(scale, overhead_s, leave-one-out error, residuals) of measured ≈ scale · predicted + overhead (both >= 0)."""
-    p = np.asarray(predicted_s, dtype=np.float64)
-    if len(p) < 3 or len(p) != len(measured_s):
-        raise EdgeKDError(f"need >= 3 reference models with a prediction and a measurement, got "
-                          f"{len(p)}/{len(measured_s)}")
-    if np.any(p <= 0):
-        raise EdgeKDError("reference times must be > 0")
-    (scale, overhead), loo, res = fit_parts(np.stack([p, np.ones_like(p)], axis=1), measured_s)
-    return scale, overhead, loo, res
-
-
-def split_prediction(path: Path, calib: Calibration) -> tuple[float, float]:
-    """(compute part, fixed part) in seconds of the node model's prediction for an .onnx file (the fixed part:
-    per-node dispatch and the per-call cost)."""
-    from edgekd.profile.predict.layers import model_ort_nodes
-    from edgekd.profile.predict.predictor import NODE_DISPATCH, node_features
-
-    nc = calib.node_costs
-    rows = node_features(model_ort_nodes(path), nc["l2_bytes"], nc["l3_bytes"], nc.get("sharpness", 2.0)).sum(0)
-    fixed = sum(rows[i] * nc.get(k, 0.0) for i, k in enumerate(NODE_FEATURES) if k in NODE_DISPATCH)
-    total = sum(rows[i] * nc.get(k, 0.0) for i, k in enumerate(NODE_FEATURES))
-    return float(total - fixed), float(fixed)
-
-
-def rescaled(calib: Calibration, scale: float, overhead_s: float, note: str = "",
-             dispatch_scale: float | None = None) -> Calibration:
-    """`calib` with its compute costs x `scale`, its fixed costs (dispatch, t0) x `dispatch_scale` (default:
-    `scale`) and `overhead_s` added to the per-call cost t0."""
-    from edgekd.profile.predict.predictor import NODE_DISPATCH
-
-    if not calib.node_costs:
-        raise EdgeKDError(f"{calib.target}: the calibration has no ONNX Runtime node model to re-fit; run "
-                          f"`edgekd calibrate --target {calib.target}`")
-    fixed = scale if dispatch_scale is None else dispatch_scale
-    costs = {k: (v * (fixed if k in NODE_DISPATCH else scale) if k in NODE_FEATURES else v)
-             for k, v in calib.node_costs.items()}
-    costs["t0"] = costs.get("t0", 0.0) + overhead_s
-    return replace(calib, node_costs=costs, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   device=(calib.device + (f"; {note}" if note else "")))
 
 
 def split_parts(path: Path, calib: Calibration) -> dict[str, float]:
