@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,9 +292,25 @@ def test_a_measured_search_re_fits_the_predictor_and_records_held_out_errors():
     ds = load_dataset("digits", seed=0, val_fraction=0.2)
     res = search_students(ds, r, None, log=lambda s: None)
     refit = res["latency_refit"]
-    assert len(refit["references"]) == 21 and refit["scale"] > 0 and "also_measured" not in refit
+    # 21 references + the 8 tiny networks at digits' 8x8 input (references of the candidates' size)
+    assert len(refit["references"]) == 29 and refit["scale"] > 0 and "also_measured" not in refit
+    assert refit["form"] in refit["forms"] and set(refit["coefficients"]) == {"compute", "dispatch", "call"}
     pe = res["prediction_errors"]
     assert pe["n"] == 2 and all(c["stored_error"] is not None for c in pe["candidates"])
     own = next(c for c in res["candidates"] if c["kwargs"] == {"width": 8, "depth": 2})
     assert res["budgets_ms"]["cpu-local"] == own["latency"]["cpu-local"]["measured_ms"]  # 'student' resolved
     assert own["within_budget"]
+
+
+def test_the_digits_recipe_trains_its_teacher_without_flips_and_a_small_student_on_validation_choices():
+    from edgekd.config import load_recipe
+    from edgekd.models import build_model, count_params
+    import edgekd
+
+    r = load_recipe(Path(edgekd.__file__).parent / "recipes" / "digits_auto.yaml")
+    assert r.data.dataset == "digits" and r.data.val_fraction > 0
+    assert r.teacher.train.augment is False  # the loop's augmentation flips: a mirrored 2/5/7 is no digit
+    assert r.distill.auto and r.distill.baseline is True
+    teacher = build_model(r.teacher.model, num_classes=10, in_channels=1, **r.teacher.kwargs)
+    student = build_model(r.student.model, num_classes=10, in_channels=1, **r.student.kwargs)
+    assert count_params(student) * 20 <= count_params(teacher)

@@ -1,4 +1,5 @@
-"""Re-fitting the cpu-local calibration to this machine: the two-number fit and the re-scaled node costs."""
+"""Re-fitting the cpu-local calibration to this machine: per-part scales (compute, per-node dispatch, per-call cost),
+the robust fit, the form chosen by leave-one-out, and the re-scaled node costs."""
 from __future__ import annotations
 
 import math
@@ -7,37 +8,34 @@ import pytest
 
 from edgekd.errors import EdgeKDError
 from edgekd.profile.predict.predictor import NODE_FEATURES, Calibration
-from edgekd.profile.predict.refit import fit_scale_offset, rescaled
+from edgekd.profile.predict.refit import fit_parts
 
 
-def test_fit_recovers_an_exact_scale_and_overhead():
+def test_fit_parts_recovers_an_exact_scale_and_overhead():
     predicted = [1e-5, 2e-5, 5e-5, 1e-4]
     measured = [2.0 * p + 8e-6 for p in predicted]
-    scale, overhead, loo, res = fit_scale_offset(predicted, measured)
+    (scale, overhead), loo, res = fit_parts([[p, 1.0] for p in predicted], measured)
     assert scale == pytest.approx(2.0, rel=1e-6)
     assert overhead == pytest.approx(8e-6, rel=1e-6)
     assert loo < 1e-6 and max(abs(r) for r in res) < 1e-6
 
 
-def test_fit_minimises_relative_error_by_hand():
-    # Three points, overhead forced to 0 by the data: measured = 2x, 3x, 2.5x the prediction and the model
-    # a*p (+ b >= 0). Minimising sum((a p_i + b)/m_i - 1)^2 over a, b >= 0 by hand: with b = 0 the relative
-    # residual of point i is a/r_i - 1 (r = m/p = 2, 3, 2.5); d/da sum (a/r_i - 1)^2 = 0 gives
-    # a = sum(1/r_i) / sum(1/r_i^2).
-    predicted = [1.0, 1.0, 1.0]  # equal predictions: b and a are not separable, so compare the fitted times
+def test_fit_parts_minimises_relative_error_by_hand():
+    # Three points, model a*p (+ b >= 0) with equal predictions p = 1: measured = 2, 3, 2.5. Minimising
+    # sum((a + b)/m_i - 1)^2 by hand: d/dc sum (c/m_i - 1)^2 = 0 gives c = a + b = sum(1/m_i) / sum(1/m_i^2).
     measured = [2.0, 3.0, 2.5]
-    scale, overhead, _, res = fit_scale_offset(predicted, measured)
-    inv = [1 / 2.0, 1 / 3.0, 1 / 2.5]
-    a_hand = sum(inv) / sum(v * v for v in inv)
-    assert scale + overhead == pytest.approx(a_hand, rel=1e-6)
-    assert res == pytest.approx([a_hand / m - 1 for m in measured], rel=1e-6)
+    (scale, overhead), _, res = fit_parts([[1.0, 1.0]] * 3, measured)
+    inv = [1 / m for m in measured]
+    c_hand = sum(inv) / sum(v * v for v in inv)
+    assert scale + overhead == pytest.approx(c_hand, rel=1e-6)
+    assert res == pytest.approx([c_hand / m - 1 for m in measured], rel=1e-6)
 
 
-def test_fit_refuses_too_few_or_non_positive_times():
-    with pytest.raises(EdgeKDError, match=">= 3 reference models"):
-        fit_scale_offset([1e-5, 2e-5], [1e-5, 2e-5])
+def test_fit_parts_refuses_too_few_or_non_positive_times():
+    with pytest.raises(EdgeKDError, match="more reference models"):
+        fit_parts([[1e-5, 1.0], [2e-5, 1.0]], [1e-5, 2e-5])
     with pytest.raises(EdgeKDError, match="must be > 0"):
-        fit_scale_offset([1e-5, 2e-5, 3e-5], [1e-5, 0.0, 3e-5])
+        fit_parts([[1e-5, 1.0], [2e-5, 1.0], [3e-5, 1.0]], [1e-5, 0.0, 3e-5])
 
 
 def _calibration(node_costs):
@@ -45,55 +43,124 @@ def _calibration(node_costs):
                        costs={}, uncertainty=0.1, node_costs=node_costs)
 
 
-def test_rescaled_multiplies_every_node_cost_and_adds_the_overhead_to_the_call():
+# --- per-part re-fit: compute, per-node dispatch and per-call cost, robust loss, form chosen by leave-one-out ---
+
+def _parts(rows):
+    return [{"compute": c, "dispatch": d, "call": k} for c, d, k in rows]
+
+
+PARTS = _parts([(0.0, 0.3e-6, 4.3e-6), (2.1e-6, 2.9e-6, 4.3e-6), (60e-6, 1.6e-6, 4.3e-6), (1.4e-6, 3.5e-6, 4.3e-6),
+                (425e-6, 5.8e-6, 4.3e-6), (0.1e-6, 10e-6, 4.3e-6), (14.5e-6, 4.0e-6, 4.3e-6), (3.2e-6, 0.9e-6, 4.3e-6)])
+
+
+def test_choose_form_recovers_three_separate_part_scales():
+    from edgekd.profile.predict.refit import choose_form
+
+    measured = [1.6 * p["compute"] + 1.05 * p["dispatch"] + 1.7 * p["call"] for p in PARTS]
+    fit = choose_form(PARTS, measured)
+    assert fit["form"] == "compute+dispatch+call"
+    assert fit["coefficients"] == pytest.approx({"compute": 1.6, "dispatch": 1.05, "call": 1.7}, rel=1e-4)
+    assert fit["loo_mean_abs"] < 1e-4
+    # one scale cannot follow parts that grew differently: its held-out error is larger
+    assert fit["forms"]["scale"]["loo_mean_abs"] > 0.05
+
+
+def test_choose_form_keeps_the_fewest_terms_when_one_scale_explains_the_references():
+    from edgekd.profile.predict.refit import choose_form
+
+    measured = [1.5 * sum(p.values()) for p in PARTS]
+    fit = choose_form(PARTS, measured)
+    assert fit["form"] == "scale"
+    assert fit["coefficients"] == pytest.approx({"compute": 1.5, "dispatch": 1.5, "call": 1.5}, rel=1e-6)
+
+
+def test_the_robust_fit_solves_the_soft_l1_stationarity_equation_and_resists_an_outlier():
+    # Scale only, model a * p: six references 2x slower than predicted and one the stored model got wrong
+    # (measured = predicted). Soft-L1 with scale f minimises sum 2 f^2 (sqrt(1 + (z_i/f)^2) - 1) with
+    # z_i = a / r_i - 1 (r_i = measured/predicted); its derivative is sum (z_i / sqrt(1 + (z_i/f)^2)) / r_i = 0,
+    # solved here by bisection. Plain least squares gives a = sum(1/r) / sum(1/r^2) (hand formula).
+    from edgekd.profile.predict.refit import ROBUST_SCALE, fit_parts
+
+    predicted = [1e-5, 2e-5, 3e-5, 5e-5, 8e-5, 1e-4, 4e-5]
+    ratios = [2.0] * 6 + [1.0]
+    measured = [p * r for p, r in zip(predicted, ratios)]
+    f = ROBUST_SCALE
+
+    def slope(a):
+        return sum((a / r - 1) / math.sqrt(1 + ((a / r - 1) / f) ** 2) / r for r in ratios)
+
+    lo, hi = 1.0, 3.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) < 0 else (lo, mid)
+    (a_robust,), _, _ = fit_parts([[p] for p in predicted], measured, robust=f)
+    assert a_robust == pytest.approx(lo, rel=1e-4)
+    (a_plain,), _, _ = fit_parts([[p] for p in predicted], measured)
+    a_hand = sum(1 / r for r in ratios) / sum(1 / r ** 2 for r in ratios)
+    assert a_plain == pytest.approx(a_hand, rel=1e-6)
+    assert abs(a_robust - 2.0) < 0.05 < abs(a_plain - 2.0)  # the outlier pulls plain least squares, not soft-L1
+
+
+def test_leave_one_out_predicts_each_reference_from_the_others():
+    from edgekd.profile.predict.refit import leave_one_out
+
+    # scale only, squares: leaving out reference i, a = sum_{j != i}(1/r_j) / sum_{j != i}(1/r_j^2), error a/r_i - 1
+    ratios = [2.0, 3.0, 2.5, 2.0]
+    coef, res, loo = leave_one_out([[1.0]] * 4, ratios)
+    for i, r in enumerate(ratios):
+        rest = [q for j, q in enumerate(ratios) if j != i]
+        a = sum(1 / q for q in rest) / sum(1 / q ** 2 for q in rest)
+        assert loo[i] == pytest.approx(a / r - 1, rel=1e-6)
+    a_all = sum(1 / q for q in ratios) / sum(1 / q ** 2 for q in ratios)
+    assert coef == pytest.approx([a_all]) and res == pytest.approx([a_all / r - 1 for r in ratios], rel=1e-6)
+
+
+def test_rescaled_parts_multiplies_each_cost_by_its_part_coefficient():
+    from edgekd.profile.predict.predictor import NODE_DISPATCH
+    from edgekd.profile.predict.refit import CALL_COSTS, rescaled_parts
+
     costs = {k: 1e-9 * (i + 1) for i, k in enumerate(NODE_FEATURES)}
     costs.update(l2_bytes=2.0 ** 19, l3_bytes=2.0 ** 24, sharpness=4.0)
-    out = rescaled(_calibration(costs), 1.5, 3e-6)
+    out = rescaled_parts(_calibration(costs), {"compute": 1.6, "dispatch": 1.05, "call": 1.7})
     for k in NODE_FEATURES:
-        expect = costs[k] * 1.5 + (3e-6 if k == "t0" else 0.0)
-        assert math.isclose(out.node_costs[k], expect, rel_tol=1e-12)
-    assert out.node_costs["l2_bytes"] == 2.0 ** 19 and out.node_costs["sharpness"] == 4.0  # shapes unchanged
-
-
-def test_rescaled_refuses_a_calibration_without_a_node_model():
+        factor = 1.7 if k in CALL_COSTS else 1.05 if k in NODE_DISPATCH else 1.6
+        assert math.isclose(out.node_costs[k], costs[k] * factor, rel_tol=1e-12), k
+    assert out.node_costs["l2_bytes"] == 2.0 ** 19 and out.node_costs["sharpness"] == 4.0
+    assert {"t0", "io_in_elems", "io_out_elems"} == set(CALL_COSTS)
+    with pytest.raises(EdgeKDError, match="no coefficient for part"):
+        rescaled_parts(_calibration(costs), {"compute": 1.0, "dispatch": 1.0})
     with pytest.raises(EdgeKDError, match="no ONNX Runtime node model"):
-        rescaled(_calibration({}), 1.0, 0.0)
+        rescaled_parts(_calibration({}), {"compute": 1.0, "dispatch": 1.0, "call": 1.0})
 
 
-def test_fit_parts_recovers_separate_compute_and_fixed_scales_and_an_overhead():
-    from edgekd.profile.predict.refit import fit_parts
-
-    parts = [[1e-5, 4e-6], [5e-5, 5e-6], [2e-4, 8e-6], [8e-4, 1.2e-5], [3e-6, 3e-6]]
-    measured = [2.0 * c + 1.5 * f + 2e-6 for c, f in parts]
-    (a, b, o), loo, res = fit_parts([[c, f, 1.0] for c, f in parts], measured)
-    assert (a, b, o) == pytest.approx((2.0, 1.5, 2e-6), rel=1e-5)
-    assert loo < 1e-5
-
-
-def test_rescaled_scales_dispatch_costs_by_their_own_factor():
-    from edgekd.profile.predict.predictor import NODE_DISPATCH
-
-    costs = {k: 1e-9 for k in NODE_FEATURES}
-    costs.update(l2_bytes=2.0 ** 19, l3_bytes=2.0 ** 24, sharpness=4.0)
-    out = rescaled(_calibration(costs), 2.0, 1e-6, dispatch_scale=1.25)
-    for k in NODE_FEATURES:
-        expect = 1e-9 * (1.25 if k in NODE_DISPATCH else 2.0) + (1e-6 if k == "t0" else 0.0)
-        assert math.isclose(out.node_costs[k], expect, rel_tol=1e-12)
-
-
-def test_the_split_prediction_adds_up_to_the_node_model_prediction(tmp_path):
+def test_split_parts_add_up_and_the_rescaled_prediction_is_the_weighted_sum(tmp_path):
     import torch
-    from torch import nn
 
     from edgekd.profile.predict import load_calibration, predict
     from edgekd.profile.predict.calibrate import export_model
-    from edgekd.profile.predict.refit import split_prediction
+    from edgekd.profile.predict.refit import rescaled_parts, split_parts, tiny_networks
 
     calib = load_calibration("cpu-local", "onnxruntime", "fp32")
+    name, build, shape = tiny_networks((1, 1, 8, 8))[0]
+    assert name == "net_strided_w6_d2@8x8" and shape == (1, 1, 8, 8)
     torch.manual_seed(0)
-    path = export_model(nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                      nn.Linear(8, 10)), (1, 1, 28, 28), tmp_path / "m.onnx")
-    compute, fixed = split_prediction(path, calib)
-    assert compute > 0 and fixed > 0
-    assert (compute + fixed) * 1e3 == pytest.approx(predict(path, "cpu-local", threads=1, calibration=calib).ms,
-                                                    rel=1e-9)
+    path = export_model(build(), shape, tmp_path / "m.onnx")
+    parts = split_parts(path, calib)
+    assert all(v > 0 for v in parts.values())
+    stored = predict(path, "cpu-local", threads=1, calibration=calib).ms
+    assert sum(parts.values()) * 1e3 == pytest.approx(stored, rel=1e-9)
+    coef = {"compute": 1.6, "dispatch": 1.05, "call": 1.7}
+    refit = predict(path, "cpu-local", threads=1, calibration=rescaled_parts(calib, coef)).ms
+    assert refit == pytest.approx(sum(parts[k] * coef[k] for k in coef) * 1e3, rel=1e-9)
+
+
+def test_tiny_networks_keep_their_names_at_28x28_and_run_at_another_shape():
+    import torch
+
+    from edgekd.profile.predict.refit import REFERENCE_MODELS, tiny_networks
+
+    at28 = tiny_networks()
+    assert all(n in REFERENCE_MODELS for n, _, _ in at28)
+    for name, build, shape in tiny_networks((1, 3, 8, 8)):
+        assert name.endswith("@8x8c3") and shape == (1, 3, 8, 8)
+        assert build().eval()(torch.zeros(shape)).shape == (1, 10)

@@ -4,12 +4,15 @@
 
 For each input shape the benchmark searches (Fashion-MNIST 1x28x28, digits 1x8x8): the candidates of
 tools/bench_auto.py's space plus the demo student, exported as the search exports them; the 21 reference models
-of edgekd.profile.predict.refit measured in the same interleaved rounds (5 rounds, lowest median of each); the
-stored cpu-local calibration re-fitted on the references only; each candidate predicted with the stored and
-with the re-fitted calibration. Candidates never enter the fit, so their errors are held-out figures.
+of edgekd.profile.predict.refit (plus its 8 tiny networks at the candidates' input shape when that is not 28x28)
+measured in the same interleaved rounds (5 rounds, lowest median of each); the stored cpu-local calibration
+re-fitted on the references only (robust fit, form chosen by leave-one-out on the references); each candidate
+predicted with the stored and with the re-fitted calibration. Candidates never enter the fit, so their errors
+are held-out figures.
 """
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import tempfile
@@ -36,7 +39,7 @@ def main(shapes: str, out: str) -> None:
 
     torch.set_num_threads(1)
     cands = expand_space(SPACE, 100) + [DEMO_STUDENT]
-    results = {"host": platform.platform(), "space": SPACE, "shapes": {}}
+    results = {"host": platform.platform(), "space": SPACE, "shapes": {}, "uptime_start": os.popen("uptime").read()}
     for spec in shapes.split(","):
         shape = tuple(int(v) for v in spec.split("x"))
         t0 = time.perf_counter()
@@ -46,7 +49,7 @@ def main(shapes: str, out: str) -> None:
                 torch.manual_seed(0)
                 m = build_model(c["model"], num_classes=10, in_channels=shape[0], **c["kwargs"])
                 files.append(export_candidate(m, (1, *shape), Path(tmp) / f"c{i}.onnx"))
-            calib, record = refit_local(1, also=files, log=print)
+            calib, record = refit_local(1, also=files, log=print, input_shape=(1, *shape))
             measured = record.pop("also_measured")
             rows = []
             for c, f, (ms, rounds) in zip(cands, files, measured):
@@ -66,6 +69,7 @@ def main(shapes: str, out: str) -> None:
         s = results["shapes"][spec]
         print(f"{spec}: re-fitted {s['within_10pct']}/{s['n']} within ±10% (median {s['median_abs_error']:.0%}); "
               f"stored {s['stored_within_10pct']}/{s['n']} (median {s['stored_median_abs_error']:.0%})", flush=True)
+        results["uptime_end"] = os.popen("uptime").read()
         write_json(Path(out), results)
 
 

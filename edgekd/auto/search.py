@@ -245,12 +245,12 @@ def _measure_and_proxy(built_all, rows, ds, recipe: "Recipe", idx, terms, pcfg, 
 
         # The stored cpu-local calibration was measured on some machine under some load: re-fit its compute and
         # fixed costs to this machine now, on reference models that are not candidates, measured in the same
-        # interleaved rounds as the candidates (measure_local: false runs nothing here and predicts with the
-        # stored calibration).
+        # interleaved rounds as the candidates, with small networks at the candidates' input shape among them
+        # (measure_local: false runs nothing here and predicts with the stored calibration).
         shape = (1, *ds.input_shape)
         files = [export_candidate(b.module, shape, tmp / f"candidate{i}.onnx")
                  for i, (_, b) in enumerate(built_all)]
-        local_calib, refit = refit_local(1, log=log, also=files)
+        local_calib, refit = refit_local(1, log=log, also=files, input_shape=shape)
         measured = refit.pop("also_measured")
         state.update(calib=local_calib, refit=refit)
     for (c, built), f, m in zip(built_all, files, measured):
