@@ -54,15 +54,19 @@ class DataConfig:
     # Streaming (docs/data.md): images stay on disk and worker processes decode and augment them. dataset is then
     # image_folder (root/<class>/*), manifest (a .csv path,label or .jsonl) or shards (WebDataset tars by brace
     # pattern or glob). test_root: the test split's folder/manifest/shards (default: root/test beside root/train,
-    # else test_fraction of the files, seeded). resolution: the square input side. augment: the training
-    # transform when a stage trains with augment: true (standard = RandomResizedCrop(crop_scale) + flip; flip =
-    # centre crop + flip; none). Evaluation: shorter side to resolution/0.875, centre crop.
+    # else test_fraction of the files, seeded). resolution: the square input side. Evaluation: shorter side to
+    # resolution/0.875, centre crop.
+    # augment: the training transform when a stage trains with augment: true, in memory and streamed alike.
+    # standard = random shift by up to shift_pixels (padded with the darkest value) + horizontal flip in memory, and
+    # RandomResizedCrop(crop_scale) + flip when streamed; shift = random shift by up to shift_pixels without flips
+    # (digits, text, anything a mirror changes); flip = flip only; none = no augmentation.
     stream: bool = False
     test_root: str | None = None
     test_fraction: float = 0.2
     resolution: int = 224
     channels: Literal[1, 3] = 3
-    augment: Literal["standard", "flip", "none"] = "standard"
+    augment: Literal["standard", "shift", "flip", "none"] = "standard"
+    shift_pixels: int = 2              # the largest random shift of "standard" (in memory) and "shift"
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     workers: int = 2                   # DataLoader worker processes (0 = read in the training process)
     prefetch: int = 2                  # batches each worker keeps ready
@@ -91,7 +95,7 @@ def data_problems(d: DataConfig, r: "Recipe | None" = None) -> list[str]:
         p.append(f"data.stream: dataset {d.dataset!r} streams its images from disk: set data.stream: true")
     if isinstance(d.resolution, int) and not 8 <= d.resolution <= 4096:
         p.append(f"data.resolution: the input side in pixels, 8..4096, got {d.resolution}")
-    for key, lo in (("workers", 0), ("prefetch", 1), ("shuffle_buffer", 1)):
+    for key, lo in (("workers", 0), ("prefetch", 1), ("shuffle_buffer", 1), ("shift_pixels", 0)):
         v = getattr(d, key)
         if isinstance(v, int) and v < lo:
             p.append(f"data.{key}: must be >= {lo}, got {v}")

@@ -309,7 +309,8 @@ def test_the_digits_recipe_trains_its_teacher_without_flips_and_a_small_student_
 
     r = load_recipe(Path(edgekd.__file__).parent / "recipes" / "digits_auto.yaml")
     assert r.data.dataset == "digits" and r.data.val_fraction > 0
-    assert r.teacher.train.augment is False  # the loop's augmentation flips: a mirrored 2/5/7 is no digit
+    # augmented by shifts alone: the standard policy's flips turn a 2/5/7 into no digit
+    assert r.teacher.train.augment is True and (r.data.augment, r.data.shift_pixels) == ("shift", 1)
     assert r.distill.auto and r.distill.baseline is True
     teacher = build_model(r.teacher.model, num_classes=10, in_channels=1, **r.teacher.kwargs)
     student = build_model(r.student.model, num_classes=10, in_channels=1, **r.student.kwargs)

@@ -89,6 +89,38 @@ def test_augment_batch_crops_and_flips_consistently():
     assert set(z.unique().tolist()) <= set(x.unique().tolist())
 
 
+def test_augmentation_policies_shift_flip_or_both():
+    """A left/right-asymmetric digit: "shift" never mirrors it, "flip" never moves it, "standard" does both."""
+    from edgekd.data.loader import Augmentation
+
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, 2:6, 1] = 1.0  # a bar near the left edge
+    g = lambda: torch.Generator().manual_seed(3)
+    shifted = Augmentation("shift", 1)(x, g())
+    cols = shifted.sum(dim=(1, 2)).argmax(-1).flatten()  # the bar's column per sample
+    assert set(cols.tolist()) == {0, 1, 2}  # moved by -1, 0 or +1 pixel: all three drawn in 64 samples
+    flipped = Augmentation("flip", 2)(x, g())
+    assert set(flipped.sum(dim=(1, 2)).argmax(-1).flatten().tolist()) == {1, 6}  # mirrored or unchanged
+    both = Augmentation("standard", 1)(x, g())
+    assert set(both.sum(dim=(1, 2)).argmax(-1).flatten().tolist()) - {0, 1, 2}  # some mirrored
+    assert torch.equal(Augmentation("none", 2)(x, g()), x) and not Augmentation("shift", 0).active
+
+
+def test_recipe_augment_policy_reaches_in_memory_training_batches():
+    from edgekd.config import parse_recipe
+    from edgekd.data import dataset_from_config
+
+    recipe = parse_recipe({"data": {"dataset": "digits", "augment": "shift", "shift_pixels": 1}})
+    ds = dataset_from_config(recipe.data, seed=0)
+    src = ds.train_source(augment=True)
+    assert src.augment == ds.augmentation and ds.augmentation.policy == "shift"
+    assert ds.train_source(augment=False).augment is None
+    with pytest.raises(EdgeKDError, match="data.shift_pixels: must be >= 0"):
+        parse_recipe({"data": {"shift_pixels": -1}})
+    with pytest.raises(EdgeKDError, match="augment"):
+        parse_recipe({"data": {"augment": "mirror"}})
+
+
 @pytest.mark.parametrize("name", ["teacher_cnn", "tiny_cnn", "mobilenet_student", "resnet_student"])
 def test_zoo_models_give_logits(name):
     m = build_model(name, num_classes=7, in_channels=3)

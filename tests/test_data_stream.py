@@ -119,6 +119,35 @@ def test_eval_transform_of_a_known_image():
     assert any(f[:, 0].mean() > 200 for f in flipped) and any(f[:, 0].mean() < 30 for f in flipped)
 
 
+def test_shift_transform_moves_the_eval_crop_inside_the_image_without_flipping():
+    import io
+    import random
+
+    from PIL import Image
+
+    from edgekd.data.transforms import center_crop_box, shifted_box
+
+    a = np.zeros((40, 60, 3), np.uint8)
+    a[:, 30:] = 255
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    outs = [ImageTransform(resolution=16, policy="shift", shift_pixels=2).apply(buf.getvalue(), "x.png", 0, 0, i)
+            for i in range(16)]
+    assert all(o[:, 0].mean() < 30 and o[:, -1].mean() > 225 for o in outs)  # never mirrored
+    edges = {int(np.argmax(o[8, :, 0] > 127)) for o in outs}  # where dark turns bright: moves with the shift
+    assert len(edges) > 1
+    side = 40 * 16 / 18  # shorter side resized to int(16 / 0.875) = 18: the crop covers 320/9 source pixels
+    box = center_crop_box(60, 40, 16)
+    assert box == pytest.approx(((60 - side) / 2, (40 - side) / 2, (60 + side) / 2, (40 + side) / 2))
+    rng = random.Random(0)
+    tops = set()
+    for _ in range(50):  # one step = side/16 = 2.22 px; the vertical margin is 2.22 px: +-2 steps are clamped
+        left, top, right, bottom = shifted_box(box, 60, 40, 16, 2, rng)
+        assert 0 <= top and bottom <= 40 + 1e-9 and 0 <= left and right <= 60 and right - left == pytest.approx(side)
+        tops.add(round(top, 6))
+    assert tops == {0.0, round(box[1], 6), round(2 * box[1], 6)}
+
+
 def test_decoders_agree_on_jpeg():
     import io
 

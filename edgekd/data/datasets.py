@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from edgekd.data.loader import Augmentation
 from edgekd.errors import EdgeKDError
 from edgekd.registry import Registry
 
@@ -62,6 +63,7 @@ class ImageDataset:
     y_val: torch.Tensor | None = None
     split: dict = field(default_factory=dict)
     pixel_max: float = 255.0               # the pixel scale mean/std are on (255 for 8-bit images, 1 for 0..1)
+    augmentation: Augmentation = field(default_factory=Augmentation)   # what train_source(augment=True) applies
     _digest: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -90,11 +92,11 @@ class ImageDataset:
     streamed = False  # held in memory (edgekd.data.streaming.StreamingDataset streams from disk)
 
     def train_source(self, augment: bool = False):
-        """Training batches sliced from memory; `augment` = random pad-crop + flip per batch (augment_batch)."""
-        from edgekd.data.loader import augment_batch
+        """Training batches sliced from memory; with `augment`, the data section's augmentation per batch."""
         from edgekd.data.source import TensorSource
 
-        return TensorSource(self.x_train, self.y_train, augment_batch if augment else None)
+        active = augment and self.augmentation.active
+        return TensorSource(self.x_train, self.y_train, self.augmentation if active else None)
 
     def test_source(self):
         from edgekd.data.source import TensorSource

@@ -5,6 +5,7 @@ small images; slicing a contiguous tensor with a permuted index is ~free.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -40,3 +41,26 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2, fli
         mask = torch.rand(n, generator=generator) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     return x
+
+
+POLICIES = ("standard", "shift", "flip", "none")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The in-memory training augmentation a recipe's `data.augment` / `data.shift_pixels` name.
+
+    standard: random shift by up to `shift_pixels` + horizontal flip; shift: the shift alone (for digits, text and
+    anything a mirror changes into another class); flip: the flip alone; none: the batch unchanged.
+    """
+
+    policy: str = "standard"
+    shift_pixels: int = 2
+
+    @property
+    def active(self) -> bool:
+        return self.policy != "none" and (self.shift_pixels > 0 or self.policy in ("standard", "flip"))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        pad = self.shift_pixels if self.policy in ("standard", "shift") else 0
+        return augment_batch(x, generator, pad=pad, flip=self.policy in ("standard", "flip"))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from edgekd.data.datasets import DATASETS, ImageDataset, RawImages, stratified_subset
+from edgekd.data.loader import Augmentation
 from edgekd.errors import EdgeKDError
 
 # Presets on the 0..1 scale, multiplied by the data's pixel scale: what torchvision/timm ImageNet weights expect.
@@ -227,7 +228,9 @@ def dataset_from_config(data: Any, seed: int = 0) -> Any:
         from edgekd.data.streaming import streaming_from_config
 
         return streaming_from_config(d, seed)
-    return load_dataset(d.get("dataset", "fashion_mnist"), d.get("root"), d.get("subset_train"),
-                        d.get("subset_test"), seed, mean=d.get("mean"), std=d.get("std"),
-                        class_names=d.get("class_names"), val_fraction=d.get("val_fraction", 0.0) or 0.0,
-                        val_size=d.get("val_size"), **(d.get("kwargs") or {}))
+    ds = load_dataset(d.get("dataset", "fashion_mnist"), d.get("root"), d.get("subset_train"),
+                      d.get("subset_test"), seed, mean=d.get("mean"), std=d.get("std"),
+                      class_names=d.get("class_names"), val_fraction=d.get("val_fraction", 0.0) or 0.0,
+                      val_size=d.get("val_size"), **(d.get("kwargs") or {}))
+    ds.augmentation = Augmentation(d.get("augment") or "standard", int(d.get("shift_pixels", 2)))
+    return ds

@@ -39,6 +39,7 @@ class StreamOptions:
     resolution: int = 224
     channels: int = 3
     augment: str = "standard"
+    shift_pixels: int = 2
     crop_scale: tuple[float, float] = (0.08, 1.0)
     workers: int = 2
     prefetch: int = 2
@@ -89,7 +90,7 @@ class StreamingDataset:
     def transform(self, policy: str) -> ImageTransform:
         o = self.options
         return ImageTransform(o.resolution, o.channels, policy, tuple(o.crop_scale), tuple(self.mean),
-                              tuple(self.std), o.decoder)
+                              tuple(self.std), o.decoder, o.shift_pixels)
 
     def _source(self, split: str, policy: str) -> BatchSource:
         key = (split, policy)
@@ -258,7 +259,8 @@ def streaming_from_config(d: dict[str, Any], seed: int = 0) -> StreamingDataset:
     """The streamed data set a recipe's `data` section (as a dict) describes."""
     scale = d.get("crop_scale") or (0.08, 1.0)
     options = StreamOptions(resolution=int(d.get("resolution") or 224), channels=int(d.get("channels") or 3),
-                            augment=d.get("augment") or "standard", crop_scale=(float(scale[0]), float(scale[1])),
+                            augment=d.get("augment") or "standard", shift_pixels=int(d.get("shift_pixels", 2)),
+                            crop_scale=(float(scale[0]), float(scale[1])),
                             workers=int(d.get("workers", 2)), prefetch=int(d.get("prefetch") or 2),
                             shuffle_buffer=int(d.get("shuffle_buffer") or 2000), decoder=d.get("decoder") or "auto")
     return load_streaming(d.get("dataset", "image_folder"), d.get("root"), test_root=d.get("test_root"),

@@ -27,7 +27,7 @@ from edgekd.errors import EdgeKDError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 EVAL_CROP_FRACTION = 0.875
-Policy = Literal["standard", "flip", "none"]
+Policy = Literal["standard", "shift", "flip", "none"]
 DECODERS = ("auto", "pil", "simplejpeg")
 
 
@@ -98,6 +98,16 @@ def random_resized_crop_box(width: int, height: int, rng: random.Random, scale: 
     return left, top, left + w, top + h
 
 
+def shifted_box(box: tuple[float, float, float, float], width: int, height: int, size: int, pixels: int,
+                rng: random.Random) -> tuple[float, float, float, float]:
+    """`box` moved by a whole number of output pixels in -pixels..pixels each way, then clamped into the image."""
+    left, top, right, bottom = box
+    step = (right - left) / size  # one output pixel in source pixels
+    dx = max(-left, min(width - right, rng.randint(-pixels, pixels) * step))
+    dy = max(-top, min(height - bottom, rng.randint(-pixels, pixels) * step))
+    return left + dx, top + dy, right + dx, bottom + dy
+
+
 def center_crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
     """The source box that 'resize shorter side to size/0.875, centre crop size x size' shows."""
     resized_short = int(size / EVAL_CROP_FRACTION)
@@ -110,7 +120,8 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[float, float, f
 class ImageTransform:
     """Decode + crop/resize + flip to a uint8 H,W,C array; `normalize` turns a stacked batch into float32 N,C,H,W.
 
-    policy: "standard" (RandomResizedCrop + flip), "flip" (eval crop + flip), "none" (eval crop only: the
+    policy: "standard" (RandomResizedCrop + flip), "shift" (the eval crop moved by up to `shift_pixels` output
+    pixels each way, kept inside the image, no flip), "flip" (eval crop + flip), "none" (eval crop only: the
     un-augmented view, the one cached teacher logits are valid for).
     """
 
@@ -121,14 +132,16 @@ class ImageTransform:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (255.0,)
     decoder: str = "auto"
+    shift_pixels: int = 2
 
     @property
     def random(self) -> bool:
         return self.policy != "none"
 
     def describe(self) -> str:
+        shift = f":shift={self.shift_pixels}" if self.policy == "shift" else ""
         return (f"{self.policy}@{self.resolution}x{self.channels}:scale={list(self.scale)}:mean={list(self.mean)}"
-                f":std={list(self.std)}")
+                f":std={list(self.std)}{shift}")
 
     def apply(self, data: bytes, name: str, seed: int, epoch: int, index: int) -> np.ndarray:
         """One sample as uint8 H,W,C; random choices drawn from (seed, epoch, index)."""
@@ -143,6 +156,8 @@ class ImageTransform:
             box = random_resized_crop_box(w, h, rng, self.scale)
         else:
             box = center_crop_box(w, h, size)
+            if self.policy == "shift":
+                box = shifted_box(box, w, h, size, self.shift_pixels, rng)
         out = img.resize((size, size), Image.BILINEAR, box=box, reducing_gap=None)
         if self.policy in ("standard", "flip") and rng.random() < 0.5:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
@@ -174,4 +189,4 @@ def check_decoder(decoder: str) -> None:
 
 
 __all__ = ["DECODERS", "IMAGE_SUFFIXES", "ImageTransform", "center_crop_box", "check_decoder", "decode",
-           "random_resized_crop_box"]
+           "random_resized_crop_box", "shifted_box"]
