@@ -95,19 +95,29 @@ def print_summary(run_dir: Path) -> None:
     click.echo(f"report: {run_dir / 'report' / 'report.html'}  (and report.md, results.json)")
 
 
+def _no_progress(_ctx, _param, value: bool) -> bool:
+    if value:  # before any library imports tqdm: theirs go too
+        from edgekd.logs import no_third_party_progress
+
+        no_third_party_progress()
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgekd")
 def main() -> None:
     """Distill, quantize, export, verify, profile and bundle compact models for edge devices."""
-    from edgekd.logs import quiet_third_party_logs
+    from edgekd.logs import no_third_party_progress, quiet_third_party_logs
 
     quiet_third_party_logs()
+    if not sys.stderr.isatty():  # a log file or CI: no library's progress bar either
+        no_third_party_progress()
 
 
 @main.command()
 @click.option("--run-dir", type=click.Path(path_type=Path), help="Where the run goes (default runs/fashion-mnist-demo).")
 @click.option("--set", "overrides", multiple=True, help="Override a recipe value, e.g. --set distill.train.epochs=2.")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--no-progress", is_flag=True, callback=_no_progress, help="No progress bars.")
 @user_errors
 def demo(run_dir: Path | None, overrides: tuple[str, ...], no_progress: bool) -> None:
     """Run the shipped Fashion-MNIST recipe end to end and print the headline figures."""
@@ -139,7 +149,7 @@ def _run_task(run_dir: Path) -> str | None:
 @click.option("--only", type=STAGES, multiple=True, help="Run only these stages (others must be done).")
 @click.option("--force", is_flag=True, help="Re-run stages even when their inputs are unchanged.")
 @click.option("--set", "overrides", multiple=True, help="Override a recipe value, e.g. --set seed=1.")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, callback=_no_progress)
 @user_errors
 def run_cmd(recipe: Path, run_dir: Path | None, until: str | None, only: tuple[str, ...], force: bool,
             overrides: tuple[str, ...], no_progress: bool) -> None:
@@ -176,7 +186,7 @@ def _stage_command(stage: str, doc: str):
     @click.option("--run-dir", type=click.Path(path_type=Path))
     @click.option("--force", is_flag=True, help="Re-run even when inputs are unchanged.")
     @click.option("--set", "overrides", multiple=True)
-    @click.option("--no-progress", is_flag=True)
+    @click.option("--no-progress", is_flag=True, callback=_no_progress)
     @user_errors
     def command(recipe: Path, run_dir: Path | None, force: bool, overrides: tuple[str, ...], no_progress: bool):
         from edgekd import api
@@ -278,7 +288,8 @@ def verify(files, reference, dataset, data_dir, model, tolerance, test_subset, a
               help="Remote targets: measure when reachable else predict, always measure, or only predict.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds one device command may take (default: the target's connect timeouts).")
-@click.option("--no-progress", is_flag=True, help="No progress bars (never drawn when output is not a terminal).")
+@click.option("--no-progress", is_flag=True, callback=_no_progress,
+              help="No progress bars (never drawn when output is not a terminal).")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def profile(files, target, threads, max_seconds, min_runs, remote, timeout_s, no_progress, as_json) -> None:
@@ -381,7 +392,7 @@ def targets_show(name: str) -> None:
               help="seconds at most per micro-model and pass")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="where to write the fit [default: calibration/latency/TARGET/RUNTIME-PRECISION.json]")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, callback=_no_progress)
 @user_errors
 def calibrate(target: str, runtime: str, precision: str, threads: int | None, rounds: int, time_cap: float,
               out: Path | None, no_progress: bool) -> None:
@@ -406,7 +417,7 @@ def calibrate(target: str, runtime: str, precision: str, threads: int | None, ro
 @click.option("--run-dir", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Tune again even when the inputs are unchanged.")
 @click.option("--set", "overrides", multiple=True)
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, callback=_no_progress)
 @user_errors
 def tune_cmd(recipe: Path, budget_s: float | None, trials: int | None, out: Path | None, run_dir: Path | None,
              force: bool, overrides: tuple[str, ...], no_progress: bool) -> None:
@@ -434,7 +445,7 @@ def tune_cmd(recipe: Path, budget_s: float | None, trials: int | None, out: Path
 @click.option("--run-dir", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Search again even when the inputs are unchanged.")
 @click.option("--set", "overrides", multiple=True)
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, callback=_no_progress)
 @user_errors
 def search_cmd(recipe: Path, targets: tuple[str, ...], budgets: tuple[float, ...], out: Path | None,
                run_dir: Path | None, force: bool, overrides: tuple[str, ...], no_progress: bool) -> None:

@@ -25,6 +25,14 @@ def quiet_third_party_logs() -> None:
     warnings.filterwarnings("ignore", message=".*Enum subclass.*")
 
 
+def no_third_party_progress() -> None:
+    """No progress bars from the libraries edgekd calls (tqdm's, Hugging Face's: e.g. transformers' GGUF
+    conversion), which write carriage-return bars into logs. tqdm reads its TQDM_* defaults when it is first
+    imported, so this is called before that: when the CLI parses --no-progress, or starts without a terminal."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+
 # Lines TensorFlow's native libraries write to file descriptor 2 while they load, before any logging setting can
 # reach them: absl prints everything logged before absl::InitializeLog(), and TensorFlow 2.21 logs its start-up
 # (oneDNN, the CUDA stub, CPU features) through it, so TF_CPP_MIN_LOG_LEVEL does not silence them.

@@ -1,4 +1,5 @@
 """The CLI: help on every command, user errors as one line with exit status 2, no traceback."""
+import os
 import re
 import subprocess
 import sys
@@ -268,3 +269,25 @@ def test_profile_called_twice_for_real(tmp_path):
 
     second = edgekd.profile([model], target="raspberry-pi-5", remote="predict", progress=False)
     assert first["targets"][0]["results"][0]["p50_ms"] == second["targets"][0]["results"][0]["p50_ms"] > 0
+
+
+
+def test_no_progress_turns_off_library_progress_bars_too(tmp_path, monkeypatch):
+    """transformers' GGUF conversion draws its own tqdm bar into logs. tqdm takes its TQDM_* defaults when it is
+    imported, so --no-progress acts while options are parsed, and a CLI without a terminal acts at start."""
+    from edgekd.cli import _no_progress
+
+    for key in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(key, raising=False)
+    assert _no_progress(None, None, False) is False and "TQDM_DISABLE" not in os.environ
+    assert _no_progress(None, None, True) is True
+    assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+
+    code = ("import os, sys\nfrom edgekd.cli import main\ntry: main(sys.argv[1:])\n"
+            "except SystemExit as e: status = e.code\n"
+            "from tqdm.auto import tqdm\nprint(status, tqdm(range(2)).disable)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "HF_HUB_DISABLE"))}
+    for args in (["profile", "--no-progress", str(tmp_path / "missing.onnx")], ["profile", str(tmp_path / "x.onnx")]):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert out.stdout.split() == ["2", "True"], out.stdout + out.stderr  # stderr is a pipe here: no terminal
