@@ -221,3 +221,50 @@ def test_qat_keeps_each_layers_bn_eps_momentum_and_dropout():
     with torch.no_grad():
         out = sim(x)
     assert float((out - ref).norm() / ref.norm()) < 0.05
+
+
+def _quantized_weights(gm):
+    """(name, weight / scale + zero point as float64, qmin, qmax) of every constant weight a quantize node reads."""
+    from edgekd.quant.quantizer import _attr
+
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and str(n.target).startswith("quantized_decomposed.quantize_per_channel"):
+            w = _attr(gm, n.args[0].target).double()
+            scale, zp = (_attr(gm, a.target).double() for a in n.args[1:3])
+            axis, qmin, qmax = n.args[3:6]
+            shape = [1] * w.dim()
+            shape[axis] = -1
+            out.append((n.args[0].target, w / scale.reshape(shape) + zp.reshape(shape), qmin, qmax))
+    return out
+
+
+def test_converted_weights_lie_on_their_int8_grid(task, monkeypatch):
+    """After QAT a weight can lie outside the range its frozen observer saw; the simulation clamps it to the
+    scheme's range (-127..127) while onnx's QuantizeLinear saturates to -128..127 and converters may round ties
+    differently. Converted weights are therefore stored on their grid: what every converter reads back is the
+    simulation's integer."""
+    x, y = task
+    torch.manual_seed(0)
+    gm = prepare_qat(TinyNet(), x[:2], "ort_vnni")
+    _steps(gm, x, y, 0, 2)
+    set_qat_phase(gm, 2, freeze_observers_at=2)
+    with torch.no_grad():  # weights move after the observers froze, as QAT's later steps and BN updates do
+        for name, p in gm.named_parameters():
+            if name.endswith("weight") and p.dim() > 1:
+                p.mul_(1.08)
+    eval_mode(gm)
+    converted = convert_qat(gm)
+    weights = _quantized_weights(converted)
+    assert len(weights) == 4
+    for name, q, qmin, qmax in weights:
+        assert float((q - q.round()).abs().max()) < 1e-3, name  # on the grid
+        assert qmin <= float(q.round().min()) and float(q.round().max()) <= qmax, name  # in the scheme's range
+    assert max(float(q.abs().max()) for _, q, _, _ in weights) > 126.5  # the test moved weights to the clamp
+    import edgekd.quant.qat as qat_module
+
+    monkeypatch.setattr(qat_module, "snap_weights_to_grid", lambda gm: 0)
+    unsnapped = convert_qat(gm)
+    assert any(float((q - q.round()).abs().max()) > 0.01 for _, q, _, _ in _quantized_weights(unsnapped))
+    with torch.no_grad():  # the simulation computes what it computed before the snap
+        assert torch.equal(converted(x[:32]), unsnapped(x[:32]))

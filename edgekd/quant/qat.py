@@ -18,7 +18,7 @@ from torch import nn
 
 from edgekd.errors import EdgeKDError
 from edgekd.quant.capture import capture, conversion_error, load_program, save_program
-from edgekd.quant.quantizer import build_quantizer, pt2e_patches, snap_bias_to_int32_grid
+from edgekd.quant.quantizer import build_quantizer, pt2e_patches, snap_bias_to_int32_grid, snap_weights_to_grid
 from edgekd.quant.schemes import Scheme, get_scheme
 
 _BN_TRAINING_ARG = {"batch_norm": 5, "_native_batch_norm_legit": 5, "cudnn_batch_norm": 5}
@@ -194,6 +194,7 @@ def convert_qat(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         raise conversion_error(e, gm, "QAT convert") from e
     for m in converted.modules():  # exporters warn about (and may trace) modules flagged as training
         m.training = False
+    snap_weights_to_grid(converted)
     snap_bias_to_int32_grid(converted)
     converted.meta.update({k: v for k, v in gm.meta.items() if k.startswith("edgekd_")})
     return converted

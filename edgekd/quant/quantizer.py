@@ -289,6 +289,48 @@ def snap_bias_to_int32_grid(gm: torch.fx.GraphModule) -> int:
     return snapped
 
 
+@torch.no_grad()
+def snap_weights_to_grid(gm: torch.fx.GraphModule) -> int:
+    """Replace each constant weight of a converted simulation by the value its quantize/dequantize pair gives back.
+
+    The simulation quantizes the float weight with the scheme's range (e.g. -127..127, -64..63 on 7-bit schemes)
+    and rounds half to even; the converters quantize it again on their own: onnx's QuantizeLinear saturates to the
+    full int8 range (-128..127) and a converter may round ties away from zero. After QAT a weight can lie outside
+    the range its frozen observer saw (weights and BN statistics keep moving), and there the file stored -128
+    where the simulation used -127. On the grid, every converter's rounding and saturation gives the simulation's
+    integer. Returns how many weights were snapped.
+    """
+    quantize_ops = {"quantize_per_channel", "quantize_per_tensor"}
+    snapped = 0
+    for n in gm.graph.nodes:
+        name = getattr(n.target, "__name__", str(n.target)).split(".")[0]
+        if n.op != "call_function" or name not in quantize_ops:
+            continue
+        weight = n.args[0]
+        if not (isinstance(weight, torch.fx.Node) and weight.op == "get_attr"):
+            continue
+        w = _attr(gm, weight.target)
+        if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+            continue
+        args = [_attr(gm, a.target) if isinstance(a, torch.fx.Node) and a.op == "get_attr" else a for a in n.args]
+        if any(isinstance(a, torch.fx.Node) for a in args[1:]):
+            continue
+        if name == "quantize_per_channel":
+            scale, zp, axis, qmin, qmax = args[1:6]
+            shape = [1] * w.dim()
+            shape[axis] = -1
+            scale = torch.as_tensor(scale, dtype=torch.float64).reshape(shape)
+            zp = torch.as_tensor(zp, dtype=torch.float64).reshape(shape)
+        else:
+            scale, zp, qmin, qmax = args[1:5]
+            scale = torch.as_tensor(scale, dtype=torch.float64)
+            zp = torch.as_tensor(zp, dtype=torch.float64)
+        q = torch.clamp(torch.round(w.double() / scale) + zp, qmin, qmax)
+        w.copy_(((q - zp) * scale).to(w.dtype))
+        snapped += 1
+    return snapped
+
+
 def read_fixed_outputs_as_stored(model: torch.fx.GraphModule) -> None:
     """An op that reads a fixed-parameter output (sigmoid, hard-sigmoid, softmax, tanh: TFLite's LOGISTIC etc.
     store it at scale 1/256) reads it at those parameters instead of observing its own input range.
