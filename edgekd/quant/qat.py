@@ -50,7 +50,7 @@ def prepare_qat(model: nn.Module, example_inputs, scheme: Scheme | str,
     prepared.meta["edgekd_keep_float"] = list(keep_float)
     prepared.meta[_PHASE] = {"observers_frozen": False, "bn_frozen": False}
     prepared.meta[_BN_LITERALS] = _bn_literals(model)
-    set_bn_literals(prepared, prepared.meta[_BN_LITERALS])
+    _set_bn_literals(prepared, prepared.meta[_BN_LITERALS])
     train_mode(prepared)
     return prepared
 
@@ -65,7 +65,7 @@ def _running_var_target(node) -> str | None:
     return node.target if isinstance(node, torch.fx.Node) and node.op == "get_attr" else None
 
 
-def set_bn_literals(gm: torch.fx.GraphModule, literals: dict[str, tuple[float | None, float]]) -> int:
+def _set_bn_literals(gm: torch.fx.GraphModule, literals: dict[str, tuple[float | None, float]]) -> int:
     """Give every BatchNorm of a PT2E graph the momentum and eps of the layer it came from; returns nodes changed.
 
     torchao's QAT conv+BN rewrite (and its move_exported_model_to_train/eval) rebuilds BN from patterns traced with
@@ -157,7 +157,7 @@ def _set_mode(gm: torch.fx.GraphModule, training: bool) -> None:
     """Flip the `training` argument of BatchNorm and dropout nodes in place.
 
     torchao's move_exported_model_to_train/eval do this by re-tracing BN and dropout from patterns with default
-    literals (see set_bn_literals): every dropout became p=0.5 and every BN eps 1e-5 / momentum 0.1. Flipping
+    literals (see _set_bn_literals): every dropout became p=0.5 and every BN eps 1e-5 / momentum 0.1. Flipping
     the flag keeps each layer's own values.
     """
     from torchao.quantization.pt2e.export_utils import _EXPORTED_TRAINING_ATTR
@@ -224,7 +224,7 @@ def _fold_ready_bn(gm: torch.fx.GraphModule, literals: dict[str, tuple[float | N
         running_var.add_(eps - _TORCHAO_BN_EPS)
         restated[target] = (momentum, _TORCHAO_BN_EPS)
     if restated:
-        set_bn_literals(gm, restated)
+        _set_bn_literals(gm, restated)
 
 
 def qat_state_dict(gm: torch.fx.GraphModule) -> dict[str, Any]:
