@@ -1,4 +1,6 @@
 """QAT with PT2E: scheme ranges in the graph, phases (frozen observers / BN), checkpoint round-trip, convert."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -156,3 +158,111 @@ def test_qat_graph_has_no_random_drop_path():
     converted = convert_qat(gm)
     with torch.no_grad():
         assert torch.equal(converted(x), converted(x))  # deterministic: no mask drawn at inference
+
+
+class OwnBNNet(torch.nn.Module):
+    """conv+BN with torchvision mobilenet_v3's BN settings (eps 1e-3, momentum 0.01), a BN after a ReLU (no conv to
+    fuse with) and a dropout of 0.2: the literals torchao's pattern rewrites replaced with 1e-5 / 0.1 / 0.5."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8, eps=1e-3, momentum=0.01)
+        self.bn2 = torch.nn.BatchNorm2d(8, eps=1e-3, momentum=0.01)
+        self.drop = torch.nn.Dropout(0.2)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.bn2(torch.relu(self.bn(self.conv(x))))
+        return self.fc(self.drop(x.mean((2, 3))))
+
+
+def test_qat_keeps_each_layers_bn_eps_momentum_and_dropout():
+    from torchao.quantization.pt2e import disable_fake_quant, disable_observer
+
+    torch.manual_seed(0)
+    model = OwnBNNet().eval()
+    with torch.no_grad():  # small variances: where eps 1e-3 vs 1e-5 changes the scale up to 10x
+        for bn in (model.bn, model.bn2):
+            bn.running_var.uniform_(1e-5, 1e-3)
+            bn.running_mean.normal_(0, 0.01)
+        model.conv.weight.mul_(0.02)
+    x = torch.randn(64, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    gm = prepare_qat(model, x[:2], "ort_vnni")
+    bn_args = [n.args[5:8] for n in gm.graph.nodes if "batch_norm" in str(n.target)]
+    assert len(bn_args) == 2 and all(a[1:] == (0.01, 1e-3) for a in bn_args)
+    assert [n.args[1] for n in gm.graph.nodes if "dropout" in str(n.target)] == [0.2]
+    # The float graph (fake quant off) computes the model it came from, in eval mode ...
+    check = copy.deepcopy(gm)
+    check.apply(disable_fake_quant)
+    check.apply(disable_observer)
+    eval_mode(check)
+    with torch.no_grad():
+        assert torch.allclose(check(x), ref, atol=1e-4 * float(ref.abs().max()))
+    # ... and its BN statistics move at the layer's momentum (0.01, not 0.1) in train mode.
+    train_mode(check)
+    before = check.get_buffer("bn2.running_mean").clone()
+    with torch.no_grad():
+        check(x)
+    eager = OwnBNNet()
+    eager.load_state_dict(model.state_dict())
+    eager.train()
+    with torch.no_grad():
+        eager(x)
+    assert torch.allclose(check.get_buffer("bn2.running_mean"), eager.bn2.running_mean, atol=1e-5)
+    assert not torch.allclose(check.get_buffer("bn2.running_mean"), before)
+    # The converted simulation folds BN with the layer's eps: it stays near the float model.
+    eval_mode(gm)
+    with torch.no_grad():
+        gm(x)
+    sim = convert_qat(gm)
+    with torch.no_grad():
+        out = sim(x)
+    assert float((out - ref).norm() / ref.norm()) < 0.05
+
+
+def _quantized_weights(gm):
+    """(name, weight / scale + zero point as float64, qmin, qmax) of every constant weight a quantize node reads."""
+    from edgekd.quant.quantizer import _attr
+
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and str(n.target).startswith("quantized_decomposed.quantize_per_channel"):
+            w = _attr(gm, n.args[0].target).double()
+            scale, zp = (_attr(gm, a.target).double() for a in n.args[1:3])
+            axis, qmin, qmax = n.args[3:6]
+            shape = [1] * w.dim()
+            shape[axis] = -1
+            out.append((n.args[0].target, w / scale.reshape(shape) + zp.reshape(shape), qmin, qmax))
+    return out
+
+
+def test_converted_weights_lie_on_their_int8_grid(task, monkeypatch):
+    """Converted weights are stored on their int8 grid, also those that QAT moved past the range their frozen
+    observer saw: whatever rounding or saturation a converter applies, it reads back the simulation's integer."""
+    x, y = task
+    torch.manual_seed(0)
+    gm = prepare_qat(TinyNet(), x[:2], "ort_vnni")
+    _steps(gm, x, y, 0, 2)
+    set_qat_phase(gm, 2, freeze_observers_at=2)
+    with torch.no_grad():  # weights move after the observers froze, as QAT's later steps and BN updates do
+        for name, p in gm.named_parameters():
+            if name.endswith("weight") and p.dim() > 1:
+                p.mul_(1.08)
+    eval_mode(gm)
+    converted = convert_qat(gm)
+    weights = _quantized_weights(converted)
+    assert len(weights) == 4
+    for name, q, qmin, qmax in weights:
+        assert float((q - q.round()).abs().max()) < 1e-3, name  # on the grid
+        assert qmin <= float(q.round().min()) and float(q.round().max()) <= qmax, name  # in the scheme's range
+    assert max(float(q.abs().max()) for _, q, _, _ in weights) > 126.5  # the test moved weights to the clamp
+    import edgekd.quant.qat as qat_module
+
+    monkeypatch.setattr(qat_module, "snap_weights_to_grid", lambda gm: 0)
+    unsnapped = convert_qat(gm)
+    assert any(float((q - q.round()).abs().max()) > 0.01 for _, q, _, _ in _quantized_weights(unsnapped))
+    with torch.no_grad():  # the simulation computes what it computed before the snap
+        assert torch.equal(converted(x[:32]), unsnapped(x[:32]))

@@ -11,6 +11,7 @@ architecture, so an interrupted run keeps what it measured.
     PYTHONPATH=. .venv/bin/python tools/bench_coverage.py                               # all 15, ~30 min on 2 cores
     PYTHONPATH=. .venv/bin/python tools/bench_coverage.py --archs resnet18 --eval 32    # one, minutes
     PYTHONPATH=. .venv/bin/python tools/bench_coverage.py --diagnose mobilenet_v3_small --eval 256   # defect 2
+    PYTHONPATH=. .venv/bin/python tools/bench_coverage.py --diagnose resnet18 --diagnose-variant qat_kd
     PYTHONPATH=. .venv/bin/python tools/bench_coverage.py --table runs/bench/coverage.json
 """
 from __future__ import annotations
@@ -318,7 +319,8 @@ def measure_latency(rec: dict, workdir: Path, args) -> None:
 
 def diagnose(arch: str, args, workdir: Path) -> dict:
     """Defect 2: on `args.eval` inputs, are file-vs-simulation disagreements near-ties or real gaps, and where
-    (first quantized activation that differs by more than rounding) do file and simulation part?"""
+    (first quantized activation that differs by more than rounding) do file and simulation part? PTQ, or QAT+KD
+    with `--diagnose-variant qat_kd`."""
     from edgekd.quant import detect_cpu_vnni, quantize_ptq, scheme_for_runtimes
     from edgekd.quant.agreement import (compare_top1, layer_divergence, logit_diversity, make_input_dependent,
                                         onnx_activations, output_quantization, simulation_activations,
@@ -334,7 +336,12 @@ def diagnose(arch: str, args, workdir: Path) -> dict:
     fp32 = simulate(model, x_eval)
     rec["fp32_logits"] = logit_diversity(fp32)
     scheme = scheme_for_runtimes(["litert", "onnxruntime"], cpu_has_vnni=detect_cpu_vnni())
-    q = quantize_ptq(model, (x[:1],), scheme, [calib[i:i + 32] for i in range(0, len(calib), 32)], args.ptq_method)
+    rec["variant"] = args.diagnose_variant
+    if args.diagnose_variant == "qat_kd":
+        q = qat_kd(model, scheme, calib, args)
+    else:
+        q = quantize_ptq(model, (x[:1],), scheme, [calib[i:i + 32] for i in range(0, len(calib), 32)],
+                         args.ptq_method)
     sim = simulate(q, x_eval)
     resolution = rec["output_step"] = (output_quantization(q) or (0.0, 0))[0]
     rec["simulation_vs_fp32"] = {k: v for k, v in compare_top1(fp32, sim).items() if k != "disagreeing"}
@@ -515,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="where the files go (default: a temporary folder)")
     p.add_argument("--diagnose", nargs="*", default=None, metavar="ARCH",
                    help="defect-2 mode: PTQ only, margins of disagreements and the first diverging layer")
+    p.add_argument("--diagnose-variant", choices=("ptq", "qat_kd"), default="ptq",
+                   help="diagnose: the int8 path to trace (PTQ, or the short QAT+KD of the coverage run)")
     p.add_argument("--raw-weights", action="store_true", help="diagnose with the random weights as built")
     p.add_argument("--layer-rows", type=int, default=3, help="diagnose: disagreeing rows traced layer by layer")
     p.add_argument("--table", default=None, metavar="JSON", help="print the table of an earlier run and exit")

@@ -10,7 +10,7 @@ from torch import nn
 
 from edgekd.errors import ConfigError, EdgeKDError
 from edgekd.quant.capture import capture, conversion_error
-from edgekd.quant.quantizer import build_quantizer, pt2e_patches, snap_bias_to_int32_grid
+from edgekd.quant.quantizer import build_quantizer, pt2e_patches, snap_bias_to_int32_grid, snap_weights_to_grid
 from edgekd.quant.schemes import Scheme, get_scheme
 from edgekd.registry import Registry
 from edgekd.resources import locate
@@ -158,6 +158,7 @@ def quantize_ptq(model: nn.Module, example_inputs, scheme: Scheme | str,
         raise conversion_error(e, gm, f"PTQ convert ({scheme.name})") from e
     for m in converted.modules():  # eval semantics; exporters warn about modules flagged as training
         m.training = False
+    snap_weights_to_grid(converted)
     snap_bias_to_int32_grid(converted)
     converted.meta.update({k: v for k, v in gm.meta.items() if k.startswith("edgekd_")})
     converted.meta["edgekd_scheme"] = scheme.to_dict()

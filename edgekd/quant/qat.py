@@ -18,11 +18,14 @@ from torch import nn
 
 from edgekd.errors import EdgeKDError
 from edgekd.quant.capture import capture, conversion_error, load_program, save_program
-from edgekd.quant.quantizer import build_quantizer, pt2e_patches, snap_bias_to_int32_grid
+from edgekd.quant.quantizer import build_quantizer, pt2e_patches, snap_bias_to_int32_grid, snap_weights_to_grid
 from edgekd.quant.schemes import Scheme, get_scheme
 
 _BN_TRAINING_ARG = {"batch_norm": 5, "_native_batch_norm_legit": 5, "cudnn_batch_norm": 5}
 _PHASE = "edgekd_qat_phase"
+_BN_LITERALS = "edgekd_bn_literals"
+_DROPOUT = {"dropout", "dropout_", "feature_dropout", "feature_dropout_", "alpha_dropout", "alpha_dropout_",
+            "feature_alpha_dropout", "feature_alpha_dropout_"}
 
 
 def prepare_qat(model: nn.Module, example_inputs, scheme: Scheme | str,
@@ -46,8 +49,57 @@ def prepare_qat(model: nn.Module, example_inputs, scheme: Scheme | str,
     prepared.meta["edgekd_scheme"] = scheme.to_dict()
     prepared.meta["edgekd_keep_float"] = list(keep_float)
     prepared.meta[_PHASE] = {"observers_frozen": False, "bn_frozen": False}
+    prepared.meta[_BN_LITERALS] = _bn_literals(model)
+    _set_bn_literals(prepared, prepared.meta[_BN_LITERALS])
     train_mode(prepared)
     return prepared
+
+
+def _bn_literals(model: nn.Module) -> dict[str, tuple[float | None, float]]:
+    """{running_var buffer path: (momentum, eps)} of every BatchNorm in `model` (the keys the graph reads them by)."""
+    return {f"{name}.running_var": (m.momentum, float(m.eps)) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+
+
+def _running_var_target(node) -> str | None:
+    return node.target if isinstance(node, torch.fx.Node) and node.op == "get_attr" else None
+
+
+def _set_bn_literals(gm: torch.fx.GraphModule, literals: dict[str, tuple[float | None, float]]) -> int:
+    """Give every BatchNorm of a PT2E graph the momentum and eps of the layer it came from; returns nodes changed.
+
+    torchao's QAT conv+BN rewrite (and its move_exported_model_to_train/eval) rebuilds BN from patterns traced with
+    the defaults — eps 1e-5, momentum 0.1, also in the `running_var + eps` that scales the conv weight — and
+    matches with ignore_literals, so a model's own values are lost. torchvision's mobilenet_v3 (eps 1e-3, momentum
+    0.01), googlenet (eps 1e-3) and mnasnet (momentum 3e-4) then trained and folded a different network from the
+    one they were given: the mobilenet_v3_large simulation, with nothing trained, agreed with its fp32 model on 14%
+    of inputs and had logits 100x too large.
+    """
+    changed = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", "").split(".")[0]
+        if name in _BN_TRAINING_ARG and len(node.args) > 7:
+            found = literals.get(_running_var_target(node.args[4]))
+            if found is None:
+                continue
+            momentum, eps = found
+            args = list(node.args)
+            if momentum is not None:
+                args[6] = momentum
+            args[7] = eps
+            if tuple(args) != node.args:
+                node.args = tuple(args)
+                changed += 1
+        elif node.target == torch.ops.aten.add.Tensor and len(node.args) == 2 and isinstance(node.args[1], float):
+            found = literals.get(_running_var_target(node.args[0]))  # QAT's weight scale: sqrt(running_var + eps)
+            if found is not None and node.args[1] != found[1]:
+                node.args = (node.args[0], found[1])
+                changed += 1
+    if changed:
+        gm.recompile()
+    return changed
 
 
 def _set_bn_training(gm: torch.fx.GraphModule, training: bool) -> int:
@@ -89,25 +141,42 @@ def set_qat_phase(gm: torch.fx.GraphModule, step: int, freeze_observers_at: int 
     return dict(phase)
 
 
+def _set_dropout_training(gm: torch.fx.GraphModule, training: bool) -> int:
+    changed = 0
+    for node in gm.graph.nodes:
+        name = getattr(node.target, "__name__", "").split(".")[0]
+        if node.op == "call_function" and name in _DROPOUT and len(node.args) > 2 and node.args[2] != training:
+            node.args = (*node.args[:2], training, *node.args[3:])
+            changed += 1
+    if changed:
+        gm.recompile()
+    return changed
+
+
+def _set_mode(gm: torch.fx.GraphModule, training: bool) -> None:
+    """Flip the `training` argument of BatchNorm and dropout nodes in place.
+
+    torchao's move_exported_model_to_train/eval do this by re-tracing BN and dropout from patterns with default
+    literals (see _set_bn_literals): every dropout became p=0.5 and every BN eps 1e-5 / momentum 0.1. Flipping
+    the flag keeps each layer's own values.
+    """
+    from torchao.quantization.pt2e.export_utils import _EXPORTED_TRAINING_ATTR
+
+    setattr(gm, _EXPORTED_TRAINING_ATTR, training)  # what torchao's own .train()/.eval() wrappers read
+    _set_dropout_training(gm, training)
+    _set_bn_training(gm, training and not gm.meta.get(_PHASE, {}).get("bn_frozen", False))
+    gm.meta["edgekd_training"] = training
+
+
 def train_mode(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Put a prepared graph in train mode (BN batch statistics unless frozen); exported graphs reject .train()."""
-    from torchao.quantization.pt2e import move_exported_model_to_train
-
-    with pt2e_patches():
-        move_exported_model_to_train(gm)
-    gm.meta["edgekd_training"] = True
-    if gm.meta.get(_PHASE, {}).get("bn_frozen"):
-        _set_bn_training(gm, False)
+    _set_mode(gm, True)
     return gm
 
 
 def eval_mode(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Put a prepared graph in eval mode (BN running statistics, fake quant still on)."""
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-
-    with pt2e_patches():
-        move_exported_model_to_eval(gm)
-    gm.meta["edgekd_training"] = False
+    _set_mode(gm, False)
     return gm
 
 
@@ -117,6 +186,7 @@ def convert_qat(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
     model = copy.deepcopy(gm)
     eval_mode(model)
+    _fold_ready_bn(model, model.meta.get(_BN_LITERALS, {}))
     try:
         with pt2e_patches():
             converted = convert_pt2e(model, fold_quantize=False)
@@ -124,9 +194,37 @@ def convert_qat(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         raise conversion_error(e, gm, "QAT convert") from e
     for m in converted.modules():  # exporters warn about (and may trace) modules flagged as training
         m.training = False
+    snap_weights_to_grid(converted)
     snap_bias_to_int32_grid(converted)
     converted.meta.update({k: v for k, v in gm.meta.items() if k.startswith("edgekd_")})
     return converted
+
+
+_TORCHAO_BN_EPS = 1e-5  # the eps torchao's conv+BN fold patterns are traced with, and fold with
+
+
+@torch.no_grad()
+def _fold_ready_bn(gm: torch.fx.GraphModule, literals: dict[str, tuple[float | None, float]]) -> None:
+    """Restate every BN of an eval-mode graph with torchao's eps: running_var + (eps - 1e-5), eps 1e-5.
+
+    convert_pt2e folds each QAT conv+BN by re-tracing it from a pattern and reads eps from the new node (1e-5),
+    not from the graph; with the variance offset the fold computes exactly the layer's own
+    weight * gamma / sqrt(running_var + eps). Only for a converting copy: in train mode BN uses batch statistics.
+    """
+    restated = {}
+    for target, (momentum, eps) in literals.items():
+        if eps == _TORCHAO_BN_EPS:
+            continue
+        owner_path, _, attr = target.rpartition(".")
+        try:
+            owner = gm.get_submodule(owner_path) if owner_path else gm
+            running_var = getattr(owner, attr)
+        except AttributeError:
+            continue
+        running_var.add_(eps - _TORCHAO_BN_EPS)
+        restated[target] = (momentum, _TORCHAO_BN_EPS)
+    if restated:
+        _set_bn_literals(gm, restated)
 
 
 def qat_state_dict(gm: torch.fx.GraphModule) -> dict[str, Any]:
