@@ -19,6 +19,7 @@ def write_report(out: Path, recipe, metrics: dict[str, dict]) -> tuple[dict[str,
     for name in sizes:
         v, p = ver.get(name, {}), prof.get(name, {})
         rows.append({"file": name, "mb": sizes[name] / 1e6, "ppl": v.get("perplexity"),
+                     "ppl_torch": v.get("reference_perplexity"), "block": (v.get("blocks") or [None, None])[-1],
                      "greedy": v.get("greedy_agreement"), "ttft_ms": p.get("ttft_ms", {}).get("p50"),
                      "prefill": p.get("prefill_tokens_per_s", {}).get("p50"),
                      "decode": p.get("decode_tokens_per_s", {}).get("p50"),
@@ -31,11 +32,14 @@ def write_report(out: Path, recipe, metrics: dict[str, dict]) -> tuple[dict[str,
              f"{_fmt(d.get('ppl_heldout'))}, out-of-domain {_fmt(d.get('ppl_ood'))}; trained on "
              f"{d.get('train', {}).get('tokens')} tokens at {d.get('train', {}).get('tokens_per_s')} tokens/s.", "",
              "Perplexity vs size vs speed per file, each in its own runtime on this machine (cpu-local, "
-             f"{metrics.get('profile', {}).get('threads', '?')} thread(s)); peak RSS of a child process running it:", "",
-             "| file | MB | perplexity | greedy agreement | TTFT ms p50 | prefill tok/s p50 | decode tok/s p50/p90 "
-             "| decode | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['file']} | {r['mb']:.1f} | {_fmt(r['ppl'])} | {_fmt(r['greedy'])} | {_fmt(r['ttft_ms'], '.1f')} "
+             f"{metrics.get('profile', {}).get('threads', '?')} thread(s)); peak RSS of a child process running it. "
+             "Perplexity is scored on the held-out blocks cut to the length the file takes (a KV-cache .tflite: its "
+             "prefill length), beside the torch student's on the same tokens:", "",
+             "| file | MB | perplexity (torch) | block tokens | greedy agreement | TTFT ms p50 | prefill tok/s p50 "
+             "| decode tok/s p50/p90 | decode | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['file']} | {r['mb']:.1f} | {_fmt(r['ppl'])} ({_fmt(r['ppl_torch'])}) | {r['block'] or '—'} "
+              f"| {_fmt(r['greedy'])} | {_fmt(r['ttft_ms'], '.1f')} "
               f"| {_fmt(r['prefill'], '.0f')} | {_fmt(r['decode'], '.1f')} / {_fmt(r['decode_p90'], '.1f')} "
               f"| {r['decode_kind'] or '—'} | {_fmt(r['peak_rss_mb'], '.0f')} |" for r in rows]
     phones = metrics.get("profile", {}).get("phones", {})
