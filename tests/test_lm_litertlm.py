@@ -27,8 +27,9 @@ def test_without_the_runtime_the_container_is_checked_and_reported_not_run(monke
 
 
 @pytest.mark.export
-def test_litertlm_verifies_and_profiles_in_litert_lm(tmp_path):
+def test_litertlm_verifies_and_profiles_in_litert_lm(tmp_path, monkeypatch):
     pytest.importorskip("litert_lm", reason=litertlm.INSTALL_HINT)
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
     from edgekd.bundle import verify_bundle
     from edgekd.lm import export as ex
     from edgekd.lm.bundle import make_lm_bundle
@@ -55,6 +56,9 @@ def test_litertlm_verifies_and_profiles_in_litert_lm(tmp_path):
     p = litertlm.profile_litertlm(path, prompt_len=6, decode_tokens=4, repeats=2)
     assert p["timed_tokens"] == {"prefill": 6, "decode": 4}
     assert p["decode_tokens_per_s"]["p50"] > 0 and np.isfinite(p["ttft_ms"]["p90"])
+    # LiteRT-LM's XNNPACK weight caches go to edgekd's cache folder, not beside the file (a run's export folder)
+    assert not [f.name for f in tmp_path.iterdir() if "xnnpack_cache" in f.name]
+    assert list((tmp_path / "cache" / "litertlm-xnnpack").iterdir())
     bundle = make_lm_bundle({"student.litertlm": path}, tok, {}, tmp_path / "b.zip", name="tiny",
                             special_tokens={"eos_token_ids": [1]})
     rows = {m["name"]: m for m in verify_bundle(bundle).models}

@@ -38,11 +38,21 @@ def _lm():
     return litert_lm
 
 
+def xnnpack_cache_dir() -> str:
+    """Where LiteRT-LM keeps its XNNPACK weight caches: by default it writes them beside the .litertlm, i.e. into
+    a run's published export folder."""
+    from edgekd.lm.assets import work_cache
+
+    folder = work_cache() / "litertlm-xnnpack"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
 def open_engine(path: str | Path, threads: int = 1):
     """A LiteRT-LM Engine on the CPU backend for a .litertlm file."""
     lm = _lm()
     try:
-        return lm.Engine(str(path), backend=lm.Backend.CPU(thread_count=threads),
+        return lm.Engine(str(path), backend=lm.Backend.CPU(thread_count=threads), cache_dir=xnnpack_cache_dir(),
                          activation_data_type=lm.ActivationDataType.FLOAT32)
     except RuntimeError as e:
         raise EdgeKDError(f"LiteRT-LM could not load {Path(path).name}: {e}") from e
@@ -121,7 +131,8 @@ def profile_litertlm(path: str | Path, prompt_len: int, decode_tokens: int = 16,
     for _ in range(repeats):
         try:
             infos.append(lm.Benchmark(str(path), backend=lm.Backend.CPU(thread_count=threads),
-                                      prefill_tokens=prompt_len, decode_tokens=decode_tokens).run())
+                                      prefill_tokens=prompt_len, decode_tokens=decode_tokens,
+                                      cache_dir=xnnpack_cache_dir()).run())
         except RuntimeError as e:
             raise EdgeKDError(f"LiteRT-LM benchmark of {Path(path).name} failed: {e}") from e
 
