@@ -124,3 +124,28 @@ def test_prefill_decode_tflite_without_the_litert_lm_inputs_is_one_clear_error(t
     with pytest.raises(EdgeKDError, match=r"old.kv.tflite: a prefill/decode .tflite without the LiteRT-LM inputs "
                                           r"\(tokens, input_pos, .*re-export it"):
         open_lm_session(path)
+
+
+def test_embedding_table_is_stored_int8_with_one_scale_per_row():
+    """onnxruntime's Gather quantization gives a whole embedding table one scale; per row, a row of small values
+    keeps its resolution. Hand values: rows [1, -0.5] and [100, 50], scales 1/127 and 100/127."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekd.lm.export import embedding_per_row_int8
+
+    table = np.array([[1.0, -0.5], [100.0, 50.0]], np.float32)
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["out"], axis=0)], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [3, 2])],
+                              [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert embedding_per_row_int8(model) == 1
+    onnx.checker.check_model(model)
+    assert "table" not in {i.name for i in model.graph.initializer}  # the float table is gone
+    q = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "table_int8_rows"))
+    assert q.dtype == np.int8 and q.tolist() == [[127, -64], [127, 64]]  # -63.5 and 63.5 round half to even
+    out = ort.InferenceSession(model.SerializeToString()).run(None, {"ids": np.array([1, 0, 1])})[0]
+    np.testing.assert_allclose(out, [[100.0, 64 * 100 / 127], [1.0, -64 / 127], [100.0, 64 * 100 / 127]],
+                               rtol=1e-6)
