@@ -38,8 +38,14 @@ FRESH_SPACE = [{"model": "tiny_cnn", "kwargs": {"width": [5, 7, 11, 18], "depth"
 @click.option("--space", "space_name", type=click.Choice(["benchmark", "fresh"]), default="benchmark",
               show_default=True, help="benchmark: tools/bench_auto.py's space + the demo student; fresh: FRESH_SPACE")
 @click.option("--out", default="runs/bench/search_latency.json", show_default=True)
-def main(shapes: str, space_name: str, out: str) -> None:
+@click.option("--compare-rules", "compare", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="measure nothing: re-fit a JSON this tool wrote with and without the 8x8 tiny references")
+def main(shapes: str, space_name: str, out: str, compare: str | None) -> None:
     from bench_auto import DEMO_STUDENT, SPACE
+
+    if compare:
+        compare_rules(Path(compare), DEMO_STUDENT)
+        return
 
     from edgekd.auto.search import candidate_name, expand_space, export_candidate
     from edgekd.fileio import write_json
@@ -84,6 +90,46 @@ def main(shapes: str, space_name: str, out: str) -> None:
               f"stored {s['stored_within_10pct']}/{s['n']} (median {s['stored_median_abs_error']:.0%})", flush=True)
         results["uptime_end"] = os.popen("uptime").read()
         write_json(Path(out), results)
+
+
+def compare_rules(path: Path, demo: dict) -> None:
+    """The reference rule before (no tiny networks at 8x8 unless the candidates are 8x8) and after (always), on the
+    measurements of one run: every form's candidate errors and the form leave-one-out picks. Candidates' measured
+    times are only compared with, never fitted."""
+    import json
+
+    import numpy as np
+
+    from edgekd.auto.search import expand_space, export_candidate
+    from edgekd.models import build_model
+    from edgekd.profile.predict.predictor import load_calibration
+    from edgekd.profile.predict.refit import choose_form, split_parts
+
+    data = json.loads(path.read_text())
+    calib = load_calibration("cpu-local", "onnxruntime", "fp32")
+    cands = expand_space(data["space"], 100) + ([demo] if data.get("space_name", "benchmark") == "benchmark" else [])
+    for spec, run in data["shapes"].items():
+        shape = tuple(int(v) for v in spec.split("x"))
+        with tempfile.TemporaryDirectory() as tmp:
+            parts = []
+            for i, c in enumerate(cands):
+                torch.manual_seed(0)
+                m = build_model(c["model"], num_classes=10, in_channels=shape[0], **c["kwargs"])
+                parts.append(split_parts(export_candidate(m, (1, *shape), Path(tmp) / f"c{i}.onnx"), calib))
+        measured = [c["measured_ms"] / 1e3 for c in run["candidates"]]
+        refs = run["refit"]["references"]
+        rules = {"before (no 8x8 tiny references)": [r for r in refs if "@8x8" not in r["name"] or shape[1:] == (8, 8)],
+                 "after (8x8 tiny references always)": refs}
+        for rule, chosen in rules.items():
+            if rule.startswith("after") and not any("@8x8" in r["name"] for r in refs):
+                continue  # a run of the earlier version: no 8x8 references measured
+            fit = choose_form([{k: r[f"{k}_ms"] / 1e3 for k in ("compute", "dispatch", "call")} for r in chosen],
+                              [r["measured_ms"] / 1e3 for r in chosen])
+            print(f"{spec} {rule}, {len(chosen)} references: leave-one-out keeps {fit['form']}")
+            for form, f in fit["forms"].items():
+                err = np.array([sum(p[k] * f["coefficients"][k] for k in p) / m - 1 for p, m in zip(parts, measured)])
+                print(f"    {form:22s} leave-one-out {f['loo_mean_abs']:.1%}  candidates within ±10% "
+                      f"{int((np.abs(err) <= 0.10).sum())}/{len(err)}, median {np.median(np.abs(err)):.1%}")
 
 
 if __name__ == "__main__":
