@@ -270,9 +270,9 @@ def refit_local(threads: int = 1, *, calibration: Calibration | None = None,
     `input_shape`: the candidates' input (batch first, e.g. (1, 1, 8, 8)); the tiny networks at tiny_shapes(it)
     (8x8 always, and the candidates' shape) join the references. `also`: further .onnx files (the candidates)
     measured in the same interleaved rounds; their (ms, round medians) are in the record's "also_measured", in
-    order, and never enter the fit. The record holds each reference's measured time, its stored prediction split into parts and its
-    re-fitted prediction, the chosen form and its coefficients, every form's leave-one-out figures and the
-    seconds it took.
+    order, and never enter the fit. The record holds each reference's measured time, its stored prediction split
+    into parts and its re-fitted prediction, the chosen form and its coefficients, every form's leave-one-out
+    figures and the seconds it took.
     """
     from edgekd.profile.predict.calibrate import export_model, micro_models
     from edgekd.profile.predict.predictor import load_calibration
