@@ -57,16 +57,8 @@ SMALL_HW = (8, 8)
 ROBUST_SCALE = 0.05
 # per-call costs of the node model (the session call, input binding, output copy)
 CALL_COSTS = ("t0", "io_in_elems", "io_out_elems")
-# the work of convolutions ORT runs as im2col + GEMM (channels off its NCHWc block, e.g. 18): its own part, since
-# the stored node model charges it 2-3x what this machine's references say (work of the other kernels: x1.6-1.9)
-IM2COL_COSTS = ("im2col_macs", "im2col_cols", "im2col_out")
-PARTS = ("compute", "im2col", "dispatch", "call")
-# columns of a form -> the parts each scales ("work": compute and im2col together)
-COLUMNS = {"total": PARTS, "work": ("compute", "im2col"), "fixed": ("dispatch", "call"), "compute": ("compute",),
-           "im2col": ("im2col",), "dispatch": ("dispatch",), "call": ("call",)}
-FORMS: dict[str, tuple[str, ...]] = {"scale": ("total",), "compute+fixed": ("work", "fixed"),
-                                     "compute+dispatch+call": ("work", "dispatch", "call"),
-                                     "compute+im2col+dispatch+call": ("compute", "im2col", "dispatch", "call")}
+FORMS: dict[str, tuple[str, ...]] = {"scale": ("total",), "compute+fixed": ("compute", "fixed"),
+                                     "compute+dispatch+call": ("compute", "dispatch", "call")}
 
 
 def tiny_networks(input_shape: tuple[int, ...] = TINY_SHAPE) -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
@@ -194,20 +186,22 @@ def choose_form(parts: Sequence[dict[str, float]], measured_s: Sequence[float], 
     """Fit every form (FORMS: which parts of the stored prediction get their own coefficient) to the references
     and keep the one with the lowest mean absolute leave-one-out error (ties: fewer coefficients).
 
-    parts: per reference {"compute": s, "im2col": s (optional, 0), "dispatch": s, "call": s}. Returns {"form", "coefficients" (per part),
+    parts: per reference {"compute": s, "dispatch": s, "call": s}. Returns {"form", "coefficients" (per part),
     "residuals", "loo_errors", "loo_mean_abs", "loo_rms", "forms": {form: its coefficients and LOO figures}}.
     """
     def column(p: dict[str, float], name: str) -> float:
-        return sum(p.get(part, 0.0) for part in COLUMNS[name])
+        if name == "total":
+            return p["compute"] + p["dispatch"] + p["call"]
+        if name == "fixed":
+            return p["dispatch"] + p["call"]
+        return p[name]
 
     results = {}
     for form, cols in forms.items():
-        if any(all(column(p, c) == 0 for p in parts) for c in cols):
-            continue  # a part no reference has (no im2col convolution): the form cannot be fitted
         coef, res, loo = leave_one_out([[column(p, c) for c in cols] for p in parts], measured_s, robust)
         per_part = {}
         for c, v in zip(cols, coef):
-            for part in COLUMNS[c]:
+            for part in {"total": ("compute", "dispatch", "call"), "fixed": ("dispatch", "call")}.get(c, (c,)):
                 per_part[part] = v
         results[form] = {"coefficients": per_part, "residuals": res, "loo_errors": loo,
                          "loo_mean_abs": float(np.mean(np.abs(loo))), "loo_rms": float(np.sqrt(np.mean(
@@ -217,29 +211,24 @@ def choose_form(parts: Sequence[dict[str, float]], measured_s: Sequence[float], 
             "forms": {f: {k: r[k] for k in ("coefficients", "loo_mean_abs", "loo_rms")} for f, r in results.items()}}
 
 
-def _part(feature: str, dispatch: Sequence[str]) -> str:
-    return ("call" if feature in CALL_COSTS else "dispatch" if feature in dispatch else
-            "im2col" if feature in IM2COL_COSTS else "compute")
-
-
 def split_parts(path: Path, calib: Calibration) -> dict[str, float]:
     """The node model's prediction for an .onnx file in seconds, split into "compute" (work: MACs, bytes,
-    elements moved), "im2col" (IM2COL_COSTS: the work of im2col convolutions), "dispatch" (per-node costs) and
-    "call" (CALL_COSTS: t0 and the input/output copies)."""
+    elements moved), "dispatch" (per-node costs) and "call" (CALL_COSTS: t0 and the input/output copies)."""
     from edgekd.profile.predict.layers import model_ort_nodes
     from edgekd.profile.predict.predictor import NODE_DISPATCH, node_features
 
     nc = calib.node_costs
     rows = node_features(model_ort_nodes(path), nc["l2_bytes"], nc["l3_bytes"], nc.get("sharpness", 2.0)).sum(0)
-    out = dict.fromkeys(PARTS, 0.0)
+    out = {"compute": 0.0, "dispatch": 0.0, "call": 0.0}
     for i, k in enumerate(NODE_FEATURES):
-        out[_part(k, NODE_DISPATCH)] += float(rows[i] * nc.get(k, 0.0))
+        part = "call" if k in CALL_COSTS else "dispatch" if k in NODE_DISPATCH else "compute"
+        out[part] += float(rows[i] * nc.get(k, 0.0))
     return out
 
 
 def rescaled_parts(calib: Calibration, coefficients: dict[str, float], note: str = "") -> Calibration:
-    """`calib` with the costs of each part ("compute", "im2col", "dispatch", "call", as split_parts splits them)
-    multiplied by its coefficient ("im2col" missing: the compute one); non-cost settings unchanged."""
+    """`calib` with the costs of each part ("compute", "dispatch", "call", as split_parts splits them) multiplied
+    by its coefficient; non-cost settings (cache sizes, sharpness) unchanged."""
     from edgekd.profile.predict.predictor import NODE_DISPATCH
 
     if not calib.node_costs:
@@ -248,9 +237,11 @@ def rescaled_parts(calib: Calibration, coefficients: dict[str, float], note: str
     missing = {"compute", "dispatch", "call"} - set(coefficients)
     if missing:
         raise EdgeKDError(f"no coefficient for part(s) {', '.join(sorted(missing))}")
-    coefficients = {"im2col": coefficients["compute"], **coefficients}
-    costs = {k: (v * coefficients[_part(k, NODE_DISPATCH)] if k in NODE_FEATURES else v)
-             for k, v in calib.node_costs.items()}
+
+    def part(k: str) -> str:
+        return "call" if k in CALL_COSTS else "dispatch" if k in NODE_DISPATCH else "compute"
+
+    costs = {k: (v * coefficients[part(k)] if k in NODE_FEATURES else v) for k, v in calib.node_costs.items()}
     return replace(calib, node_costs=costs, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    device=(calib.device + (f"; {note}" if note else "")))
 
@@ -315,16 +306,16 @@ def refit_local(threads: int = 1, *, calibration: Calibration | None = None,
             rows.append({"name": name, "input_shape": list(shape), "measured_ms": ms, "rounds_ms": medians,
                          "stored_predicted_ms": sum(parts.values()) * 1e3,
                          **{f"{k}_ms": v * 1e3 for k, v in parts.items()}})
-    fit = choose_form([{k: r[f"{k}_ms"] / 1e3 for k in PARTS} for r in rows],
+    fit = choose_form([{k: r[f"{k}_ms"] / 1e3 for k in ("compute", "dispatch", "call")} for r in rows],
                       [r["measured_ms"] / 1e3 for r in rows], robust)
     coef = fit["coefficients"]
     for r, e, held_out in zip(rows, fit["residuals"], fit["loo_errors"]):
-        r["refit_predicted_ms"] = sum(r[f"{k}_ms"] * coef[k] for k in PARTS)
+        r["refit_predicted_ms"] = sum(r[f"{k}_ms"] * coef[k] for k in ("compute", "dispatch", "call"))
         r["refit_rel_error"] = e
         r["loo_rel_error"] = held_out
         r["stored_rel_error"] = r["stored_predicted_ms"] / r["measured_ms"] - 1
     note = (f"re-fitted here at search time ({fit['form']}, robust fit chosen by leave-one-out): compute "
-            f"x{coef['compute']:.2f}, im2col x{coef['im2col']:.2f}, per-node dispatch x{coef['dispatch']:.2f}, per-call cost x{coef['call']:.2f}, "
+            f"x{coef['compute']:.2f}, per-node dispatch x{coef['dispatch']:.2f}, per-call cost x{coef['call']:.2f}, "
             f"from {len(rows)} reference models (held-out error: mean {fit['loo_mean_abs']:.0%}, "
             f"RMS {fit['loo_rms']:.0%})")
     refit = rescaled_parts(calib, coef, note)
