@@ -164,3 +164,38 @@ def test_tiny_networks_keep_their_names_at_28x28_and_run_at_another_shape():
     for name, build, shape in tiny_networks((1, 3, 8, 8)):
         assert name.endswith("@8x8c3") and shape == (1, 3, 8, 8)
         assert build().eval()(torch.zeros(shape)).shape == (1, 10)
+
+
+def test_tiny_shapes_always_add_the_small_input_and_the_candidates_own_shape():
+    from edgekd.profile.predict.refit import tiny_shapes
+
+    # 1x28x28 tiny networks are already among REFERENCE_MODELS: only 8x8 joins
+    assert tiny_shapes((1, 1, 28, 28)) == [(1, 1, 8, 8)]
+    assert tiny_shapes() == [(1, 1, 8, 8)]
+    assert tiny_shapes((1, 1, 8, 8)) == [(1, 1, 8, 8)]
+    # the small input takes the candidates' channels; the candidates' shape joins with batch 1
+    assert tiny_shapes((4, 3, 32, 32)) == [(1, 3, 8, 8), (1, 3, 32, 32)]
+    assert tiny_shapes((1, 1, 16, 16)) == [(1, 1, 8, 8), (1, 1, 16, 16)]
+    assert tiny_shapes((1, 64)) == [(1, 1, 8, 8)]
+
+
+def test_dispatch_heavy_references_let_leave_one_out_separate_dispatch_from_compute():
+    """Hand-built references, measured = 1.6 compute + 1.1 dispatch + 1.6 call exactly, except one whose compute
+    the stored model over-states 2x (as the 5x-expansion net): with compute-heavy references alone the dispatch
+    column is nearly proportional to the rest and one scale is kept; with dispatch-heavy ones added the three
+    parts are chosen and the dispatch scale is recovered."""
+    from edgekd.profile.predict.refit import choose_form
+
+    def ref(c, d, k, compute_error=1.0):
+        return {"compute": c * compute_error, "dispatch": d, "call": k}, 1.6 * c + 1.1 * d + 1.6 * k
+
+    heavy = [ref(60, 2, 4), ref(40, 4, 4), ref(80, 5, 4), ref(20, 5, 4), ref(10, 2, 4), ref(100, 10, 4, 2.0)]
+    small = [ref(1, 4, 4), ref(2, 5, 4), ref(0.5, 3, 4), ref(3, 6, 4)]
+    parts, measured = zip(*heavy)
+    assert choose_form(list(parts), list(measured))["form"] == "scale"
+    parts, measured = zip(*(heavy + small))
+    fit = choose_form(list(parts), list(measured))
+    assert fit["form"] == "compute+dispatch+call"
+    # the outlier still pulls a little (10 references): within 0.1 of the true scales, dispatch clearly apart
+    for part, true in (("compute", 1.6), ("dispatch", 1.1), ("call", 1.6)):
+        assert abs(fit["coefficients"][part] - true) < 0.1, (part, fit["coefficients"])
