@@ -25,6 +25,14 @@ def quiet_third_party_logs() -> None:
     warnings.filterwarnings("ignore", message=".*Enum subclass.*")
 
 
+def progress_bar(iterable=None, *, enabled: bool = True, **kwargs):
+    """edgekd's progress bars: tqdm, drawn only when `enabled` and stderr is a terminal (never carriage-return
+    bars in a log file or CI output)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=None if enabled else True, **kwargs)
+
+
 def no_third_party_progress() -> None:
     """No progress bars from the libraries edgekd calls (tqdm's, Hugging Face's: e.g. transformers' GGUF
     conversion), which write carriage-return bars into logs. tqdm reads its TQDM_* defaults when it is first

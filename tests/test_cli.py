@@ -291,3 +291,14 @@ def test_no_progress_turns_off_library_progress_bars_too(tmp_path, monkeypatch):
         out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
                              timeout=120)
         assert out.stdout.split() == ["2", "True"], out.stdout + out.stderr  # stderr is a pipe here: no terminal
+
+
+def test_progress_bars_are_drawn_only_on_a_terminal():
+    import io
+
+    from edgekd.logs import progress_bar
+
+    assert progress_bar(range(3), enabled=False).disable is True
+    log = io.StringIO()  # a log file: not a terminal
+    bar = progress_bar(range(3), enabled=True, file=log)
+    assert bar.disable is True and list(bar) == [0, 1, 2] and log.getvalue() == ""

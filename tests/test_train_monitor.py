@@ -53,3 +53,20 @@ def test_without_tensorboard_training_says_so_once(tmp_path, monkeypatch):
     said = []
     m = Monitor(tmp_path / "tb", log=said.append)
     assert not m.active and len(said) == 1 and "pip install 'edgekd[monitor]'" in said[0]
+
+
+def test_tensorboard_writer_loads_tensorflow_without_its_start_up_lines(tmp_path):
+    """torch.utils.tensorboard imports TensorFlow when it is installed, whose native libraries print
+    cudart_stub/oneDNN lines to fd 2 at load: the demo printed them between its stages."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("tensorboard") is None or importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("needs tensorboard and tensorflow installed (extras monitor, tensorflow)")
+    code = ("import sys\nfrom edgekd.train.monitor import Monitor\nm = Monitor(sys.argv[1])\n"
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tb")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.stdout.split() == ["True"], out.stderr  # TensorFlow did load: the lines had a chance to appear
+    assert "cudart_stub" not in out.stderr and "oneDNN" not in out.stderr, out.stderr

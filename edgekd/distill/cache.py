@@ -102,11 +102,11 @@ class CachedLogits:
 def teacher_outputs(teacher: Teacher, x: Tensor, batch_size: int = 512, topk: int | None = None,
                     progress: bool = True) -> tuple[Tensor | TopKLogits, int]:
     """Run `teacher` over `x` in batches; return float32 logits (N, V) or the top-k (values, indices), and V."""
-    from tqdm import tqdm
+    from edgekd.logs import progress_bar
 
     chunks, idx_chunks, num_classes = [], [], 0
     starts = range(0, len(x), batch_size)
-    for start in tqdm(starts, desc="teacher logits", unit="batch", disable=not progress, leave=False):
+    for start in progress_bar(starts, desc="teacher logits", unit="batch", enabled=progress, leave=False):
         z = teacher.logits(x[start:start + batch_size]).detach().float().cpu()
         num_classes = z.shape[-1]
         if topk is not None:
@@ -233,7 +233,7 @@ class TeacherCache:
             cached = self._load_mmap(key, n)
             if cached is not None:
                 return cached
-        from tqdm import tqdm
+        from edgekd.logs import progress_bar
 
         values_path, index_path, meta_path = self.mmap_paths(key)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -244,8 +244,8 @@ class TeacherCache:
         num_classes = 0
         seen = 0
         with atomic_path(values_path) as vtmp, atomic_path(index_path) as itmp:
-            bar = tqdm(total=source.steps_per_epoch(batch_size), desc="teacher logits", unit="batch",
-                       disable=not progress, leave=False)
+            bar = progress_bar(total=source.steps_per_epoch(batch_size), desc="teacher logits", unit="batch",
+                               enabled=progress, leave=False)
             with torch.no_grad():
                 for batch in source.epoch(0, 0, batch_size, shuffle=False):
                     z = teacher.logits(batch.x).detach().float().cpu()

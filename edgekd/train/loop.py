@@ -581,7 +581,7 @@ def _epoch_record(epoch: int, step: int, sums: dict[str, float], lr: float) -> d
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from edgekd.logs import progress_bar
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, leave=False,
-                dynamic_ncols=True)
+    return progress_bar(total=total, initial=initial, desc=desc, unit="step", enabled=enabled, leave=False,
+                        dynamic_ncols=True)

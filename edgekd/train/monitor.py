@@ -48,8 +48,10 @@ class Monitor:
         if folder is None or not enabled:
             return
         if tensorboard_available():
-            from torch.utils.tensorboard import SummaryWriter
+            from edgekd.logs import import_quietly
 
+            # tensorboard imports TensorFlow when it is installed (the tensorflow extra): without its start-up lines
+            SummaryWriter = import_quietly("torch.utils.tensorboard").SummaryWriter
             Path(folder).mkdir(parents=True, exist_ok=True)
             self.tb = SummaryWriter(log_dir=str(folder))
         elif log is not None:

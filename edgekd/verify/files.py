@@ -75,9 +75,9 @@ def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: n
               "fake_quant_accuracy": accuracy(fq_logits, y) if fq_logits is not None else None, "files": []}
     items = sessions
     if progress:
-        from tqdm import tqdm
+        from edgekd.logs import progress_bar
 
-        items = tqdm(items, desc="verify", unit="file")
+        items = progress_bar(items, desc="verify", unit="file")
     for f, path, session in items:
         precision = _field(f, "precision")
         if precision == "int8":

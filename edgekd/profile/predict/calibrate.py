@@ -213,14 +213,15 @@ def measure_rounds(paths: Sequence[Path], target: Any, runtime: str, threads: in
 
     progress: one bar over all rounds x files (the runner's per-file bars stay off).
     """
-    from tqdm import tqdm
+    from edgekd.logs import progress_bar
 
     from edgekd.profile.runners import profile_files
 
     if rounds < 1:
         raise EdgeKDError(f"rounds must be >= 1, got {rounds}")
     best: list = [None] * len(paths)
-    with tqdm(total=rounds * len(paths), desc="calibrate", unit="model", disable=not progress, leave=False) as bar:
+    with progress_bar(total=rounds * len(paths), desc="calibrate", unit="model", enabled=progress,
+                      leave=False) as bar:
         for r in range(rounds):
             for i, path in enumerate(paths):
                 bar.set_postfix_str(f"round {r + 1}/{rounds} {path.stem}", refresh=False)

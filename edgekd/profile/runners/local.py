@@ -144,9 +144,9 @@ def profile_file(path: str | Path, runtime: str | None = None, threads: int = 1,
 
     bar = None
     if progress and interactive():
-        from tqdm import tqdm
+        from edgekd.logs import progress_bar
 
-        bar = tqdm(total=None, unit="run", desc=f"{path.name} [{runtime}, {threads}t]", leave=False)
+        bar = progress_bar(total=None, unit="run", desc=f"{path.name} [{runtime}, {threads}t]", leave=False)
     try:
         samples, stopped_by = time_until_stable(lambda: session.run(x), rule,
                                                  bar.update if bar is not None else None)
