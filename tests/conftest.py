@@ -30,3 +30,21 @@ def trained():
     x, y = separable_task(512, size=8)
     torch.manual_seed(0)
     return train_briefly(TinyNet(), x, y, steps=60), x, y
+
+
+@pytest.fixture
+def fake_phone(tmp_path, monkeypatch):
+    """tests/fakes/adb first on PATH with one authorized device whose file system (returned) holds
+    benchmark_model, replaying a recorded benchmark_model log; adb calls logged to tmp_path/adb.log."""
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    root = tmp_path / "device"
+    (root / "data/local/tmp").mkdir(parents=True)
+    (root / "data/local/tmp/benchmark_model").write_text("binary")
+    monkeypatch.setenv("PATH", f"{here / 'fakes'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ADB_DEVICES", "38011FDJH000XY:device")
+    monkeypatch.setenv("FAKE_ADB_ROOT", str(root))
+    monkeypatch.setenv("FAKE_ADB_OUTPUT", str(here / "data/profile/benchmark_model_xnnpack.txt"))
+    monkeypatch.setenv("FAKE_ADB_LOG", str(tmp_path / "adb.log"))
+    return root

@@ -120,22 +120,11 @@ def test_phone_figures_without_a_phone_are_predicted_for_kv_files_only(tmp_path,
     assert figs["student.int8.kv.tflite"]["precision"] == "int8"
 
 
-def test_phone_figures_with_an_attached_phone_measure_fixed_tflite_over_adb(tmp_path, monkeypatch):
+def test_phone_figures_with_an_attached_phone_measure_fixed_tflite_over_adb(tmp_path, fake_phone):
     """With a phone on adb (the project's fake adb replaying a recorded benchmark_model log), fixed-length .tflite
     files are measured there; KV-cache files stay predicted (benchmark_model times whole invocations)."""
-    import os
-    from pathlib import Path
-
     from edgekd.lm import phone
 
-    fakes = Path(__file__).parent / "fakes"
-    root = tmp_path / "device"
-    (root / "data/local/tmp").mkdir(parents=True)
-    (root / "data/local/tmp/benchmark_model").write_text("binary")
-    monkeypatch.setenv("PATH", f"{fakes}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_ADB_DEVICES", "38011FDJH000XY:device")
-    monkeypatch.setenv("FAKE_ADB_ROOT", str(root))
-    monkeypatch.setenv("FAKE_ADB_OUTPUT", str(Path(__file__).parent / "data/profile/benchmark_model_xnnpack.txt"))
     serial = phone.attached_phone()
     assert serial == "38011FDJH000XY"
     files = {n: tmp_path / n for n in ("student.tflite", "student.kv.tflite")}

@@ -59,16 +59,9 @@ def test_parse_failed_run_reports_error_lines():
 
 
 @pytest.fixture
-def phone(tmp_path, monkeypatch):
+def phone(tmp_path, fake_phone):
     """The fake adb first on PATH, one authorized device, a fake device file system with benchmark_model."""
-    root = tmp_path / "device"
-    (root / "data/local/tmp").mkdir(parents=True)
-    (root / "data/local/tmp/benchmark_model").write_text("binary")
-    monkeypatch.setenv("PATH", f"{FAKES}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_ADB_DEVICES", "38011FDJH000XY:device")
-    monkeypatch.setenv("FAKE_ADB_ROOT", str(root))
-    monkeypatch.setenv("FAKE_ADB_OUTPUT", str(DATA / "benchmark_model_xnnpack.txt"))
-    monkeypatch.setenv("FAKE_ADB_LOG", str(tmp_path / "adb.log"))
+    root = fake_phone
     model = tmp_path / "student_fp32.tflite"
     model.write_bytes(b"\0" * 1000)
     return model, root, tmp_path / "adb.log"
