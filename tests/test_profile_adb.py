@@ -12,7 +12,6 @@ from edgekd.profile.runners.adb import parse_benchmark_model_output, profile_and
 from edgekd.profile.targets import Target, load_target
 
 DATA = Path(__file__).parent / "data" / "profile"
-FAKES = Path(__file__).parent / "fakes"
 
 
 def read(name):
