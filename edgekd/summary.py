@@ -75,7 +75,13 @@ def latency_table(run: "RunRecord", target: str, files: list[dict[str, Any]]) ->
 
 def choose_shipped(files: list[dict[str, Any]], latency_rows: list[dict[str, Any]],
                    max_drop: float = MAX_ACCURACY_DROP) -> dict[str, Any] | None:
-    """The file to ship: parity-checked, within `max_drop` of the best exported accuracy, then fastest, then smallest."""
+    """The file to ship: parity-checked, within `max_drop` of the best exported accuracy, then as fast as the
+    fastest (within its noise, `latency_band`), then smallest.
+
+    Two files whose latencies differ by less than the fastest one's own jitter are equally fast: a 0.016 vs 0.018 ms
+    p50 on a shared CPU flips between runs, and the choice must not follow it. Among equally fast files the smaller
+    one ships (app size, download, memory); with no latency figures, the smallest.
+    """
     lat = {r["name"]: r for r in latency_rows}
     cands = [f for f in files if f.get("parity_ok") is not False]
     if latency_rows:
@@ -86,19 +92,39 @@ def choose_shipped(files: list[dict[str, Any]], latency_rows: list[dict[str, Any
     if accs:
         best = max(accs)
         cands = [f for f in cands if num(f.get("accuracy")) and f["accuracy"] >= best - max_drop]
-
-    def key(f: dict[str, Any]) -> tuple[float, float]:
-        p50 = lat.get(f["name"], {}).get("p50_ms")
-        return (p50 if num(p50) else math.inf, f.get("bytes") or math.inf)
-
-    pick = min(cands, key=key)
+    timed = [f for f in cands if num(lat.get(f["name"], {}).get("p50_ms"))]
+    tie = ""
+    if timed:
+        fastest = min(timed, key=lambda f: lat[f["name"]]["p50_ms"])
+        limit = latency_band(lat[fastest["name"]])[1]
+        cands = [f for f in timed if lat[f["name"]]["p50_ms"] <= limit]
+        if len(cands) > 1:
+            tie = f"; {len(cands)} files within the fastest's noise (p50 <= {limit:.3g} ms), so the smallest"
+    pick = min(cands, key=lambda f: (f.get("bytes") or math.inf, lat.get(f["name"], {}).get("p50_ms") or math.inf))
     row = lat.get(pick["name"], {})
-    reason = (f"parity ok, within {max_drop * 100:.1f} pt of the best exported accuracy, then lowest p50"
-              if accs else "no verified accuracy: lowest p50, then smallest")
+    if accs:
+        reason = f"parity ok, within {max_drop * 100:.1f} pt of the best exported accuracy, then lowest p50{tie}"
+    else:
+        reason = f"no verified accuracy: lowest p50{tie}" if timed else "no verified accuracy or latency: smallest"
     return {"name": pick["name"], "runtime": pick.get("runtime"), "precision": pick.get("precision"),
             "accuracy": pick.get("accuracy"), "bytes": row.get("bytes") or pick.get("bytes"),
             "p50_ms": row.get("p50_ms"), "measured": row.get("measured"), "uncertainty": row.get("uncertainty"),
             "device": row.get("device"), "reason": reason}
+
+
+# Two measured medians closer than this (relative) are never told apart, however steady the run looked.
+SAME_SPEED = 0.05
+
+
+def latency_band(row: dict[str, Any]) -> tuple[float, float]:
+    """The p50 range a latency row cannot be told apart from: a measurement's p50 up to its p90 (the run's own
+    jitter; at least +-5%), a prediction's p50 x (1 +- uncertainty)."""
+    p50 = float(row["p50_ms"])
+    if not row.get("measured", True) and num(row.get("uncertainty")):
+        u = float(row["uncertainty"])
+        return p50 * max(0.0, 1 - u), p50 * (1 + u)
+    hi = max(p50 * (1 + SAME_SPEED), float(row["p90_ms"]) if num(row.get("p90_ms")) else 0.0)
+    return p50 * (1 - SAME_SPEED), hi
 
 
 def recipe_summary(recipe: "Recipe | None", limit: int = 60) -> dict[str, Any]:

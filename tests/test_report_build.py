@@ -200,6 +200,32 @@ def test_choose_shipped_by_hand():
     assert choose_shipped([files[2]], []) is None
 
 
+def test_choose_shipped_does_not_follow_noise():
+    """The demo's case: fp32 .tflite 0.0163 ms (p90 0.0208), int8 .tflite 0.0179 ms, one run to the next they swap.
+    Inside the fastest's jitter both are as fast, and the smaller file ships, whichever measured lower."""
+    files = [{"name": "fp32.tflite", "accuracy": 0.909, "parity_ok": True, "bytes": 103008},
+             {"name": "int8.tflite", "accuracy": 0.912, "parity_ok": True, "bytes": 32952},
+             {"name": "int8.onnx", "accuracy": 0.909, "parity_ok": True, "bytes": 40000}]
+    run_a = [_row("fp32.tflite", 0.0163, None, p90_ms=0.0208, measured=True),
+             _row("int8.tflite", 0.0179, None, p90_ms=0.0272, measured=True),
+             _row("int8.onnx", 0.0283, None, p90_ms=0.0472, measured=True)]
+    run_b = [dict(run_a[0], p50_ms=0.0181), dict(run_a[1], p50_ms=0.0158, p90_ms=0.0190), run_a[2]]
+    for lat in (run_a, run_b):
+        pick = choose_shipped(files, lat)
+        assert pick["name"] == "int8.tflite"
+    assert "2 files within the fastest's noise" in choose_shipped(files, run_a)["reason"]
+    # a steady run tells 5% apart: p90 within 1% of p50 -> the band is +5%, and 1.0 vs 1.2 ms is not a tie
+    steady = [_row("fp32.tflite", 1.0, None, p90_ms=1.01, measured=True),
+              _row("int8.tflite", 1.2, None, p90_ms=1.21, measured=True)]
+    assert choose_shipped(files[:2], steady)["name"] == "fp32.tflite"
+    # +-100% predictions cannot order the files: the smaller one ships
+    pred = [_row("fp32.tflite", 0.059, None, measured=False, uncertainty=1.0),
+            _row("int8.tflite", 0.042, None, measured=False, uncertainty=1.0)]
+    assert choose_shipped(files[:2], pred)["name"] == "int8.tflite"
+    pred_sure = [dict(pred[0], p50_ms=0.02, uncertainty=0.1), dict(pred[1], uncertainty=0.1)]
+    assert choose_shipped(files[:2], pred_sure)["name"] == "fp32.tflite"
+
+
 def test_results_json_cli_shape_is_plain_json(report_run):
     r = results_json(report_run)
     assert json.loads(json.dumps(r)) == r  # no tuples, paths or NaN: scripts read it as is
