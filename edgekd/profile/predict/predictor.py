@@ -204,7 +204,7 @@ def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float, sh
             r[col["sum_elems"]] += n.sum_elems
         elif k == "im2col":
             r[col["im2col_macs"]], r[col["im2col_out"]] = n.macs, n.out_elems
-            r[col["im2col_cols"]] = n.in_elems * n.taps if n.taps > 1 else 0.0
+            r[col["im2col_cols"]] = n.cols
             r[col["sum_elems"]] += n.sum_elems
         elif k == "gemm":
             wb = 4.0 * n.weight_elems
