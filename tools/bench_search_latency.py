@@ -64,19 +64,12 @@ FRESH3_SPACE = [{"model": "tiny_cnn", "kwargs": {"width": [15, 17, 19, 24, 30], 
               default=None, help="measure nothing: OLD_CALIBRATION.json RUN.json: the run's references re-fitted "
               "with the old calibration and im2col features and with the current ones; candidates' errors of both "
               "(written beside RUN.json as .compare.json)")
-@click.option("--check-calibration", "check_calib", is_flag=True, help="measure nothing: the stored calibration's "
-              "micro-models and tools/bench_predictor.py's held-out architectures read with this version's node "
-              "features; which samples' im2col features changed, and the node model re-fitted on the stored "
-              "measurements (written to --out)")
-def main(shapes: str, space_name: str, out: str, compare: str | None, compare_calib: tuple[str, str] | None,
-         check_calib: bool) -> None:
+def main(shapes: str, space_name: str, out: str, compare: str | None, compare_calib: tuple[str, str] | None
+         ) -> None:
     from bench_auto import DEMO_STUDENT, SPACE
 
     if compare:
         compare_rules(Path(compare), DEMO_STUDENT)
-        return
-    if check_calib:
-        check_calibration(Path(out))
         return
     if compare_calib:
         compare_calibrations(Path(compare_calib[0]), Path(compare_calib[1]), DEMO_STUDENT)
@@ -217,74 +210,6 @@ def compare_calibrations(old_path: Path, run_path: Path, demo: dict) -> None:
                   f"{out['after']['candidates'][i]['error']:+6.1%}")
         result["shapes"][spec] = out
     write_json(run_path.with_suffix(".compare.json"), result)
-
-
-def check_calibration(out: Path) -> None:
-    """The stored cpu-local calibration against this version's im2col feature, on its own stored measurements.
-
-    For each micro-model of the calibration (its measured time is in the calibration file) and each held-out
-    architecture of calibration/latency/cpu-local/bench_predictor_onnxruntime-fp32.json (measured in the same
-    run), the im2col column feature as the stored calibration was fitted (input elements x taps) and as this
-    version counts it (the column matrix MLAS writes). Where any micro-model's feature changed, the node model is
-    re-fitted on the same measurements (fit_node_costs) and both fits' held-out errors are written."""
-    import json
-
-    import numpy as np
-
-    from edgekd.fileio import write_json
-    from edgekd.profile.predict.calibrate import export_model, micro_models
-    from edgekd.profile.predict.layers import ort_nodes
-    from edgekd.profile.predict.predictor import (NODE_FEATURES, calibration_path, fit_node_costs, load_calibration,
-                                                  node_features)
-    from bench_predictor import architectures
-
-    torch.set_num_threads(1)
-    calib = load_calibration("cpu-local", "onnxruntime", "fp32")
-    bench = json.loads((calibration_path("cpu-local", "onnxruntime", "fp32").parent /
-                        "bench_predictor_onnxruntime-fp32.json").read_text())
-    fam_ms = {r["name"]: r["measured_ms"] for r in calib.residuals}
-    fam_pred = {r["name"]: r["predicted_ms"] for r in calib.residuals}  # as fitted: a check of the old features
-    arch_ms = {r["name"]: r["measured_ms"] for r in bench["results"]}
-    nc = calib.node_costs
-    col = NODE_FEATURES.index("im2col_cols")
-    coef = np.array([nc.get(k, 0.0) for k in NODE_FEATURES])
-    t0 = time.perf_counter()
-    rows, fam_nodes, arch_nodes = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for group, models, times in (("micro", micro_models(), fam_ms), ("held_out", architectures(), arch_ms)):
-            for i, (name, build, shape) in enumerate(models):
-                torch.manual_seed(0)
-                nodes = ort_nodes(export_model(build(), shape, Path(tmp) / f"{group}{i}.onnx"))
-                (fam_nodes if group == "micro" else arch_nodes).append((nodes, times[name] / 1e3))
-                new = node_features(nodes, nc["l2_bytes"], nc["l3_bytes"], nc.get("sharpness", 2.0)).sum(0)
-                old_cols = sum(_old_im2col_cols(n) for n in nodes if n.kind == "im2col")
-                old = new.copy()
-                old[col] = old_cols
-                rows.append({"group": group, "name": name, "measured_ms": times[name],
-                             "im2col_nodes": sum(n.kind == "im2col" for n in nodes),
-                             "im2col_cols_old": old_cols, "im2col_cols_new": float(new[col]),
-                             "stored_old_features_ms": float(old @ coef) * 1e3,
-                             "stored_new_features_ms": float(new @ coef) * 1e3,
-                             "as_fitted_ms": fam_pred.get(name) if group == "micro" else None})
-                if old_cols != new[col]:
-                    print(f"{group} {name}: im2col columns {old_cols:.0f} -> {new[col]:.0f}", flush=True)
-    changed = [r["name"] for r in rows if r["group"] == "micro" and r["im2col_cols_old"] != r["im2col_cols_new"]]
-    result = {"changed_micro_models": changed, "rows": rows, "seconds": time.perf_counter() - t0}
-    if changed:  # the stored fit saw other features than this version computes: re-fit on the same measurements
-        costs, sigma, _ = fit_node_costs(fam_nodes)
-        c2 = np.array([costs.get(k, 0.0) for k in NODE_FEATURES])
-        for r, (nodes, _) in zip([r for r in rows if r["group"] == "held_out"], arch_nodes):
-            f = node_features(nodes, costs["l2_bytes"], costs["l3_bytes"], costs.get("sharpness", 2.0)).sum(0)
-            r["refit_new_features_ms"] = float(f @ c2) * 1e3
-        result.update(refit_node_costs=costs, refit_loo_rms=sigma, stored_loo_rms=calib.uncertainty)
-    for key in ("stored_old_features_ms", "stored_new_features_ms", "refit_new_features_ms"):
-        errs = [abs(r[key] / r["measured_ms"] - 1) for r in rows if r["group"] == "held_out" and key in r]
-        if errs:
-            result[f"held_out_{key}"] = {"within_10pct": sum(e <= 0.10 for e in errs), "n": len(errs),
-                                         "median_abs_error": float(np.median(errs))}
-            print(f"held-out architectures, {key}: {result[f'held_out_{key}']}", flush=True)
-    print(f"micro-models whose im2col features changed: {changed or 'none'}", flush=True)
-    write_json(out, result)
 
 
 def compare_rules(path: Path, demo: dict) -> None:
