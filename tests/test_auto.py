@@ -269,6 +269,62 @@ def test_tune_records_a_diverging_trial_as_failed_and_keeps_the_recipe_inside_th
         tune.tune_losses(ds, recipe(**{"tune.families": ["fitnets"]}), None)
 
 
+def test_ties_in_validation_accuracy_go_to_the_lower_validation_cross_entropy_not_to_the_first_run():
+    """288 validation images make accuracies come in steps of 0.35 pt: in the digits benchmark four proxies tied
+    at 281/288 and the two confirmed were the first two in trial order. Ties are now ordered by validation NLL."""
+    from edgekd.auto.tune import choose, rank_key
+
+    def row(name, acc, nll, state="complete"):
+        return {"name": name, "losses": [{"name": name}], "val_accuracy": acc, "val_nll": nll, "state": state}
+
+    rows = [row("ce", 0.90, 0.40), row("trial 0", 0.95, 0.30), row("trial 1", 0.95, 0.20), row("trial 2", 0.95, None)]
+    assert choose(rows, 288)["source"] == "trial 1"  # no recipe row: the best by (accuracy, -NLL)
+    assert sorted(rows, key=rank_key)[-1]["name"] == "trial 1" and sorted(rows, key=rank_key)[1]["name"] == "trial 2"
+    # the recipe still stays inside one validation SE: sqrt(0.95 * 0.05 / 288) = 0.0128 > 0.95 - 0.94
+    assert choose([row("recipe", 0.94, 0.5)] + rows, 288)["source"] == "recipe"
+
+
+def test_validation_nll_is_the_mean_cross_entropy_on_the_validation_split():
+    from types import SimpleNamespace
+
+    from edgekd.auto.proxy import validation_nll
+
+    class Fixed(torch.nn.Module):  # logits (log 3, 0) for every image: p = (3/4, 1/4)
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return torch.tensor([[math.log(3.0), 0.0]]).expand(len(x), 2) + 0 * self.w
+
+    ds = SimpleNamespace(x_val=torch.zeros(4, 1), y_val=torch.tensor([0, 0, 0, 1]))
+    # three images right at p = 3/4, one wrong at p = 1/4
+    assert validation_nll(Fixed(), ds, batch_size=3) == pytest.approx((3 * math.log(4 / 3) + math.log(4)) / 4)
+
+
+def test_confirm_picks_the_tied_proxies_by_validation_cross_entropy(monkeypatch):
+    import edgekd.auto.tune as tune
+    from edgekd.auto.proxy import ProxyResult
+
+    seen = []
+
+    def fake_proxy(model, ds, idx, terms, cfg, **kw):
+        seen.append(terms[-1].get("tag", terms[-1]["name"]))
+        return ProxyResult(0.9, [(1.0, 0.9)], 0.01, val_nll=0.3)
+
+    monkeypatch.setattr(tune, "proxy_train", fake_proxy)
+    monkeypatch.setattr(tune, "build_student", lambda *a, **k: type("S", (), {"module": None})())
+    monkeypatch.setattr(tune.TeacherOutputs, "compute", staticmethod(lambda teacher, x: None))
+    rows = [{"name": "recipe", "losses": [{"name": "kd_soft"}], "val_accuracy": 0.9, "val_nll": 0.5,
+             "state": "complete"},
+            {"name": "ce", "losses": [{"name": "ce"}], "val_accuracy": 0.9, "val_nll": 0.6, "state": "complete"}]
+    rows += [{"name": f"trial {i}", "losses": [{"name": "dkd", "tag": f"t{i}"}], "val_accuracy": 0.95,
+              "val_nll": nll, "state": "complete"} for i, nll in enumerate((0.4, 0.2, 0.3))]
+    ds = type("Ds", (), {"x_train": torch.zeros(1)})()
+    out = tune.confirm_full(ds, recipe(), None, rows, 2, lambda s: None)
+    assert [r["name"] for r in out] == ["recipe", "ce", "trial 1", "trial 2"] and seen[2:] == ["t1", "t2"]
+
+
 def test_the_recipe_student_is_always_a_search_candidate_unless_it_starts_from_weights():
     space = expand_space([{"model": "tiny_cnn", "kwargs": {"width": [4, 8], "depth": [2]}}], 10)
     own = {"model": "tiny_cnn", "kwargs": {"width": 4, "depth": 2}}

@@ -5,7 +5,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import EdgeKDError
-from edgekd.profile.predict.layers import Layer, OrtNode, _window_stats, layers_from_onnx, model_layers, ort_nodes
+from edgekd.profile.predict.layers import (Layer, OrtNode, _im2col_cols, _window_stats, layers_from_onnx, model_layers,
+                                          ort_nodes)
 from edgekd.profile.predict.predictor import (NODE_FEATURES, Calibration, LayerFeatures, fit_costs, fit_node_costs,
                                       model_time_s, node_features, node_model_time_s, predict, prior_costs)
 from edgekd.profile.targets import load_target
@@ -129,6 +130,30 @@ def test_ort_nodes_read_the_optimized_graph(tmp_path):
     assert gap.in_elems == 16 * 256 and reorder.in_elems == reorder.out_elems == 16
     assert gemm.macs == 160 and gemm.weight_elems == 170
     assert ort_nodes(graph(tmp_path), input_shape=(2, 8, 16, 16))[0].macs == 2 * conv.macs
+
+
+def test_im2col_columns_are_what_mlas_writes(tmp_path):
+    """MLAS expands a plain conv into input channels x taps rows by output positions columns (per group, so
+    depthwise is C groups of taps rows), whatever the stride; a 1x1, stride-1, unpadded conv is a GEMM on the input
+    (no columns)."""
+    assert _im2col_cols(18, 9, 7 * 7, [2, 2], [1, 1, 1, 1]) == 18 * 9 * 49  # not 18 * 14 * 14 * 9, 4x that
+    assert _im2col_cols(18, 9, 14 * 14, [1, 1], [1, 1, 1, 1]) == 18 * 14 * 14 * 9
+    assert _im2col_cols(18, 1, 14 * 14, [1, 1], [0, 0, 0, 0]) == 0
+    assert _im2col_cols(18, 1, 7 * 7, [2, 2], [0, 0, 0, 0]) == 18 * 49
+    # two stride-2 convs on x[1,18,14,14], dense 3x3 to 36 channels and depthwise 3x3: 18 channels are not a
+    # multiple of 4, so ORT keeps both out of NCHWc
+    w = numpy_helper.from_array(np.ones((36, 18, 3, 3), np.float32), "w")
+    wd = numpy_helper.from_array(np.ones((18, 1, 3, 3), np.float32), "wd")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4, strides=[2, 2]),
+                           helper.make_node("Conv", ["x", "wd"], ["z"], pads=[1] * 4, strides=[2, 2], group=18)],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 18, 14, 14])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 36, 7, 7]),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 18, 7, 7])], [w, wd])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "s2.onnx"))
+    dense, dw = [n for n in ort_nodes(tmp_path / "s2.onnx") if n.kind == "im2col"]
+    assert (dense.cols, dense.macs) == (18 * 9 * 49, 36 * 49 * 18 * 9) and dw.cols == dw.macs == 18 * 49 * 9
+    row = dict(zip(NODE_FEATURES, node_features([dense], 2**20, 2**24)[0]))
+    assert row["im2col_cols"] == 18 * 9 * 49 and row["im2col_macs"] == dense.macs and row["n_im2col"] == 1
 
 
 def node_sets():

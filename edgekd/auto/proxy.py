@@ -114,6 +114,23 @@ class ProxyResult:
     curve: list[tuple[float, float]]       # (fraction of the run, validation accuracy)
     seconds: float
     pruned: bool = False
+    val_nll: float | None = None  # validation cross-entropy of the finished run (None when pruned)
+
+
+def validation_nll(model: nn.Module, ds: "ImageDataset", batch_size: int = 1000) -> float:
+    """Mean cross-entropy of `model` on the validation split (eval mode, no grad): a proper score that, unlike
+    accuracy on a few hundred images, does not come in steps of one image, so it can order runs whose
+    accuracies tie."""
+    import torch.nn.functional as F
+
+    model.eval()
+    device = next(iter(model.parameters())).device
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(ds.y_val), batch_size):
+            logits = model(ds.x_val[i:i + batch_size].to(device))
+            total += float(F.cross_entropy(logits.float(), ds.y_val[i:i + batch_size].to(device), reduction="sum"))
+    return total / max(1, len(ds.y_val))
 
 
 def proxy_train(model: nn.Module, ds: "ImageDataset", idx: torch.Tensor | None, terms: list[dict[str, Any]],
@@ -123,7 +140,7 @@ def proxy_train(model: nn.Module, ds: "ImageDataset", idx: torch.Tensor | None, 
     """Train `model` on training rows `idx` (None: all) with `terms`; score on the validation split `checks` times.
 
     `report(fraction, val_accuracy)` may raise Pruned to stop the run; `deadline` (time.perf_counter) stops it
-    too. The result's val_accuracy is the last one measured.
+    too. The result's val_accuracy is the last one measured; a finished run also has its validation_nll.
     """
     from edgekd.distill import build_objective
     from edgekd.train import TeacherSignal, evaluate, train
@@ -157,9 +174,11 @@ def proxy_train(model: nn.Module, ds: "ImageDataset", idx: torch.Tensor | None, 
     except Pruned:
         pruned = True
     acc = curve[-1][1] if pruned and curve else evaluate(model, ds.x_val, ds.y_val, 1000)
+    nll = None
     if not pruned:
         curve.append((1.0, acc))
-    return ProxyResult(acc, curve, time.perf_counter() - t0, pruned)
+        nll = validation_nll(model, ds)
+    return ProxyResult(acc, curve, time.perf_counter() - t0, pruned, nll)
 
 
 def proxy_config(train_cfg: "TrainConfig", epochs: float) -> "TrainConfig":

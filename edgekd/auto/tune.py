@@ -11,9 +11,10 @@ Fashion-MNIST a 2-epoch proxy chose DIST, which then lost to cross-entropy at fu
 losses, cross-entropy alone and the `confirm` best distinct proxy runs are re-trained with the full distill.train
 budget on all training images, and the choice is made among those, by the rule below.
 
-Choice: the best validation accuracy, but a trial replaces the recipe's losses only when it beats them by more
-than one standard error of a validation accuracy (sqrt(p(1-p)/n_val)): the validation split is small, and a
-choice inside its noise is no choice. When cross-entropy alone wins that way, distill trains without the teacher
+Choice: the best validation accuracy (runs with the same number of validation images right are ordered by their
+validation cross-entropy, not by the order they ran in; the same order picks the proxies to confirm), but a trial
+replaces the recipe's losses only when it beats them by more than one standard error of a validation accuracy
+(sqrt(p(1-p)/n_val)): the validation split is small, and a choice inside its noise is no choice. When cross-entropy alone wins that way, distill trains without the teacher
 and the report says the teacher did not help on the validation split.
 """
 from __future__ import annotations
@@ -126,6 +127,7 @@ def tune_losses(ds, recipe: "Recipe", teacher: Any, *, log=print, checks: int = 
         res = run(terms, report)
         trial.set_user_attr("curve", res.curve)
         trial.set_user_attr("seconds", res.seconds)
+        trial.set_user_attr("val_nll", res.val_nll)
         if res.pruned:
             raise optuna.TrialPruned()
         return res.val_accuracy
@@ -140,8 +142,8 @@ def tune_losses(ds, recipe: "Recipe", teacher: Any, *, log=print, checks: int = 
         curve = tr.user_attrs.get("curve", [])
         val = tr.value if tr.value is not None else (curve[-1][1] if curve else None)
         rows.append({"name": f"trial {tr.number}", "losses": tr.user_attrs.get("losses"), "params": tr.params,
-                     "val_accuracy": val, "state": tr.state.name.lower(), "curve": curve,
-                     "seconds": round(tr.user_attrs.get("seconds", 0.0), 2)})
+                     "val_accuracy": val, "val_nll": tr.user_attrs.get("val_nll"), "state": tr.state.name.lower(),
+                     "curve": curve, "seconds": round(tr.user_attrs.get("seconds", 0.0), 2)})
     confirmed = None
     if cfg.confirm > 0:
         confirmed = confirm_full(ds, recipe, teacher, rows, cfg.confirm, log)
@@ -165,7 +167,7 @@ def confirm_full(ds, recipe: "Recipe", teacher: Any, rows: list[dict[str, Any]],
     done = [r for r in rows if r["state"] == "complete" and isinstance(r.get("val_accuracy"), (int, float))]
     picks = [r for r in done if r["name"] in ("recipe", "ce")]
     seen, n_ref = [r["losses"] for r in picks], len(picks)
-    for r in sorted((r for r in done if r["name"] not in ("recipe", "ce")), key=lambda r: -r["val_accuracy"]):
+    for r in sorted((r for r in done if r["name"] not in ("recipe", "ce")), key=rank_key, reverse=True):
         if len(picks) >= n_ref + k:
             break
         if r.get("losses") and r["losses"] not in seen:
@@ -187,17 +189,26 @@ def confirm_full(ds, recipe: "Recipe", teacher: Any, rows: list[dict[str, Any]],
 
 def _row(name: str, terms, res: ProxyResult, state: str) -> dict[str, Any]:
     return {"name": name, "losses": [dict(t) for t in terms], "params": {}, "val_accuracy": res.val_accuracy,
-            "state": "pruned" if res.pruned else state, "curve": res.curve, "seconds": round(res.seconds, 2)}
+            "val_nll": res.val_nll, "state": "pruned" if res.pruned else state, "curve": res.curve,
+            "seconds": round(res.seconds, 2)}
+
+
+def rank_key(row: dict[str, Any]) -> tuple[float, float]:
+    """Order of runs, best last: validation accuracy, then, among runs with the same number of validation images
+    right, the lower validation cross-entropy (a run without one ranks below those that have one)."""
+    nll = row.get("val_nll")
+    return row["val_accuracy"], -nll if isinstance(nll, (int, float)) else -math.inf
 
 
 def choose(rows: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
-    """The best complete run; the recipe's losses stay unless beaten by more than one validation SE."""
+    """The best complete run (rank_key: accuracy, ties by validation cross-entropy); the recipe's losses stay
+    unless beaten by more than one validation SE."""
     scored = [r for r in rows if isinstance(r.get("val_accuracy"), (int, float))]
     done = [r for r in scored if r["state"] == "complete"] or scored  # a budget spent mid-run leaves partial runs
     if not done:
         raise EdgeKDError("tune: no run finished a validation check inside tune.budget_s; raise the budget or "
                           "lower tune.proxy_epochs / tune.proxy_train")
-    best = max(done, key=lambda r: r["val_accuracy"])
+    best = max(done, key=rank_key)
     ref = next((r for r in done if r["name"] == "recipe"), None)
     se = math.sqrt(max(best["val_accuracy"] * (1 - best["val_accuracy"]), 1e-12) / max(1, n_val))
     pick, why = best, "best validation accuracy"

@@ -153,6 +153,19 @@ def micro_models() -> list[tuple[str, Callable[[], Any], tuple[int, ...]]]:
         # channel counts NCHWc cannot take: ORT runs the second conv as a plain im2col + GEMM FusedConv
         add(f"stack_im2col_{cin}_{mid}_k{k}_{hw}", lambda c=cin, m=mid, kk=k: nn.Sequential(
             conv(3, c, 3), nn.ReLU(), conv(c, m, kk), nn.ReLU()), (1, 3, hw, hw))
+    # More im2col convs: ORT keeps a conv out of NCHWc when its channels are not a multiple of 4 (dense convs with
+    # 16 or more input channels, depthwise at any width), and MLAS then writes a column matrix of input channels x
+    # taps x output positions (none for 1x1 stride 1) and multiplies it with a GEMM of output channels rows. The
+    # four above are all stride 1, which left stride-2 convs (those of tiny students: tiny_cnn at widths 18, 22,
+    # 26; its third conv at widths 9, 11, 13), 1x1 stride 2, small outputs and depthwise im2col unmeasured.
+    for cin, cout, k, s, hw in [(18, 36, 3, 2, 28), (22, 44, 3, 2, 16), (26, 52, 3, 2, 28), (30, 60, 3, 2, 14),
+                                (34, 68, 3, 2, 8), (42, 84, 3, 2, 16), (22, 44, 3, 1, 7), (26, 26, 3, 1, 4),
+                                (18, 72, 3, 1, 6), (18, 40, 1, 2, 28), (26, 52, 1, 2, 14)]:
+        add(f"stack_im2col_{cin}_{cout}_k{k}_s{s}_{hw}", lambda c=cin, m=cout, kk=k, ss=s: nn.Sequential(
+            conv(3, c, 3), nn.ReLU(), conv(c, m, kk, ss), nn.ReLU()), (1, 3, hw, hw))
+    for ch, s, hw in [(30, 2, 28), (50, 1, 14), (90, 2, 14), (42, 1, 8)]:  # depthwise, channels not a multiple of 4
+        add(f"stack_im2col_dw_{ch}_s{s}_{hw}", lambda c=ch, ss=s: nn.Sequential(
+            conv(3, c, 3), nn.ReLU(), conv(c, c, 3, ss, c), nn.ReLU6()), (1, 3, hw, hw))
     for cin, cout, hw in [(12, 72, 24), (8, 48, 40), (4, 64, 32)]:  # 1x1 convs reading NCHW input
         add(f"pwin_{cin}_{cout}_{hw}", lambda c=cin, o=cout: nn.Sequential(conv(c, o, 1), nn.ReLU()),
             (1, cin, hw, hw))

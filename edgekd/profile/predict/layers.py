@@ -253,6 +253,7 @@ class OrtNode:
     out_channels: int = 0  # output channels of a convolution (NCHWc-padded)
     edge_frac: float = 0.0  # share of a conv's output columns whose window reaches into the left/right padding
     valid_frac: float = 1.0  # share of a conv's (output, tap) pairs that read real input, not padding
+    cols: int = 0  # im2col convs: elements of the column matrix MLAS writes (see _im2col_cols)
 
 
 def _window_stats(in_size: int, out_size: int, k: int, stride: int, pad: int, dilation: int) -> tuple[float, float]:
@@ -260,6 +261,20 @@ def _window_stats(in_size: int, out_size: int, k: int, stride: int, pad: int, di
     o = np.arange(out_size)[:, None] * stride - pad + np.arange(k)[None, :] * dilation
     inside = (o >= 0) & (o < in_size)
     return float(np.mean(~inside.all(1))) if out_size else 0.0, float(inside.mean()) if out_size else 1.0
+
+
+def _im2col_cols(cin: int, taps: int, out_positions: int, strides: Sequence[int], pads: Sequence[int]) -> int:
+    """Elements of the column matrix MLAS's im2col writes for a plain (non-NCHWc) convolution.
+
+    MlasConvPrepare multiplies the input directly (GemmDirect, no column matrix) for a 1x1 kernel with all
+    strides 1 and no padding; every other convolution is expanded: K = input channels per group x kernel taps
+    rows by N = output positions columns, per group (depthwise: 1 channel per group, C groups), so
+    input channels x taps x output positions in all, whatever the stride. (The column matrix is then packed
+    for the GEMM, again once per element.)
+    """
+    if taps == 1 and all(s == 1 for s in strides) and not any(pads):
+        return 0
+    return int(cin) * int(taps) * int(out_positions)
 
 
 def _ort_optimized(model: Any, tmp: Path) -> Any:
@@ -344,7 +359,7 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
         src = ins[0] if ins else ""
         in_elems = _prod(shapes.get(src, ())) if src and src not in inits else 0
         weight_elems = sum(_prod(inits[i]) for i in ins[1:] if i in inits)
-        macs, taps, sum_elems, kind, out_ch, edge, valid = 0, 1, 0, "elementwise", 0, 0.0, 1.0
+        macs, taps, sum_elems, kind, out_ch, edge, valid, cols = 0, 1, 0, "elementwise", 0, 0.0, 1.0, 0
         if op in ("Conv", "FusedConv"):
             w = shapes.get(ins[1], ())
             group = attrs["group"].i if "group" in attrs else 1
@@ -355,10 +370,10 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
             macs = out_elems * taps * (1 if dw else max(cin // group, 1))
             edge, valid = 0.0, 1.0
             src_shape = shapes.get(src, ())
+            ints = {k: list(a.ints) for k, a in attrs.items() if a.ints}
+            pads = ints.get("pads", [0, 0, 0, 0])
+            st = ints.get("strides", [1, 1])
             if len(w) == 4 and len(src_shape) == 4 and len(out) == 4:
-                ints = {k: list(a.ints) for k, a in attrs.items() if a.ints}
-                pads = ints.get("pads", [0, 0, 0, 0])
-                st = ints.get("strides", [1, 1])
                 dil = ints.get("dilations", [1, 1])
                 _, vh = _window_stats(src_shape[2], out[2], w[2], st[0], pads[0], dil[0])
                 edge, vw = _window_stats(src_shape[3], out[3], w[3], st[1], pads[1], dil[1])
@@ -367,6 +382,7 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
                 sum_elems = _prod(shapes.get(ins[3], ()))
             if n.domain != NCHWC_DOMAIN:
                 kind = "im2col"
+                cols = _im2col_cols(cin, taps, _prod(out[2:]) if len(out) > 2 else 1, st, pads)
             elif dw:
                 kind = "dw"
             elif not blocked(src):  # NCHWc conv reading a plain NCHW tensor (few input channels)
@@ -389,7 +405,7 @@ def ort_nodes(model_or_path: Any, input_shape: Sequence[int] | None = None) -> l
             in_elems = max(in_elems, sum(_prod(shapes.get(i, ())) for i in ins if i and i not in inits))
         nodes.append(OrtNode(n.name or f"{op}_{idx}", f"{n.domain + '.' if n.domain else ''}{op}", kind,
                              int(macs), int(in_elems), int(out_elems), int(weight_elems), int(taps), int(sum_elems),
-                             int(out_ch), edge, valid))
+                             int(out_ch), edge, valid, int(cols)))
     if not nodes:
         raise EdgeKDError("onnxruntime's optimized graph has no nodes to cost")
     graph_in = sum(_prod(shapes.get(i.name, ())) for i in opt.graph.input if i.name not in inits)

@@ -21,6 +21,8 @@ kernel family (NCHWc conv, NCHWc kxk / 1x1 conv reading NCHW input, NCHWc 1x1, d
 real (unpadded) input, input broadcasts (MACs / min(output channels, 64): MLAS passes over the input once per 64
 output channels, the part narrow layers do not amortize), output elements, MACs of output columns whose window
 reaches into the horizontal padding (a slower MLAS path) and MACs of convs whose working set spills out of L2;
+for im2col convs the elements of the column matrix MLAS writes and packs (input channels x taps x output
+positions, none for a 1x1 stride-1 unpadded conv, which MLAS multiplies directly);
 for Gemm MACs plus weight bytes by where the model's weights live (L2, L3, DRAM); elements moved by reorders,
 pools and element-wise ops; residual sums fused into convs; a per-node dispatch cost by node class; per call a
 fixed cost and the input/output elements copied. The coefficients are fitted by non-negative least squares on
@@ -204,7 +206,7 @@ def node_features(nodes: Sequence[OrtNode], l2_bytes: float, l3_bytes: float, sh
             r[col["sum_elems"]] += n.sum_elems
         elif k == "im2col":
             r[col["im2col_macs"]], r[col["im2col_out"]] = n.macs, n.out_elems
-            r[col["im2col_cols"]] = n.in_elems * n.taps if n.taps > 1 else 0.0
+            r[col["im2col_cols"]] = n.cols
             r[col["sum_elems"]] += n.sum_elems
         elif k == "gemm":
             wb = 4.0 * n.weight_elems
