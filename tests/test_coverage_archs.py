@@ -132,7 +132,7 @@ DEFAULT_ARCHS = ("resnet18", "mobilenet_v3_small", "mobilenet_v2",
                  pytest.param("efficientnet_b0", marks=[pytest.mark.slow, pytest.mark.xfail(
                      strict=True, reason="ONNX 97% at int8 resolution on random weights (docs/coverage.md)")]))
 # The benchmark's defaults (tools/bench_coverage.py): the same seeds give the same files and verdicts.
-SIZE, CLASSES, N_CALIB, N_EVAL = 64, 10, 64, 100
+SIZE, CLASSES, N_CALIB, N_EVAL = 64, 10, 64, 256
 
 
 @pytest.fixture(scope="module")
