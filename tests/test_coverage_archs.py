@@ -115,6 +115,35 @@ def test_layer_divergence_names_the_first_layer_that_parts():
     assert dv["first_over_lsb"]["layer"] == "l2"
 
 
+def test_float64_simulation_rounds_the_exact_integer_sums():
+    """A linear layer's int8 output, computed by hand as the kernels do: the exact int32 sum of (q_x - z_x) * q_w
+    plus the int32 bias, times s_x * s_w / s_out, rounded half to even. The float64 simulation gives it on every
+    value; the float32 module rounds some near-ties the other way (its sum of 512 dequantized products is off by
+    ~1e-7 relative: 3 of the 262,144 values here, on this machine's BLAS)."""
+    from edgekd.quant import quantize_ptq
+    from edgekd.quant.agreement import simulate_float64
+    from edgekd.quant.quantizer import _attr, _dequant_scale
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 64)).eval()
+    x = torch.randn(4096, 512)
+    q = quantize_ptq(model, (x[:1],), "ort_vnni", [x[:256]], "minmax")
+    (linear,) = [n for n in q.graph.nodes if n.target == torch.ops.aten.linear.default]
+    s_x, s_w = float(_dequant_scale(q, linear.args[0])[0]), _dequant_scale(q, linear.args[1])
+    z_x = int(linear.args[0].args[2])
+    q_w = torch.round(_attr(q, linear.args[1].args[0].args[0].target).double() / s_w[:, None]).long()
+    k_b = torch.round(_attr(q, linear.args[2].target).double() / (s_x * s_w)).long()  # on the int32 grid
+    s_out, z_out = output_quantization(q)
+    q_x = torch.clamp(torch.round(x.double() / s_x) + z_x, -128, 127).long()
+    acc = (q_x - z_x) @ q_w.T + k_b  # exact int64
+    expected = torch.clamp(torch.round(acc.double() * (s_x * s_w) / s_out) + z_out, -128, 127)
+
+    def as_int(logits):
+        return torch.round(torch.as_tensor(logits).double() / s_out) + z_out
+
+    assert torch.equal(as_int(simulate_float64(q, x)), expected)
+
+
 def test_rounding_jitter_moves_a_fraction_by_one_step():
     x = torch.zeros(10000)
     j = rounding_jitter(x, 0.5, fraction=0.1, seed=0)
