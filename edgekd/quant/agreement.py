@@ -374,3 +374,57 @@ def output_quantization(gm: torch.fx.GraphModule) -> tuple[float, int] | None:
         if _is_quantize(node):
             last = node
     return (float(last.args[1]), int(last.args[2])) if last is not None else None
+
+
+def _as_double(value):
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float64:
+        return value.double()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_double(v) for v in value)
+    return value
+
+
+def _channel_view(t, axis: int, like: torch.Tensor) -> torch.Tensor:
+    shape = [1] * like.dim()
+    shape[axis] = -1
+    return torch.as_tensor(t).to(torch.float64).reshape(shape)
+
+
+class _Float64Simulation(torch.fx.Interpreter):
+    """Runs a converted Q/DQ graph in float64: every op between a dequantize and the next quantize, and the
+    (de)quantize arithmetic itself, in double precision; the integer values and rounding rules are the graph's."""
+
+    def call_function(self, target, args, kwargs):
+        name = getattr(target, "__name__", str(target)).split(".")[0]
+        if name in ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel",
+                    "dequantize_per_channel") and "quantized_decomposed" in str(target):
+            x = args[0]
+            if name.endswith("per_tensor"):
+                scale, zp, qmin, qmax, dtype = args[1:6]
+                scale = torch.as_tensor(scale).double() if isinstance(scale, torch.Tensor) else float(scale)
+                zp = torch.as_tensor(zp).double() if isinstance(zp, torch.Tensor) else int(zp)
+            else:
+                scale, zp, axis, qmin, qmax, dtype = args[1:7]
+                scale, zp = _channel_view(scale, axis, x), _channel_view(zp, axis, x)
+            if name.startswith("quantize"):
+                return torch.clamp(torch.round(x.double() / scale) + zp, qmin, qmax).to(dtype)
+            return (x.double() - zp) * scale
+        return super().call_function(target, _as_double(args), {k: _as_double(v) for k, v in kwargs.items()})
+
+
+@torch.no_grad()
+def simulate_float64(gm: torch.fx.GraphModule, x: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+    """The int8 simulation of a converted PT2E graph, evaluated in float64 (float32 logits out).
+
+    The integer kernels compute each layer exactly (int32 sums of int8 products, then one requantization), while
+    the float32 simulation adds its dequantized products with ~1e-7 relative error and so rounds near-ties its own
+    way: both int8 files of a model then agree with each other and part from the float32 simulation on the same
+    rows (measured below). In float64 that error is 1e-16 and the simulation rounds where the kernels round. The
+    graph itself (what the exporters convert) is not changed; this only evaluates it.
+    """
+    outs = []
+    for i in range(0, len(x), batch_size):
+        out = _Float64Simulation(gm).run(x[i:i + batch_size].double())
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        outs.append(out.float())
+    return torch.cat(outs).numpy()

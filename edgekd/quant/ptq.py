@@ -10,7 +10,8 @@ from torch import nn
 
 from edgekd.errors import ConfigError, EdgeKDError
 from edgekd.quant.capture import capture, conversion_error
-from edgekd.quant.quantizer import build_quantizer, pt2e_patches, snap_bias_to_int32_grid, snap_weights_to_grid
+from edgekd.quant.quantizer import (avg_pools_as_depthwise_conv, build_quantizer, pt2e_patches,
+                                    snap_bias_to_int32_grid, snap_weights_to_grid)
 from edgekd.quant.schemes import Scheme, get_scheme
 from edgekd.registry import Registry
 from edgekd.resources import locate
@@ -136,6 +137,7 @@ def quantize_ptq(model: nn.Module, example_inputs, scheme: Scheme | str,
     scheme = get_scheme(scheme)
     observer = CALIBRATION_METHODS.get(method)(percentile=percentile)
     gm = capture(model, example_inputs, train=False)
+    avg_pools_as_depthwise_conv(gm)
     quantizer = build_quantizer(scheme, is_qat=False, activation_observer=observer, keep_float=keep_float)
     try:
         with pt2e_patches():

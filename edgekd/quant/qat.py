@@ -18,7 +18,8 @@ from torch import nn
 
 from edgekd.errors import EdgeKDError
 from edgekd.quant.capture import capture, conversion_error, load_program, save_program
-from edgekd.quant.quantizer import build_quantizer, pt2e_patches, snap_bias_to_int32_grid, snap_weights_to_grid
+from edgekd.quant.quantizer import (avg_pools_as_depthwise_conv, build_quantizer, pt2e_patches,
+                                    snap_bias_to_int32_grid, snap_weights_to_grid)
 from edgekd.quant.schemes import Scheme, get_scheme
 
 _BN_TRAINING_ARG = {"batch_norm": 5, "_native_batch_norm_legit": 5, "cudnn_batch_norm": 5}
@@ -39,6 +40,7 @@ def prepare_qat(model: nn.Module, example_inputs, scheme: Scheme | str,
 
     scheme = get_scheme(scheme)
     gm = capture(model, example_inputs, train=True)
+    avg_pools_as_depthwise_conv(gm)
     quantizer = build_quantizer(scheme, is_qat=True, keep_float=keep_float)
     try:
         with pt2e_patches():

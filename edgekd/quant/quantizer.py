@@ -91,6 +91,7 @@ def build_quantizer(scheme: Scheme, is_qat: bool, activation_observer=None,
             self._annotate_all_static_patterns(model, self.global_config, _layer_filter(keep))
             annotate_cat(model, self.global_config)
             quantize_after_clamp(model)
+            annotate_global_pools(model, config)
             share_quantization(model)
             read_fixed_outputs_as_stored(model)
             return model
@@ -234,6 +235,104 @@ def share_quantization(model: torch.fx.GraphModule) -> None:
         shared = SharedQuantizationSpec(prev)
         n.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map={prev: shared},
                                                                    output_qspec=shared, _annotated=True)
+
+
+def _is_global_pool(node) -> bool:
+    """A mean over the two spatial dims of an NCHW tensor: adaptive_avg_pool2d to 1x1, or mean.dim over (H, W)."""
+    aten = torch.ops.aten
+    if node.op != "call_function":
+        return False
+    if node.target in (aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.default):
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        size = [size] if isinstance(size, int) else list(size)
+        return all(s == 1 for s in size)
+    if node.target == aten.mean.dim:
+        x = node.args[0]
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+        if val is None or dims is None or val.dim() != 4:
+            return False
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        return sorted(d % 4 for d in dims) == [2, 3]
+    return False
+
+
+def annotate_global_pools(model: torch.fx.GraphModule, config) -> None:
+    """Give each global average pool its own output parameters instead of its input's.
+
+    litert-torch annotates adaptive_avg_pool2d / mean as sharing their input's scale. A mean of N values at the
+    input's step is then a half step whenever the integer sum is ≡ N/2 mod N (N = 4 for the 2x2 maps at 64 px),
+    and each computation breaks those ties its own way: the simulation by the float error of averaging
+    dequantized values, onnxruntime (DequantizeLinear -> ReduceMean -> QuantizeLinear) by its own float error,
+    LiteRT's MEAN kernels by their fixed-point rule (measured on 64-channel 2x2 maps: 1.6% / 2.5% / 34% of the
+    pooled values of onnxruntime / LiteRT with XNNPACK / LiteRT's builtin kernel one step from the simulation's).
+    TFLite MEAN and onnxruntime's QuantizeLinear take a separate output scale: with its own observer the mean is
+    rounded once at a scale unrelated to the input's, ties are as rare as float error (measured: 0 of 6400 values
+    differ in onnxruntime and XNNPACK, 0.6% in the builtin kernel), and the pooled vector (the squeeze of
+    squeeze-excitation blocks) keeps the finer step its own range allows. litert-torch still lowers it to one
+    MEAN op (no QUANTIZE).
+    """
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    for n in model.graph.nodes:
+        if not _is_global_pool(n):
+            continue
+        prev = n.args[0]
+        producer = prev.meta.get("quantization_annotation") if isinstance(prev, torch.fx.Node) else None
+        if producer is None or producer.output_qspec is None:
+            continue  # an unquantized input (keep_float): leave the pool as litert-torch annotated it
+        n.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={prev: SharedQuantizationSpec(prev)}, output_qspec=config.output_activation,
+            _annotated=True)
+
+
+@torch.no_grad()
+def avg_pools_as_depthwise_conv(gm: torch.fx.GraphModule) -> int:
+    """Rewrite each unpadded avg_pool2d of a captured graph as the depthwise conv it equals (weight 1/(kh*kw)).
+
+    TFLite's int8 AVERAGE_POOL_2D must keep its input's scale, so litert-torch lowers a pool whose output has
+    its own parameters to AVERAGE_POOL_2D + QUANTIZE: two roundings the simulation does not make (densenet121's
+    transitions: 55% of the pooled values one or two steps from the simulation's, measured). Sharing the input's
+    scale instead makes a quarter of a 2x2 pool's outputs exact half steps, which LiteRT rounds half away from
+    zero on the stored int8 sum and onnxruntime's QLinearAveragePool half to even on its uint8 value (measured:
+    no rule the simulation could follow matches both). A depthwise conv is rounded once at its own output scale in
+    both runtimes (DEPTHWISE_CONV_2D, QLinearConv), like the simulation; its weight 1/(kh*kw) is exact on the
+    int8 grid for 2x2. Float result unchanged. Returns how many pools were rewritten.
+    """
+    aten = torch.ops.aten
+    rewritten = 0
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or n.target != aten.avg_pool2d.default:
+            continue
+        args = list(n.args) + [None] * (7 - len(n.args))
+        x, kernel, stride, padding, ceil_mode, _, divisor = args[:7]
+        kernel = [kernel] * 2 if isinstance(kernel, int) else list(kernel)
+        kernel = kernel * 2 if len(kernel) == 1 else kernel
+        stride = kernel if not stride else ([stride] * 2 if isinstance(stride, int) else list(stride))
+        stride = stride * 2 if len(stride) == 1 else stride
+        padding = [0, 0] if padding is None else ([padding] * 2 if isinstance(padding, int) else list(padding))
+        val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+        if (any(p != 0 for p in padding) or ceil_mode or n.kwargs.get("ceil_mode") or divisor is not None
+                or n.kwargs.get("divisor_override") is not None or val is None or val.dim() != 4):
+            continue
+        channels = int(val.shape[1])
+        name = f"_edgekd_avg_pool_weight_{rewritten}"
+        while hasattr(gm, name):
+            name += "_"
+        gm.register_buffer(name, torch.full((channels, 1, *kernel), 1.0 / (kernel[0] * kernel[1]),
+                                            dtype=val.dtype))
+        with gm.graph.inserting_before(n):
+            w = gm.graph.get_attr(name)
+            conv = gm.graph.call_function(aten.conv2d.default, (x, w, None, stride, [0, 0], [1, 1], channels))
+        w.meta["val"] = getattr(gm, name)
+        conv.meta.update({k: v for k, v in n.meta.items() if k in ("val", "nn_module_stack", "stack_trace")})
+        n.replace_all_uses_with(conv)
+        gm.graph.erase_node(n)
+        rewritten += 1
+    if rewritten:
+        gm.graph.lint()
+        gm.recompile()
+    return rewritten
 
 
 def _dequant_scale(gm: torch.fx.GraphModule, node) -> torch.Tensor | None:
