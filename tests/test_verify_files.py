@@ -129,3 +129,22 @@ def test_int8_agreement_is_judged_at_the_simulations_output_step(task, tmp_path)
     qw = quantize_ptq(wrong, x[:1], "ort_x86_novnni", calibration_batches(x[:128]), "minmax")
     bad = verify_files(files, model, qw, xt, yt)["files"][0]
     assert not bad["parity_ok"] and bad["top1_agreement_at_step"] < 0.5
+
+
+def test_int8_files_are_judged_against_the_float64_simulation(task, tmp_path):
+    """verify's int8 reference is the converted graph run in float64 (the benchmark's judge): its figures are
+    simulate_float64's, a module without quantize nodes runs as it is, and data of the wrong size is one line."""
+    from edgekd.quant.agreement import simulate_float64
+    from edgekd.verify.files import simulation_logits
+    from edgekd.verify.parity import accuracy, reference_logits
+
+    model, x, y, xt, yt = task
+    q = quantize_ptq(model, x[:1], "ort_x86_novnni", calibration_batches(x[:128]), "minmax")
+    files = [describe_file(export_onnx(q, x[:1], tmp_path / "int8.onnx"))]
+    res = verify_files(files, model, q, xt, yt)
+    exact = simulate_float64(q, xt)
+    assert np.array_equal(simulation_logits(q, xt), exact)
+    assert res["fake_quant_accuracy"] == pytest.approx(accuracy(exact, yt))
+    assert np.array_equal(simulation_logits(model, xt), reference_logits(model, xt))  # fp32 module: as it is
+    with pytest.raises(EdgeKDError, match="int8 simulation cannot run on data of shape"):
+        simulation_logits(q, torch.zeros(2, 1, 5, 5))

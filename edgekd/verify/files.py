@@ -31,6 +31,23 @@ def _output_step(model: nn.Module | None) -> float | None:
     return q[0] if q else None
 
 
+def simulation_logits(model: nn.Module, x, batch_size: int = 256) -> np.ndarray:
+    """The int8 simulation's logits: a converted Q/DQ graph evaluated in float64, so each layer's sum is the
+    kernels' exact integer sum and rounds where they round (`edgekd.quant.agreement.simulate_float64`; the float32
+    graph rounds ~1 in 10^5 near-ties its own way, which a rounding-sensitive network amplifies). The same judge
+    as tools/bench_coverage.py. Any other module (no quantize node) runs as it is."""
+    from edgekd.quant.agreement import output_quantization, simulate_float64
+
+    if not isinstance(model, torch.fx.GraphModule) or output_quantization(model) is None:
+        return reference_logits(model, x, batch_size)
+    try:
+        return simulate_float64(model, torch.from_numpy(_as_numpy(x)), batch_size)
+    except (RuntimeError, ValueError, IndexError, AssertionError) as e:  # shape guards and mismatches in the graph
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgeKDError(f"the int8 simulation cannot run on data of shape {tuple(np.shape(x))} ({first[:200]}); "
+                          "pass data of the size the model was trained on") from e
+
+
 def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: nn.Module | None, x, y, *,
                  tolerance: float = FP32_MAX_ABS_DIFF, rtol: float = FP32_RTOL, parity_samples: int | None = None,
                  max_accuracy_gap: float = INT8_MAX_ACCURACY_GAP,
@@ -41,9 +58,9 @@ def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: n
     fp32 files are compared with `torch_model`: parity_ok when max|file - torch| <= max(tolerance, rtol *
     max|torch|) over the parity rows, i.e. an absolute floor (`tolerance`, default 1e-4) that grows with the output
     scale (`rtol`, default 1e-4: deep nets' logits of 1e2..1e3 differ by ~1e-4 from float rounding alone, a relative
-    error of ~1e-6). int8 files are compared with `fake_quant_model`: parity_ok when the accuracy gap <=
-    `max_accuracy_gap` and top-1 agreement >= `min_top1_agreement` (max_abs_diff is reported; int8 has no logit
-    tolerance of its own). Top-1 agreement is judged at the simulation's int8 output step when it has one
+    error of ~1e-6). int8 files are compared with `fake_quant_model` run in float64 (`simulation_logits`):
+    parity_ok when the accuracy gap <= `max_accuracy_gap` and top-1 agreement >= `min_top1_agreement`
+    (max_abs_diff is reported; int8 has no logit tolerance of its own). Top-1 agreement is judged at the simulation's int8 output step when it has one
     (`edgekd.quant.agreement.compare_top1`): a row agrees when the file's class scores within one output step of
     the simulation's best, since two classes within one step are a tie that a one-step rounding difference —
     allowed to every int8 kernel — breaks either way; the exact agreement is reported beside it. Logit differences
@@ -69,7 +86,7 @@ def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: n
         session.check_input(x.shape)
         sessions.append((f, path, session))
     fp32_logits = reference_logits(torch_model, x, batch_size) if torch_model is not None else None
-    fq_logits = reference_logits(fake_quant_model, x, batch_size) if fake_quant_model is not None else None
+    fq_logits = simulation_logits(fake_quant_model, x, batch_size) if fake_quant_model is not None else None
     int8_step = _output_step(fake_quant_model)
     result = {"ok": False, "torch_fp32_accuracy": accuracy(fp32_logits, y) if fp32_logits is not None else None,
               "fake_quant_accuracy": accuracy(fq_logits, y) if fq_logits is not None else None, "files": []}
