@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from edgekd.profile.verdict import SAME_BAND  # within it two measured medians are never told apart
+
 if TYPE_CHECKING:
     from edgekd.config import Recipe
     from edgekd.runs import RunRecord
@@ -112,10 +114,6 @@ def choose_shipped(files: list[dict[str, Any]], latency_rows: list[dict[str, Any
             "device": row.get("device"), "reason": reason}
 
 
-# Two measured medians closer than this (relative) are never told apart, however steady the run looked.
-SAME_SPEED = 0.05
-
-
 def latency_band(row: dict[str, Any]) -> tuple[float, float]:
     """The p50 range a latency row cannot be told apart from: a measurement's p50 up to its p90 (the run's own
     jitter; at least +-5%), a prediction's p50 x (1 +- uncertainty)."""
@@ -123,8 +121,8 @@ def latency_band(row: dict[str, Any]) -> tuple[float, float]:
     if not row.get("measured", True) and num(row.get("uncertainty")):
         u = float(row["uncertainty"])
         return p50 * max(0.0, 1 - u), p50 * (1 + u)
-    hi = max(p50 * (1 + SAME_SPEED), float(row["p90_ms"]) if num(row.get("p90_ms")) else 0.0)
-    return p50 * (1 - SAME_SPEED), hi
+    hi = max(p50 * (1 + SAME_BAND), float(row["p90_ms"]) if num(row.get("p90_ms")) else 0.0)
+    return p50 * (1 - SAME_BAND), hi
 
 
 def recipe_summary(recipe: "Recipe | None", limit: int = 60) -> dict[str, Any]:

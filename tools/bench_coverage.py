@@ -629,7 +629,8 @@ def run_workers(archs: list[str], args, workdir: Path, out: Path) -> list[dict]:
         shares[i].append(arch)
         loads[i] += COST.get(arch, 1.5)
     passed = ["--size", args.size, "--calib", args.calib, "--eval", args.eval, "--num-classes", args.num_classes,
-              "--ptq-method", args.ptq_method, "--simulation", args.simulation, "--qat-steps", args.qat_steps, "--qat-batch", args.qat_batch,
+              "--ptq-method", args.ptq_method, "--simulation", args.simulation, "--qat-steps", args.qat_steps,
+              "--qat-batch", args.qat_batch,
               "--qat-lr", args.qat_lr, "--seed", args.seed, "--workdir", workdir, "--all-threads", 1,
               "--latency-s", 0] + (["--no-qat"] if args.no_qat else []) + (["--no-own"] if args.no_own else [])
     parts = [out.with_name(f"{out.stem}.part{i}.json") for i in range(len(shares))]

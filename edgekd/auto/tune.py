@@ -14,8 +14,9 @@ budget on all training images, and the choice is made among those, by the rule b
 Choice: the best validation accuracy (runs with the same number of validation images right are ordered by their
 validation cross-entropy, not by the order they ran in; the same order picks the proxies to confirm), but a trial
 replaces the recipe's losses only when it beats them by more than one standard error of a validation accuracy
-(sqrt(p(1-p)/n_val)): the validation split is small, and a choice inside its noise is no choice. When cross-entropy alone wins that way, distill trains without the teacher
-and the report says the teacher did not help on the validation split.
+(sqrt(p(1-p)/n_val)): the validation split is small, and a choice inside its noise is no choice. When
+cross-entropy alone wins that way, distill trains without the teacher and the report says the teacher did not
+help on the validation split.
 """
 from __future__ import annotations
 

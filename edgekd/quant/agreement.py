@@ -384,12 +384,6 @@ def _as_double(value):
     return value
 
 
-def _channel_view(t, axis: int, like: torch.Tensor) -> torch.Tensor:
-    shape = [1] * like.dim()
-    shape[axis] = -1
-    return torch.as_tensor(t).to(torch.float64).reshape(shape)
-
-
 class _Float64Simulation(torch.fx.Interpreter):
     """Runs a converted Q/DQ graph in float64: every op between a dequantize and the next quantize, and the
     (de)quantize arithmetic itself, in double precision; the integer values and rounding rules are the graph's."""
@@ -398,14 +392,14 @@ class _Float64Simulation(torch.fx.Interpreter):
         name = getattr(target, "__name__", str(target)).split(".")[0]
         if name in ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel",
                     "dequantize_per_channel") and "quantized_decomposed" in str(target):
+            from edgekd.quant.quantizer import qparams_float64
+
             x = args[0]
             if name.endswith("per_tensor"):
-                scale, zp, qmin, qmax, dtype = args[1:6]
-                scale = torch.as_tensor(scale).double() if isinstance(scale, torch.Tensor) else float(scale)
-                zp = torch.as_tensor(zp).double() if isinstance(zp, torch.Tensor) else int(zp)
+                (scale, zp, qmin, qmax, dtype), axis = args[1:6], None
             else:
                 scale, zp, axis, qmin, qmax, dtype = args[1:7]
-                scale, zp = _channel_view(scale, axis, x), _channel_view(zp, axis, x)
+            scale, zp = qparams_float64(scale, zp, axis, x.dim())
             if name.startswith("quantize"):
                 return torch.clamp(torch.round(x.double() / scale) + zp, qmin, qmax).to(dtype)
             return (x.double() - zp) * scale
@@ -422,9 +416,9 @@ def simulate_float64(gm: torch.fx.GraphModule, x: torch.Tensor, batch_size: int 
     rows (measured below). In float64 that error is 1e-16 and the simulation rounds where the kernels round. The
     graph itself (what the exporters convert) is not changed; this only evaluates it.
     """
-    outs = []
+    sim, outs = _Float64Simulation(gm), []
     for i in range(0, len(x), batch_size):
-        out = _Float64Simulation(gm).run(x[i:i + batch_size].double())
+        out = sim.run(x[i:i + batch_size].double())
         out = out[0] if isinstance(out, (tuple, list)) else out
         outs.append(out.float())
     return torch.cat(outs).numpy()

@@ -388,6 +388,18 @@ def snap_bias_to_int32_grid(gm: torch.fx.GraphModule) -> int:
     return snapped
 
 
+def qparams_float64(scale, zero_point, axis: int | None, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (de)quantize node's scale and zero point as float64 tensors that broadcast over an `ndim`-dim tensor:
+    per channel along `axis`, per tensor when `axis` is None."""
+    scale = torch.as_tensor(scale).to(torch.float64)
+    zero_point = torch.as_tensor(zero_point).to(torch.float64)
+    if axis is None:
+        return scale, zero_point
+    shape = [1] * ndim
+    shape[axis] = -1
+    return scale.reshape(shape), zero_point.reshape(shape)
+
+
 @torch.no_grad()
 def snap_weights_to_grid(gm: torch.fx.GraphModule) -> int:
     """Replace each constant weight of a converted simulation by the value its quantize/dequantize pair gives back.
@@ -416,14 +428,9 @@ def snap_weights_to_grid(gm: torch.fx.GraphModule) -> int:
             continue
         if name == "quantize_per_channel":
             scale, zp, axis, qmin, qmax = args[1:6]
-            shape = [1] * w.dim()
-            shape[axis] = -1
-            scale = torch.as_tensor(scale, dtype=torch.float64).reshape(shape)
-            zp = torch.as_tensor(zp, dtype=torch.float64).reshape(shape)
         else:
-            scale, zp, qmin, qmax = args[1:5]
-            scale = torch.as_tensor(scale, dtype=torch.float64)
-            zp = torch.as_tensor(zp, dtype=torch.float64)
+            (scale, zp, qmin, qmax), axis = args[1:5], None
+        scale, zp = qparams_float64(scale, zp, axis, w.dim())
         q = torch.clamp(torch.round(w.double() / scale) + zp, qmin, qmax)
         w.copy_(((q - zp) * scale).to(w.dtype))
         snapped += 1

@@ -60,12 +60,12 @@ def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: n
     scale (`rtol`, default 1e-4: deep nets' logits of 1e2..1e3 differ by ~1e-4 from float rounding alone, a relative
     error of ~1e-6). int8 files are compared with `fake_quant_model` run in float64 (`simulation_logits`):
     parity_ok when the accuracy gap <= `max_accuracy_gap` and top-1 agreement >= `min_top1_agreement`
-    (max_abs_diff is reported; int8 has no logit tolerance of its own). Top-1 agreement is judged at the simulation's int8 output step when it has one
-    (`edgekd.quant.agreement.compare_top1`): a row agrees when the file's class scores within one output step of
-    the simulation's best, since two classes within one step are a tie that a one-step rounding difference —
-    allowed to every int8 kernel — breaks either way; the exact agreement is reported beside it. Logit differences
-    use the first `parity_samples` rows (all when None); accuracy and top-1 agreement use all rows. Relative paths
-    are taken under `root`.
+    (max_abs_diff is reported; int8 has no logit tolerance of its own). Top-1 agreement is judged at the
+    simulation's int8 output step when it has one (`edgekd.quant.agreement.compare_top1`): a row agrees when the
+    file's class scores within one output step of the simulation's best, since two classes within one step are a
+    tie that a one-step rounding difference — allowed to every int8 kernel — breaks either way; the exact
+    agreement is reported beside it. Logit differences use the first `parity_samples` rows (all when None);
+    accuracy and top-1 agreement use all rows. Relative paths are taken under `root`.
 
     Returns {"ok": every file passed (False when there are none), "torch_fp32_accuracy", "fake_quant_accuracy",
     "files": [...]}; each file row has "parity_ok" and, for fp32, "allowed_diff" and "max_rel_diff".
