@@ -129,18 +129,14 @@ def _old_im2col_cols(n) -> float:
 def _parts(path: Path, calib, old_cols: bool) -> dict[str, float]:
     """refit.split_parts of `path` under `calib`, with the previous im2col column count when `old_cols`."""
     from edgekd.profile.predict.layers import model_ort_nodes
-    from edgekd.profile.predict.predictor import NODE_DISPATCH, NODE_FEATURES, node_features
-    from edgekd.profile.predict.refit import CALL_COSTS
+    from edgekd.profile.predict.refit import split_parts
 
-    nc = calib.node_costs
     nodes = model_ort_nodes(path)
-    rows = node_features(nodes, nc["l2_bytes"], nc["l3_bytes"], nc.get("sharpness", 2.0)).sum(0)
-    if old_cols:
-        rows[NODE_FEATURES.index("im2col_cols")] = sum(_old_im2col_cols(n) for n in nodes if n.kind == "im2col")
-    out = {"compute": 0.0, "dispatch": 0.0, "call": 0.0}
-    for i, k in enumerate(NODE_FEATURES):
-        out["call" if k in CALL_COSTS else "dispatch" if k in NODE_DISPATCH else "compute"] += float(rows[i] *
-                                                                                                    nc.get(k, 0.0))
+    out = split_parts(path, calib, nodes)
+    if old_cols:  # im2col_cols is a compute feature: swap its count
+        im2col = [n for n in nodes if n.kind == "im2col"]
+        extra = sum(_old_im2col_cols(n) for n in im2col) - sum(n.cols for n in im2col)
+        out["compute"] += extra * calib.node_costs.get("im2col_cols", 0.0)
     return out
 
 

@@ -211,14 +211,16 @@ def choose_form(parts: Sequence[dict[str, float]], measured_s: Sequence[float], 
             "forms": {f: {k: r[k] for k in ("coefficients", "loo_mean_abs", "loo_rms")} for f, r in results.items()}}
 
 
-def split_parts(path: Path, calib: Calibration) -> dict[str, float]:
+def split_parts(path: Path, calib: Calibration, nodes: Sequence[Any] | None = None) -> dict[str, float]:
     """The node model's prediction for an .onnx file in seconds, split into "compute" (work: MACs, bytes,
-    elements moved), "dispatch" (per-node costs) and "call" (CALL_COSTS: t0 and the input/output copies)."""
+    elements moved), "dispatch" (per-node costs) and "call" (CALL_COSTS: t0 and the input/output copies).
+    `nodes`: the file's layers.model_ort_nodes, when the caller already has them."""
     from edgekd.profile.predict.layers import model_ort_nodes
     from edgekd.profile.predict.predictor import NODE_DISPATCH, node_features
 
     nc = calib.node_costs
-    rows = node_features(model_ort_nodes(path), nc["l2_bytes"], nc["l3_bytes"], nc.get("sharpness", 2.0)).sum(0)
+    nodes = model_ort_nodes(path) if nodes is None else nodes
+    rows = node_features(nodes, nc["l2_bytes"], nc["l3_bytes"], nc.get("sharpness", 2.0)).sum(0)
     out = {"compute": 0.0, "dispatch": 0.0, "call": 0.0}
     for i, k in enumerate(NODE_FEATURES):
         part = "call" if k in CALL_COSTS else "dispatch" if k in NODE_DISPATCH else "compute"
