@@ -117,20 +117,29 @@ class ProxyResult:
     val_nll: float | None = None  # validation cross-entropy of the finished run (None when pruned)
 
 
-def validation_nll(model: nn.Module, ds: "ImageDataset", batch_size: int = 1000) -> float:
-    """Mean cross-entropy of `model` on the validation split (eval mode, no grad): a proper score that, unlike
-    accuracy on a few hundred images, does not come in steps of one image, so it can order runs whose
-    accuracies tie."""
+def validation_scores(model: nn.Module, ds: "ImageDataset", batch_size: int = 1000) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) of `model` on the validation split, in one pass (eval mode, no grad).
+
+    The cross-entropy is a proper score that, unlike accuracy on a few hundred images, does not come in steps of
+    one image, so it can order runs whose accuracies tie."""
     import torch.nn.functional as F
 
     model.eval()
     device = next(iter(model.parameters())).device
-    total = 0.0
+    total, correct = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(ds.y_val), batch_size):
-            logits = model(ds.x_val[i:i + batch_size].to(device))
-            total += float(F.cross_entropy(logits.float(), ds.y_val[i:i + batch_size].to(device), reduction="sum"))
-    return total / max(1, len(ds.y_val))
+            logits = model(ds.x_val[i:i + batch_size].to(device)).float()
+            y = ds.y_val[i:i + batch_size].to(device)
+            total += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(-1) == y).sum())
+    n = max(1, len(ds.y_val))
+    return correct / n, total / n
+
+
+def validation_nll(model: nn.Module, ds: "ImageDataset", batch_size: int = 1000) -> float:
+    """Mean cross-entropy of `model` on the validation split (validation_scores)."""
+    return validation_scores(model, ds, batch_size)[1]
 
 
 def proxy_train(model: nn.Module, ds: "ImageDataset", idx: torch.Tensor | None, terms: list[dict[str, Any]],
@@ -140,7 +149,8 @@ def proxy_train(model: nn.Module, ds: "ImageDataset", idx: torch.Tensor | None, 
     """Train `model` on training rows `idx` (None: all) with `terms`; score on the validation split `checks` times.
 
     `report(fraction, val_accuracy)` may raise Pruned to stop the run; `deadline` (time.perf_counter) stops it
-    too. The result's val_accuracy is the last one measured; a finished run also has its validation_nll.
+    too. The result's val_accuracy is the last one measured; a finished run also has its validation
+    cross-entropy (validation_scores).
     """
     from edgekd.distill import build_objective
     from edgekd.train import TeacherSignal, evaluate, train
@@ -173,11 +183,12 @@ def proxy_train(model: nn.Module, ds: "ImageDataset", idx: torch.Tensor | None, 
               batch_size=batch_size, progress=False, step_hook=hook, desc="proxy")
     except Pruned:
         pruned = True
-    acc = curve[-1][1] if pruned and curve else evaluate(model, ds.x_val, ds.y_val, 1000)
     nll = None
-    if not pruned:
+    if pruned:
+        acc = curve[-1][1] if curve else evaluate(model, ds.x_val, ds.y_val, 1000)
+    else:
+        acc, nll = validation_scores(model, ds)
         curve.append((1.0, acc))
-        nll = validation_nll(model, ds)
     return ProxyResult(acc, curve, time.perf_counter() - t0, pruned, nll)
 
 
