@@ -133,8 +133,8 @@ def test_int8_agreement_is_judged_at_the_simulations_output_step(task, tmp_path)
 
 def test_int8_files_are_judged_against_the_float64_simulation(task, tmp_path):
     """verify's int8 reference is the converted graph run in float64 (the benchmark's judge): its figures are
-    simulate_float64's, a module without quantize nodes runs as it is, and data of the wrong size is one line."""
-    from edgekd.quant.agreement import simulate_float64
+    simulate_integer_kernels's, a module without quantize nodes runs as it is, and data of the wrong size is one line."""
+    from edgekd.quant.agreement import simulate_integer_kernels
     from edgekd.verify.files import simulation_logits
     from edgekd.verify.parity import accuracy, reference_logits
 
@@ -142,7 +142,7 @@ def test_int8_files_are_judged_against_the_float64_simulation(task, tmp_path):
     q = quantize_ptq(model, x[:1], "ort_x86_novnni", calibration_batches(x[:128]), "minmax")
     files = [describe_file(export_onnx(q, x[:1], tmp_path / "int8.onnx"))]
     res = verify_files(files, model, q, xt, yt)
-    exact = simulate_float64(q, xt)
+    exact = simulate_integer_kernels(q, xt)
     assert np.array_equal(simulation_logits(q, xt), exact)
     assert res["fake_quant_accuracy"] == pytest.approx(accuracy(exact, yt))
     assert np.array_equal(simulation_logits(model, xt), reference_logits(model, xt))  # fp32 module: as it is

@@ -161,12 +161,12 @@ def simulate(model, x: torch.Tensor, batch: int = 32) -> np.ndarray:
         return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
 
 
-def simulate_int8(q, x: torch.Tensor, precision: str = "float64") -> np.ndarray:
-    """The fake-quant simulation a file is judged against: evaluated in float64 (`simulate_float64`: the integer
-    kernels' exact sums, not float32's rounding of them) or, for comparison, as the float32 module."""
-    from edgekd.quant.agreement import simulate_float64
+def simulate_int8(q, x: torch.Tensor, precision: str = "integer") -> np.ndarray:
+    """The fake-quant simulation a file is judged against: evaluated as the kernels do (`simulate_integer_kernels`:
+    exact int32 sums, float32 requantization) or, for comparison, as the float32 module."""
+    from edgekd.quant.agreement import simulate_integer_kernels
 
-    return simulate_float64(q, x) if precision == "float64" else simulate(q, x)
+    return simulate_integer_kernels(q, x) if precision == "integer" else simulate(q, x)
 
 
 def own_onnx(fp32_path: Path, out: Path, calib: torch.Tensor, vnni: bool) -> Path:
@@ -248,7 +248,7 @@ def bench_arch(arch: str, args, workdir: Path) -> dict:
         if q is None:
             continue
         sim = simulate_int8(q, x_eval, args.simulation)
-        other = "float32" if args.simulation == "float64" else "float64"
+        other = "float32" if args.simulation == "integer" else "integer"
         sim_other = simulate_int8(q, x_eval, other)
         rec[f"{variant}_simulation_vs_fp32"] = {k: v for k, v in compare_top1(fp32, sim).items() if k != "disagreeing"}
         resolution = (output_quantization(q) or (0.0, 0))[0]
@@ -415,7 +415,7 @@ def diagnose(arch: str, args, workdir: Path) -> dict:
     return rec
 
 
-def self_agreement(q, sim: np.ndarray, x_eval: torch.Tensor, precision: str = "float64",
+def self_agreement(q, sim: np.ndarray, x_eval: torch.Tensor, precision: str = "integer",
                    fraction: float = 0.001) -> dict:
     """The simulation against itself with `fraction` of the input pixels moved one quantization step: how much
     the quantized model amplifies one-step rounding differences (the baseline a file's agreement is judged by)."""
@@ -530,8 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=10, help="head size: a fine-tuned model's (1000 = ImageNet "
                    "head, larger files, and top-1 among 1000 random-weight classes is mostly near-ties)")
     p.add_argument("--ptq-method", default="minmax")
-    p.add_argument("--simulation", choices=("float64", "float32"), default="float64",
-                   help="precision the fake-quant simulation is evaluated in (the other is recorded beside it)")
+    p.add_argument("--simulation", choices=("integer", "float32"), default="integer",
+                   help="how the fake-quant simulation is evaluated: as int8 kernels (exact int32 sums, float32 "
+                   "requantization) or as the float32 module (the other is recorded beside it)")
     p.add_argument("--qat-steps", type=int, default=4)
     p.add_argument("--qat-batch", type=int, default=16)
     p.add_argument("--qat-lr", type=float, default=1e-5)

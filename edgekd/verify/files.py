@@ -33,15 +33,15 @@ def _output_step(model: nn.Module | None) -> float | None:
 
 def simulation_logits(model: nn.Module, x, batch_size: int = 256) -> np.ndarray:
     """The int8 simulation's logits: a converted Q/DQ graph evaluated in float64, so each layer's sum is the
-    kernels' exact integer sum and rounds where they round (`edgekd.quant.agreement.simulate_float64`; the float32
+    kernels' exact integer sum and rounds where they round (`edgekd.quant.agreement.simulate_integer_kernels`; the float32
     graph rounds ~1 in 10^5 near-ties its own way, which a rounding-sensitive network amplifies). The same judge
     as tools/bench_coverage.py. Any other module (no quantize node) runs as it is."""
-    from edgekd.quant.agreement import output_quantization, simulate_float64
+    from edgekd.quant.agreement import output_quantization, simulate_integer_kernels
 
     if not isinstance(model, torch.fx.GraphModule) or output_quantization(model) is None:
         return reference_logits(model, x, batch_size)
     try:
-        return simulate_float64(model, torch.from_numpy(_as_numpy(x)), batch_size)
+        return simulate_integer_kernels(model, torch.from_numpy(_as_numpy(x)), batch_size)
     except (RuntimeError, ValueError, IndexError, AssertionError) as e:  # shape guards and mismatches in the graph
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgeKDError(f"the int8 simulation cannot run on data of shape {tuple(np.shape(x))} ({first[:200]}); "
