@@ -80,8 +80,8 @@ SETTINGS = {
 }
 # CIFAR-10 (edgekd.data.cifar10; `make data-cifar10` installs it): the teacher trains inside the benchmark on the
 # training split with crop (pad 4) + flip and is cached under runs/bench/teachers/. Medium: 24,000 training images
-# -> 20,000 train / 4,000 validation, the whole 10,000-image test set; one student run (25 epochs) ~60 s on one
-# thread, the teacher (20 epochs) ~11 min, the whole data set ~40 min.
+# -> 20,000 train / 4,000 validation, the whole 10,000-image test set; one student run (25 epochs) 52 s on one
+# thread, the teacher (20 epochs) 622 s, the whole data set 33 min (measured Dec 4, load 1-3; docs/auto.md).
 SETTINGS["full"]["cifar10"] = {"subset_train": 45000, "val_size": 5000, "subset_test": None, "epochs": 40,
                                "teacher_epochs": 60,
                                "tune": {"trials": 20, "budget_s": 1800, "proxy_epochs": 8, "proxy_train": 10000,
