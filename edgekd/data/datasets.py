@@ -1,4 +1,4 @@
-"""Dataset sources by name: Fashion-MNIST (IDX files), sklearn digits, .npz arrays, an image folder.
+"""Dataset sources by name: Fashion-MNIST (IDX files), sklearn digits, CIFAR-10, .npz arrays, an image folder.
 
 A source returns the raw images as `RawImages` (N,C,H,W arrays on their pixel scale, integer labels, class
 names); `edgekd.data.prepare.load_dataset` checks the labels, normalizes with the recipe's mean/std (or the
@@ -189,6 +189,14 @@ def digits(root: str | None = None, test_fraction: float = 0.2, seed: int = 0) -
     mask[test_idx] = True
     return RawImages("digits", x[~mask], d.target[~mask], x[mask], d.target[mask], [str(i) for i in range(10)],
                      255.0, "sklearn.datasets.load_digits")
+
+
+@DATASETS.register("cifar10")
+def cifar10(root: str | None = None) -> RawImages:
+    """CIFAR-10 (50k train / 10k test, 3x32x32, 10 classes) from its offline cache (edgekd.data.cifar10)."""
+    from edgekd.data.cifar10 import load_cifar10
+
+    return load_cifar10(root)
 
 
 @DATASETS.register("npz")
