@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from edgekd.quant.agreement import (compare_top1, input_quantization, layer_divergence, logit_diversity,
-                                    make_input_dependent, output_quantization, rounding_jitter, simulate_integer_kernels,
-                                    synthetic_images)
+                                    make_input_dependent, output_quantization, rounding_jitter,
+                                    simulate_integer_kernels, synthetic_images)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 

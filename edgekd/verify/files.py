@@ -32,10 +32,11 @@ def _output_step(model: nn.Module | None) -> float | None:
 
 
 def simulation_logits(model: nn.Module, x, batch_size: int = 256) -> np.ndarray:
-    """The int8 simulation's logits: a converted Q/DQ graph evaluated in float64, so each layer's sum is the
-    kernels' exact integer sum and rounds where they round (`edgekd.quant.agreement.simulate_integer_kernels`; the float32
-    graph rounds ~1 in 10^5 near-ties its own way, which a rounding-sensitive network amplifies). The same judge
-    as tools/bench_coverage.py. Any other module (no quantize node) runs as it is."""
+    """The int8 simulation's logits: a converted Q/DQ graph evaluated as int8 kernels compute it (exact int32 sums,
+    one float32 requantization per conv/linear, float64 elsewhere: `edgekd.quant.agreement.simulate_integer_kernels`),
+    so each layer rounds where the kernels round; the float32 graph rounds ~1 in 10^5 near-ties its own way, which
+    a rounding-sensitive network amplifies. The same judge as tools/bench_coverage.py. Any other module (no
+    quantize node) runs as it is."""
     from edgekd.quant.agreement import output_quantization, simulate_integer_kernels
 
     if not isinstance(model, torch.fx.GraphModule) or output_quantization(model) is None:
@@ -58,7 +59,7 @@ def verify_files(files: list, torch_model: nn.Module | None, fake_quant_model: n
     fp32 files are compared with `torch_model`: parity_ok when max|file - torch| <= max(tolerance, rtol *
     max|torch|) over the parity rows, i.e. an absolute floor (`tolerance`, default 1e-4) that grows with the output
     scale (`rtol`, default 1e-4: deep nets' logits of 1e2..1e3 differ by ~1e-4 from float rounding alone, a relative
-    error of ~1e-6). int8 files are compared with `fake_quant_model` run in float64 (`simulation_logits`):
+    error of ~1e-6). int8 files are compared with `fake_quant_model` run as the kernels run it (`simulation_logits`):
     parity_ok when the accuracy gap <= `max_accuracy_gap` and top-1 agreement >= `min_top1_agreement`
     (max_abs_diff is reported; int8 has no logit tolerance of its own). Top-1 agreement is judged at the
     simulation's int8 output step when it has one (`edgekd.quant.agreement.compare_top1`): a row agrees when the
