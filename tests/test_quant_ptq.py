@@ -160,6 +160,50 @@ def test_simulation_has_no_requantization_the_files_lack_and_int32_biases():
         assert torch.allclose(k, k.round(), atol=1e-3), n
 
 
+class _Residual(torch.nn.Module):
+    """Two residual blocks in a row (the first add feeds the second, as in mobilenet_v2), a ReLU after an add and a
+    squeeze-excitation mul."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.block1 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.block2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.gate = torch.nn.Conv2d(8, 8, 1)
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.block1(x))
+        x = x + self.block2(x)
+        x = x * torch.sigmoid(self.gate(torch.nn.functional.adaptive_avg_pool2d(x, 1)))
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_residual_adds_and_gates_are_int8_ops():
+    """litert-torch finds add/mul/relu by the `source_fn_stack` the tracer used to record; torch.export 2.13 records
+    none, and every add and mul ran in float between dequantized inputs, the first add passing an unquantized
+    tensor to the second (no int8 file has one). record_source_fns restores the metadata: each add, relu and mul
+    output is quantized."""
+    from edgekd.quant.quantizer import record_source_fns
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 8, 8)
+    q = quantize_ptq(_Residual().eval(), (x[:1],), "ort_vnni", [x], "minmax")
+    aten = torch.ops.aten
+    elementwise = [n for n in q.graph.nodes if n.op == "call_function" and n.target in (
+        aten.add.Tensor, aten.add_.Tensor, aten.mul.Tensor, aten.relu.default, aten.relu_.default)]
+    assert len([n for n in elementwise if n.target in (aten.add.Tensor, aten.add_.Tensor)]) == 2
+    def quantized(n):  # its value goes to a quantize node, or through a fused relu (add + relu is one int8 op)
+        return n.users and all(("quantize_per_tensor" in str(u.target) and "dequantize" not in str(u.target))
+                               or (u.target in (aten.relu.default, aten.relu_.default) and quantized(u))
+                               for u in n.users)
+
+    for n in elementwise:
+        assert quantized(n), f"{n.name} runs in float: its users are {list(n.users)}"
+    assert record_source_fns(q) == 0  # everything it would mark already carries the metadata
+
+
 def test_patterns_export_to_int8_files_that_compute_their_simulation(tmp_path):
     from edgekd.export import export_onnx, export_tflite
     from edgekd.quant.agreement import compare_top1

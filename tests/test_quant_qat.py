@@ -266,3 +266,29 @@ def test_converted_weights_lie_on_their_int8_grid(task, monkeypatch):
     assert any(float((q - q.round()).abs().max()) > 0.01 for _, q, _, _ in _quantized_weights(unsnapped))
     with torch.no_grad():  # the simulation computes what it computed before the snap
         assert torch.equal(converted(x[:32]), unsnapped(x[:32]))
+
+
+def test_source_fns_mark_float_values_only_in_a_training_graph():
+    """A training graph's BatchNorm counts batches with an integer `add_` that nothing reads: marking it for
+    litert-torch's add annotator made a partition without an output node (IndexError in QAT prepare). Only the
+    residual add, a float value that is used, is marked."""
+    from edgekd.quant.capture import capture
+    from edgekd.quant.quantizer import record_source_fns
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return x + torch.relu(self.bn(self.conv(x)))
+
+    gm = capture(Block().train(), (torch.randn(2, 4, 6, 6),), train=True)
+    adds = [n for n in gm.graph.nodes if n.op == "call_function"
+            and n.target in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)]
+    assert len(adds) == 2  # the residual add and BatchNorm's num_batches_tracked += 1
+    for n in adds:
+        n.meta.pop("source_fn_stack", None)
+    record_source_fns(gm)
+    marked = [n for n in adds if n.meta.get("source_fn_stack")]
+    assert len(marked) == 1 and marked[0].meta["val"].is_floating_point() and marked[0].users
