@@ -158,7 +158,8 @@ def _split_ops() -> frozenset:
 
 def annotate_cat(model: torch.fx.GraphModule, config) -> None:
     """Concatenations litert-torch's `cat` annotator misses: it finds them by source partition (`torch.cat`
-    recorded by the tracer), which torch.export's graphs of e.g. torchvision's shufflenet do not carry. Left
+    recorded by the tracer), which torch.export's graphs of e.g. torchvision's shufflenet do not carry
+    (`record_source_fns` now gives each cat that entry; this stays for any cat its partition matcher rejects). Left
     unannotated, the simulation concatenates in float tensors on two int8 grids and passes them on unquantized,
     which no int8 file can do. Here, as litert-torch does: inputs and output share the first input's parameters
     (TFLite CONCATENATION requires one scale)."""
