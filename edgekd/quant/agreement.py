@@ -198,7 +198,7 @@ def simulation_activations(gm: torch.fx.GraphModule, x: torch.Tensor) -> list[di
     """
     records: list[dict] = []
 
-    class Recorder(torch.fx.Interpreter):
+    class Recorder(_IntegerKernelSimulation):  # the judge's arithmetic, so its layers are the ones files are judged by
         def run_node(self, n):
             out = super().run_node(n)
             if _is_quantize(n) and isinstance(n.args[0], torch.fx.Node):
@@ -214,7 +214,7 @@ def simulation_activations(gm: torch.fx.GraphModule, x: torch.Tensor) -> list[di
             return out
 
     with torch.no_grad():
-        Recorder(gm).run(x)
+        Recorder(gm).run(x.double())
     return records
 
 
