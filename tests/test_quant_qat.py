@@ -49,7 +49,8 @@ def test_prepare_follows_scheme_and_keeps_the_float_model(task):
     weight_ranges = {(m.quant_min, m.quant_max) for m in fqs.values() if m.qscheme == torch.per_channel_symmetric}
     act_ranges = {(m.quant_min, m.quant_max) for m in fqs.values() if m.qscheme == torch.per_tensor_affine}
     assert weight_ranges == {(-64, 63)} and act_ranges == {(-128, 127)}
-    assert sum(m.qscheme == torch.per_channel_symmetric for m in fqs.values()) == 4  # 3 convs + linear
+    # 3 convs + linear + the global pool, a depthwise conv of weight 1/(h*w) (avg_pools_as_depthwise_conv)
+    assert sum(m.qscheme == torch.per_channel_symmetric for m in fqs.values()) == 5
     _steps(gm, x, y, 0, 3)
     assert gm(x[:5]).shape == (5, 4) and gm(x[:1]).shape == (1, 4)  # dynamic batch
     for k, v in model.state_dict().items():  # QAT trains a copy; the caller's float model is untouched
@@ -254,7 +255,7 @@ def test_converted_weights_lie_on_their_int8_grid(task, monkeypatch):
     eval_mode(gm)
     converted = convert_qat(gm)
     weights = _quantized_weights(converted)
-    assert len(weights) == 4
+    assert len(weights) == 5  # 3 convs, the head and the pool's depthwise conv
     for name, q, qmin, qmax in weights:
         assert float((q - q.round()).abs().max()) < 1e-3, name  # on the grid
         assert qmin <= float(q.round().min()) and float(q.round().max()) <= qmax, name  # in the scheme's range

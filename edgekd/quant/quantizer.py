@@ -319,35 +319,61 @@ def annotate_global_pools(model: torch.fx.GraphModule, config) -> None:
             _annotated=True)
 
 
+def _pool_window(n) -> tuple[torch.fx.Node, list[int], list[int], bool] | None:
+    """(input, kernel, stride, keepdim) of an average pool a depthwise conv can replace, else None: an unpadded
+    avg_pool2d, or a global pool (`_is_global_pool`) over a 4-D input of static height and width."""
+    aten = torch.ops.aten
+    if n.op != "call_function" or not n.args or not (n.target == aten.avg_pool2d.default or _is_global_pool(n)):
+        return None
+    x = n.args[0]
+    val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+    if not isinstance(val, torch.Tensor) or val.dim() != 4:
+        return None
+    if n.target == aten.avg_pool2d.default:
+        args = list(n.args) + [None] * (7 - len(n.args))
+        _, kernel, stride, padding, ceil_mode, _, divisor = args[:7]
+        kernel = [kernel] * 2 if isinstance(kernel, int) else list(kernel)
+        kernel = kernel * 2 if len(kernel) == 1 else kernel
+        stride = kernel if not stride else ([stride] * 2 if isinstance(stride, int) else list(stride))
+        stride = stride * 2 if len(stride) == 1 else stride
+        padding = [0, 0] if padding is None else ([padding] * 2 if isinstance(padding, int) else list(padding))
+        if (any(p != 0 for p in padding) or ceil_mode or n.kwargs.get("ceil_mode") or divisor is not None
+                or n.kwargs.get("divisor_override") is not None):
+            return None
+        return x, kernel, stride, True
+    h, w = val.shape[2], val.shape[3]
+    if not (isinstance(h, int) and isinstance(w, int)):
+        return None  # a dynamic spatial size: no fixed window
+    keepdim = n.target != aten.mean.dim or bool(n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim"))
+    return x, [h, w], [h, w], keepdim
+
+
 @torch.no_grad()
 def avg_pools_as_depthwise_conv(gm: torch.fx.GraphModule) -> int:
-    """Rewrite each unpadded avg_pool2d of a captured graph as the depthwise conv it equals (weight 1/(kh*kw)).
+    """Rewrite each unpadded avg_pool2d and each global average pool of a captured graph as the depthwise conv it
+    equals (weight 1/(kh*kw); a global pool's window is its input's height and width, fixed in the graph).
 
     TFLite's int8 AVERAGE_POOL_2D must keep its input's scale, so litert-torch lowers a pool whose output has
     its own parameters to AVERAGE_POOL_2D + QUANTIZE: two roundings the simulation does not make (densenet121's
     transitions: 55% of the pooled values one or two steps from the simulation's, measured). Sharing the input's
     scale instead makes a quarter of a 2x2 pool's outputs exact half steps, which LiteRT rounds half away from
     zero on the stored int8 sum and onnxruntime's QLinearAveragePool half to even on its uint8 value (measured:
-    no rule the simulation could follow matches both). A depthwise conv is rounded once at its own output scale in
-    both runtimes (DEPTHWISE_CONV_2D, QLinearConv), like the simulation; its weight 1/(kh*kw) is exact on the
-    int8 grid for 2x2. Float result unchanged. Returns how many pools were rewritten.
+    no rule the simulation could follow matches both). Global pools with an output scale of their own
+    (`annotate_global_pools`) still ran as float DequantizeLinear -> ReduceMean -> QuantizeLinear in onnxruntime
+    and as MEAN in LiteRT, each rounding near-ties its own way: the squeeze-excitation pools were where
+    onnxruntime's mobilenet_v3_large and efficientnet_b0 files first parted from their simulation (6 of 8 traced
+    rows each). A depthwise conv is integer arithmetic in both runtimes (DEPTHWISE_CONV_2D, QLinearConv): an exact
+    int32 sum and one requantization, which the judge simulates exactly (`agreement.simulate_integer_kernels`).
+    Float result unchanged (up to float rounding of the weight 1/(kh*kw)). Returns how many pools were rewritten.
     """
     aten = torch.ops.aten
     rewritten = 0
     for n in list(gm.graph.nodes):
-        if n.op != "call_function" or n.target != aten.avg_pool2d.default:
+        window = _pool_window(n)
+        if window is None:
             continue
-        args = list(n.args) + [None] * (7 - len(n.args))
-        x, kernel, stride, padding, ceil_mode, _, divisor = args[:7]
-        kernel = [kernel] * 2 if isinstance(kernel, int) else list(kernel)
-        kernel = kernel * 2 if len(kernel) == 1 else kernel
-        stride = kernel if not stride else ([stride] * 2 if isinstance(stride, int) else list(stride))
-        stride = stride * 2 if len(stride) == 1 else stride
-        padding = [0, 0] if padding is None else ([padding] * 2 if isinstance(padding, int) else list(padding))
-        val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
-        if (any(p != 0 for p in padding) or ceil_mode or n.kwargs.get("ceil_mode") or divisor is not None
-                or n.kwargs.get("divisor_override") is not None or val is None or val.dim() != 4):
-            continue
+        x, kernel, stride, keepdim = window
+        val = x.meta["val"]
         channels = int(val.shape[1])
         name = f"_edgekd_avg_pool_weight_{rewritten}"
         while hasattr(gm, name):
@@ -357,9 +383,17 @@ def avg_pools_as_depthwise_conv(gm: torch.fx.GraphModule) -> int:
         with gm.graph.inserting_before(n):
             w = gm.graph.get_attr(name)
             conv = gm.graph.call_function(aten.conv2d.default, (x, w, None, stride, [0, 0], [1, 1], channels))
+            out = conv if keepdim else gm.graph.call_function(aten.flatten.using_ints, (conv, 1))
         w.meta["val"] = getattr(gm, name)
-        conv.meta.update({k: v for k, v in n.meta.items() if k in ("val", "nn_module_stack", "stack_trace")})
-        n.replace_all_uses_with(conv)
+        # The layer keeps its name (nn_module_stack: keep_float, diagnostics); its source is the conv, or the
+        # annotators that match by module type would take it for the pool module it came from.
+        meta = {k: v for k, v in n.meta.items() if k in ("nn_module_stack", "stack_trace")}
+        conv.meta.update(meta, source_fn_stack=[(conv.name, torch.nn.functional.conv2d)])
+        conv.meta["val"] = n.meta["val"] if keepdim else n.meta["val"].reshape(*n.meta["val"].shape, 1, 1)
+        if not keepdim:
+            out.meta.update(meta, source_fn_stack=[(out.name, torch.flatten)])
+            out.meta["val"] = n.meta["val"]
+        n.replace_all_uses_with(out)
         gm.graph.erase_node(n)
         rewritten += 1
     if rewritten:
