@@ -291,7 +291,8 @@ def _is_global_pool(node) -> bool:
 
 
 def annotate_global_pools(model: torch.fx.GraphModule, config) -> None:
-    """Give each global average pool its own output parameters instead of its input's.
+    """Give each global average pool its own output parameters instead of its input's. (Pools over a fixed
+    height and width are depthwise convs by now, `avg_pools_as_depthwise_conv`; this covers the rest.)
 
     litert-torch annotates adaptive_avg_pool2d / mean as sharing their input's scale. A mean of N values at the
     input's step is then a half step whenever the integer sum is ≡ N/2 mod N (N = 4 for the 2x2 maps at 64 px),
