@@ -320,6 +320,14 @@ def annotate_global_pools(model: torch.fx.GraphModule, config) -> None:
             _annotated=True)
 
 
+# The largest global pool (h*w values) rewritten as a depthwise conv. LiteRT (XNNPACK) runs a depthwise conv with a
+# large window far slower than MEAN: measured, a conv(96->96, 1x1) + pool + linear net at 1 thread took 0.0147 /
+# 0.0149 ms (conv / MEAN) at 4x4, 0.0325 / 0.0197 at 8x8, 0.104 / 0.041 at 16x16, 0.43 / 0.13 at 32x32 and 2.33 /
+# 0.35 at 56x56; onnxruntime's QLinearConv is as fast as its ReduceMean at every size. 8x8 keeps the squeeze of the
+# late squeeze-excitation blocks and every classifier head at 224 px (7x7) exact, and the cost bounded.
+GLOBAL_POOL_MAX_WINDOW = 64
+
+
 def _pool_window(n) -> tuple[torch.fx.Node, list[int], list[int], bool] | None:
     """(input, kernel, stride, keepdim) of an average pool a depthwise conv can replace, else None: an unpadded
     avg_pool2d, or a global pool (`_is_global_pool`) over a 4-D input of static height and width."""
@@ -343,8 +351,8 @@ def _pool_window(n) -> tuple[torch.fx.Node, list[int], list[int], bool] | None:
             return None
         return x, kernel, stride, True
     h, w = val.shape[2], val.shape[3]
-    if not (isinstance(h, int) and isinstance(w, int)):
-        return None  # a dynamic spatial size: no fixed window
+    if not (isinstance(h, int) and isinstance(w, int)) or h * w > GLOBAL_POOL_MAX_WINDOW:
+        return None  # a dynamic spatial size, or a window LiteRT runs much slower as a conv than as MEAN
     keepdim = n.target != aten.mean.dim or bool(n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim"))
     return x, [h, w], [h, w], keepdim
 
@@ -352,7 +360,8 @@ def _pool_window(n) -> tuple[torch.fx.Node, list[int], list[int], bool] | None:
 @torch.no_grad()
 def avg_pools_as_depthwise_conv(gm: torch.fx.GraphModule) -> int:
     """Rewrite each unpadded avg_pool2d and each global average pool of a captured graph as the depthwise conv it
-    equals (weight 1/(kh*kw); a global pool's window is its input's height and width, fixed in the graph).
+    equals (weight 1/(kh*kw); a global pool's window is its input's height and width, fixed in the graph, and at
+    most GLOBAL_POOL_MAX_WINDOW values: larger ones stay MEAN, see there).
 
     TFLite's int8 AVERAGE_POOL_2D must keep its input's scale, so litert-torch lowers a pool whose output has
     its own parameters to AVERAGE_POOL_2D + QUANTIZE: two roundings the simulation does not make (densenet121's
