@@ -251,6 +251,28 @@ def _pool_steps(q, x):
     return [(conv_in, pooled), (global_in, global_out)]
 
 
+def test_global_pools_up_to_8x8_become_depthwise_convs():
+    """A global pool (adaptive to 1x1, or mean over H, W with or without keepdim) over at most 8x8 values becomes the
+    depthwise conv it equals, an exact integer op in both runtimes; a larger one stays a mean (LiteRT runs large
+    depthwise windows several times slower than MEAN)."""
+    from edgekd.quant.quantizer import GLOBAL_POOL_MAX_WINDOW, avg_pools_as_depthwise_conv
+
+    class Pools(torch.nn.Module):
+        def forward(self, x):
+            return (torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1) + x.mean((2, 3))
+                    + x.mean((-1, -2), keepdim=True).flatten(1))
+
+    assert GLOBAL_POOL_MAX_WINDOW == 64
+    for size, rewritten in ((8, 3), (9, 0)):
+        x = torch.randn(2, 3, size, size)
+        gm = torch.export.export(Pools(), (x,)).module()
+        expected = gm(x)
+        assert avg_pools_as_depthwise_conv(gm) == rewritten, size
+        assert torch.allclose(gm(x), expected, atol=1e-6)
+        convs = [n for n in gm.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+        assert len(convs) == rewritten and all(n.args[-1] == 3 for n in convs)  # depthwise: groups = channels
+
+
 def test_average_pools_round_once_at_their_own_scale():
     """Hand-computed: each pooled int8 value is round(S * s_in / (4 * s_out)) + z_out, S the exact integer sum of
     its four inputs' (q - z_in) — also where S = 2 mod 4, the half steps that a pool sharing its input's scale
