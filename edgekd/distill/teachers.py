@@ -163,14 +163,16 @@ class OnnxTeacher(Teacher):
         self._sha = sha256_file(self.path)
 
     def logits(self, x: Tensor) -> Tensor:
+        shape = "x".join(map(str, x.shape[1:]))
         try:
             out = self.session.run(x.detach().cpu().numpy())
-        except EdgeKDError:
-            raise
+        except EdgeKDError as e:  # the session's own check: the file's input shape against the data's
+            raise EdgeKDError(f"onnx teacher {self.path.name} cannot run on the data's images of shape {shape} "
+                              f"(C x H x W): {e}") from e
         except Exception as e:  # onnxruntime's InvalidArgument/Fail carry the shape it expected
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise EdgeKDError(f"onnx teacher {self.path.name} cannot run on the data's images of shape "
-                              f"{'x'.join(map(str, x.shape[1:]))} (C x H x W): {first}; export the teacher for "
+                              f"{shape} (C x H x W): {first}; export the teacher for "
                               f"this input size and channel count, or resize the data") from e
         return torch.from_numpy(out).to(x.device)
 
