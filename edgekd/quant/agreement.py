@@ -407,12 +407,23 @@ class _IntegerKernelSimulation(torch.fx.Interpreter):
     logits equal to the last bit).
     """
 
+    def __init__(self, gm: torch.fx.GraphModule, **kwargs):
+        super().__init__(gm, **kwargs)
+        from edgekd.quant.quantizer import _dequant_scale
+
+        # per requantized conv/linear, found once: (s_x, s_w per output channel or one, s_out)
+        self._requant = {}
+        for node in gm.graph.nodes:
+            out_q = self._output_quantize(node)
+            scales = [_dequant_scale(gm, a) for a in node.args[:2]] if out_q is not None else [None]
+            if all(sc is not None for sc in scales):
+                self._requant[node] = (*scales, float(out_q.args[1]))
+
     def run_node(self, node):
-        out_q = self._output_quantize(node)
-        if out_q is None:
+        if node not in self._requant:
             return super().run_node(node)
         args, kwargs = self.fetch_args_kwargs_from_env(node)
-        return self._requantized(node, args, kwargs, out_q)
+        return self._requantized(node, args, kwargs, *self._requant[node])
 
     def call_function(self, target, args, kwargs):
         name = getattr(target, "__name__", str(target)).split(".")[0]
@@ -447,19 +458,11 @@ class _IntegerKernelSimulation(torch.fx.Interpreter):
                 return None
         return None
 
-    def _scale(self, dequantize) -> torch.Tensor:
-        """A dequantize node's scale in float64: a scalar, or one per output channel."""
-        scale = dequantize.args[1]
-        if isinstance(scale, torch.fx.Node):
-            scale = self.fetch_attr(scale.target)
-        return torch.as_tensor(scale).to(torch.float64).reshape(-1)
-
-    def _requantized(self, node, args, kwargs, out_q) -> torch.Tensor:
+    @staticmethod
+    def _requantized(node, args, kwargs, s_x, s_w, s_out) -> torch.Tensor:
         """The layer's output as the kernels requantize it, dequantized (the quantize node that follows gives back
         the integers: the values are on its grid)."""
         x, w, *rest = args
-        s_x, s_w = self._scale(node.args[0]), self._scale(node.args[1])
-        s_out = float(out_q.args[1])
         s_xw = s_x * s_w                                      # per output channel, or one
         channel = (1, -1, 1, 1) if _op_name(node) == "conv2d" else (-1,)
         w_steps = s_w.reshape((-1,) + (1,) * (w.dim() - 1)) if s_w.numel() > 1 else s_w
